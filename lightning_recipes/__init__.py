@@ -1,0 +1,18 @@
+"""lightning_recipes: everyday training recipes for PyTorch Lightning, correct by default."""
+
+from lightning_recipes.classifier import ImageClassifier
+from lightning_recipes.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule
+from lightning_recipes.module import OneCycleModule
+from lightning_recipes.scheduler import GuardedOneCycleLR, ScheduleMismatchError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CIFAR10DataModule",
+    "DigitsDataModule",
+    "GuardedOneCycleLR",
+    "ImageClassifier",
+    "ImageFolderDataModule",
+    "OneCycleModule",
+    "ScheduleMismatchError",
+]

@@ -1,0 +1,77 @@
+"""The ``lightning-recipes`` command: a LightningCLI over any OneCycleModule and data module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from typing_extensions import override
+
+from lightning_recipes.module import OneCycleModule
+
+__all__ = ["RecipesCLI", "main"]
+
+# Data-module attributes copied into model arguments of the same name, when both exist.
+_LINKED = ("num_classes", "in_channels")
+
+
+class RecipesCLI(LightningCLI):
+    """LightningCLI in subclass mode: ``--model`` any :class:`OneCycleModule` subclass (default
+    :class:`~lightning_recipes.ImageClassifier`), ``--data`` any ``LightningDataModule`` (default
+    :class:`~lightning_recipes.DigitsDataModule`), by ``class_path``.
+
+    ``num_classes`` and ``in_channels`` of the data module are passed to the model when the
+    model takes them and the config does not set them. After ``fit``, the best checkpoint is
+    tested when the data module has a test set, and a summary names the test accuracy, the log
+    folder, the checkpoints and the saved config.
+    """
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.set_defaults(
+            {
+                "model": {"class_path": "lightning_recipes.ImageClassifier"},
+                "data": {"class_path": "lightning_recipes.DigitsDataModule"},
+            }
+        )
+        for name in _LINKED:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    @override
+    def after_fit(self) -> None:
+        trainer, datamodule = self.trainer, self.datamodule
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+        results: list[dict[str, Any]] = []
+        if trainer.interrupted:
+            return
+        if datamodule is not None and is_overridden("test_dataloader", datamodule):
+            results = trainer.test(self.model, datamodule=datamodule, ckpt_path=best or None)
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        lines = ["", "lightning-recipes fit finished."]
+        for key, value in sorted((results[0] if results else {}).items()):
+            lines.append(f"  {key}: {value:.4f}")
+        lines.append(f"  logs:        {log_dir}")
+        if isinstance(checkpoint, ModelCheckpoint):
+            lines.append(f"  checkpoints: {checkpoint.dirpath} (best: {best or 'none'})")
+        config = Path(log_dir) / "config.yaml"
+        lines.append(f"  config:      {config if config.exists() else 'not saved'}")
+        if trainer.is_global_zero:
+            print("\n".join(lines))
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``lightning-recipes`` and ``python -m lightning_recipes``."""
+    RecipesCLI(
+        OneCycleModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        auto_configure_optimizers=False,
+    )

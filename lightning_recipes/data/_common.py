@@ -1,0 +1,27 @@
+"""What the data modules share: argument checks and loader construction."""
+
+from __future__ import annotations
+
+from torch.utils.data import DataLoader, Dataset
+
+
+def check_loader_args(batch_size: int, num_workers: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"`num_workers` must be an integer >= 0, got {num_workers!r}")
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, train: bool, pin_memory: bool = False
+) -> DataLoader:
+    # drop_last in training: a last batch of 1 breaks BatchNorm and skews per-batch mixing.
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,146 @@
+"""``ImageFolderDataModule``: any ``root/train/<class>/*.jpg`` + ``root/val/<class>/*.jpg`` tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+from typing_extensions import override
+
+from lightning_recipes.data._common import check_loader_args, make_loader
+
+__all__ = ["ImageFolderDataModule"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageFolderDataModule(pl.LightningDataModule):
+    """Images in class folders, read by torchvision's ``ImageFolder``.
+
+    ``root`` must hold ``train/`` and ``val/``, each with one sub-folder per class; a
+    ``test/`` folder is used for testing and prediction if present, else ``val/``. Training uses
+    the standard ImageNet augmentation (``RandomResizedCrop`` + horizontal flip, torchvision v2
+    transforms); evaluation resizes to ``image_size / crop_fraction`` and centre-crops.
+
+    Args:
+        root: Folder with ``train/`` and ``val/``.
+        image_size: Side of the square crops.
+        batch_size: Batch size of every loader.
+        num_workers: DataLoader worker processes.
+        crop_fraction: Evaluation centre crop as a fraction of the resized side (0.875 is the
+            usual ImageNet value).
+        mean: Per-channel normalisation mean.
+        std: Per-channel normalisation standard deviation.
+
+    Raises:
+        FileNotFoundError: ``root``, ``root/train`` or ``root/val`` is missing, or holds no
+            class folder with images; the message names the path.
+
+    Attributes:
+        num_classes: Number of class folders in ``root/train``.
+        in_channels: 3 (images are converted to RGB).
+    """
+
+    in_channels = 3
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 4,
+        crop_fraction: float = 0.875,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        check_loader_args(batch_size, num_workers)
+        if not 0.0 < crop_fraction <= 1.0:
+            raise ValueError(f"`crop_fraction` must be in (0, 1], got {crop_fraction}")
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"`root` must be an existing folder, got {str(self.root)!r}")
+        self.classes = _class_folders(self.root / "train")
+        val_classes = _class_folders(self.root / "val")
+        if val_classes != self.classes:
+            raise ValueError(
+                f"The class folders of {str(self.root / 'val')!r} ({val_classes}) differ from"
+                f" those of {str(self.root / 'train')!r} ({self.classes})"
+            )
+        self.num_classes = len(self.classes)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+        self.train_transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(image_size, antialias=True),
+                v2.RandomHorizontalFlip(),
+                *normalize,
+            ]
+        )
+        self.eval_transform = v2.Compose(
+            [
+                v2.Resize(round(image_size / crop_fraction), antialias=True),
+                v2.CenterCrop(image_size),
+                *normalize,
+            ]
+        )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one image."""
+        return (self.in_channels, self.image_size, self.image_size)
+
+    def _dataset(self, split: str, train: bool) -> ImageFolder:
+        folder = self.root / split
+        if split == "test" and not folder.is_dir():
+            folder = self.root / "val"
+        transform = self.train_transform if train else self.eval_transform
+        return ImageFolder(str(folder), transform=transform)
+
+    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        return make_loader(
+            self._dataset(split, train), self.batch_size, self.num_workers, train, pin_memory=True
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def _class_folders(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Expected a folder of class sub-folders at {str(folder)!r}, but it does not exist"
+        )
+    classes = sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.is_dir()
+        and any(f.suffix.lower() in IMG_EXTENSIONS for f in entry.rglob("*") if f.is_file())
+    )
+    if not classes:
+        raise FileNotFoundError(
+            f"{str(folder)!r} holds no class sub-folder with images"
+            f" (extensions {', '.join(IMG_EXTENSIONS)})"
+        )
+    return classes
