@@ -98,9 +98,10 @@ class GuardedOneCycleLR(OneCycleLR):
 
     def _on_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: dict[str, Any]) -> None:
         self._pending_updates += 1
-        # Fused optimizers are always called by GradScaler and skip the update inside the kernel;
-        # they receive `found_inf`, which is the only trace of the skip.
-        self._fused_found_inf = kwargs.get("found_inf")
+        # GradScaler always calls fused optimizers (`_step_supports_amp_scaling`), which skip the
+        # update inside the kernel; the `found_inf` tensor it attaches is the only trace of a skip.
+        if getattr(optimizer, "_step_supports_amp_scaling", False):
+            self._fused_found_inf = getattr(optimizer, "found_inf", None)
 
     def _optimizer_stepped(self) -> bool:
         if self._pending_updates == 0:

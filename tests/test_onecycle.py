@@ -1,0 +1,500 @@
+"""OneCycleModule and GuardedOneCycleLR against a standalone torch OneCycleLR stepped by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from lightning_recipes import GuardedOneCycleLR, OneCycleModule, ScheduleMismatchError
+
+N_SAMPLES = 40
+
+
+class Net(OneCycleModule):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.body = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU())
+        self.head = nn.Linear(8, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.head(self.body(x)), y)
+
+
+class Recorder(Callback):
+    """Records the LR and momentum of every param group right before each optimizer step."""
+
+    def __init__(self, out: Path | None = None):
+        self.lrs: list[list[float]] = []
+        self.moms: list[list[float]] = []
+        self.out = out
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+        self.moms.append(
+            [g.get("momentum", g.get("betas", (None,))[0]) for g in optimizer.param_groups]
+        )
+
+    def on_train_end(self, trainer, pl_module):
+        if self.out is not None:
+            path = self.out / f"rank{trainer.global_rank}.json"
+            path.write_text(json.dumps({"lrs": self.lrs, "moms": self.moms}))
+
+
+def loader(n=N_SAMPLES, batch_size=4):
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(
+        TensorDataset(torch.randn(n, 4, generator=g), torch.randn(n, 1, generator=g)),
+        batch_size=batch_size,
+    )
+
+
+def trainer(tmp_path, callbacks=(), **kwargs):
+    kwargs.setdefault("max_epochs", 2)
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=kwargs.pop("devices", 1),
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=kwargs.pop("enable_checkpointing", False),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
+
+
+def reference(total, max_lrs, n_groups, **onecycle_kwargs):
+    """LR/momentum per step from torch's OneCycleLR stepped in a plain loop."""
+    params = [nn.Parameter(torch.zeros(1)) for _ in range(n_groups)]
+    opt = torch.optim.SGD([{"params": [p]} for p in params], lr=1.0, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=max_lrs, total_steps=total, **onecycle_kwargs)
+    lrs, moms = [], []
+    for _ in range(total):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        moms.append([g["momentum"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    return lrs, moms
+
+
+def assert_close(actual, expected, rtol):
+    """Element-wise relative comparison of (nested) lists of floats."""
+    torch.testing.assert_close(
+        torch.tensor(actual, dtype=torch.float64),
+        torch.tensor(expected, dtype=torch.float64),
+        rtol=rtol,
+        atol=0.0,
+    )
+
+
+def optimizer_steps(n_batches, accumulate, epochs):
+    """Independent count: Lightning steps after every `accumulate` batches and on the last one."""
+    per_epoch = sum(1 for i in range(n_batches) if (i + 1) % accumulate == 0 or i + 1 == n_batches)
+    return per_epoch * epochs
+
+
+@pytest.mark.parametrize(
+    ("trainer_kwargs", "expected_steps"),
+    [
+        ({"accumulate_grad_batches": 1}, optimizer_steps(10, 1, 2)),
+        ({"accumulate_grad_batches": 3}, optimizer_steps(10, 3, 2)),
+        ({"limit_train_batches": 7, "accumulate_grad_batches": 3}, optimizer_steps(7, 3, 2)),
+        ({"max_steps": 13, "max_epochs": 5}, 13),
+    ],
+    ids=["accum1", "accum3", "limit_batches", "max_steps"],
+)
+def test_lr_and_momentum_match_standalone_onecycle(tmp_path, trainer_kwargs, expected_steps):
+    rec = Recorder()
+    model = Net(max_lr=0.5, param_group_max_lr={"head.": 0.05}, three_phase=False)
+    trainer(tmp_path, [rec], **trainer_kwargs).fit(model, loader())
+    groups = model.onecycle_param_groups()
+    max_lrs = [g["max_lr"] for g in groups]
+    ref_lrs, ref_moms = reference(
+        expected_steps, max_lrs, len(groups), pct_start=0.25, base_momentum=0.85
+    )
+    assert len(rec.lrs) == expected_steps
+    assert_close(rec.lrs, ref_lrs, rtol=1e-12)
+    assert_close(rec.moms, ref_moms, rtol=1e-12)
+    scheduler = model.trainer.lr_scheduler_configs[0].scheduler
+    assert scheduler.last_epoch == expected_steps == scheduler.total_steps
+    # The schedule ended: the last LR used is min_lr = max_lr / div_factor / final_div_factor.
+    assert_close(rec.lrs[-1], [lr / 25 / 1e4 for lr in max_lrs], rtol=1e-6)
+
+
+def test_adamw_cycles_beta1(tmp_path):
+    rec = Recorder()
+    model = Net(max_lr=0.01, optimizer="adamw")
+    trainer(tmp_path, [rec]).fit(model, loader())
+    _, ref_moms = reference(20, [0.01, 0.01], 2, pct_start=0.25)
+    assert_close(rec.moms, ref_moms, rtol=1e-12)
+
+
+def test_optimizer_callable_from_torch(tmp_path):
+    rec = Recorder()
+    model = Net(max_lr=0.01, optimizer=lambda groups: torch.optim.RAdam(groups, lr=1.0))
+    trainer(tmp_path, [rec]).fit(model, loader())
+    assert isinstance(model.trainer.optimizers[0], torch.optim.RAdam)
+    ref_lrs, _ = reference(20, [0.01, 0.01], 2, pct_start=0.25)
+    assert_close(rec.lrs, ref_lrs, rtol=1e-12)
+
+
+def test_no_decay_groups():
+    model = Net(weight_decay=0.1)
+    groups = {g["name"]: g for g in model.onecycle_param_groups()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in groups["default"]["params"]}
+    plain = {names[id(p)] for p in groups["default/no_decay"]["params"]}
+    assert decayed == {"body.0.weight", "head.weight"}
+    assert plain == {"body.0.bias", "body.1.weight", "body.1.bias", "head.bias"}
+    assert groups["default"]["weight_decay"] == 0.1
+    assert groups["default/no_decay"]["weight_decay"] == 0.0
+    # Every trainable parameter is in exactly one group.
+    ids = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+
+
+def test_decay_norm_and_bias_and_frozen_parameters():
+    model = Net(weight_decay=0.1, decay_norm_and_bias=False)
+    model.head.weight.requires_grad_(False)
+    all_params = [p for g in model.onecycle_param_groups() for p in g["params"]]
+    assert all(p is not model.head.weight for p in all_params)
+    model = Net(weight_decay=0.1, decay_norm_and_bias=True)
+    groups = model.onecycle_param_groups()
+    # 1-d parameters still get no decay (as in timm), but norm layers' are no longer special.
+    assert [g["name"] for g in groups] == ["default", "default/no_decay"]
+
+
+def test_per_group_max_lr_longest_prefix_wins():
+    model = Net(max_lr=1.0, param_group_max_lr={"body.": 0.1, "body.1.": 0.01})
+    groups = model.onecycle_param_groups()
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_param = {names[id(p)]: g["max_lr"] for g in groups for p in g["params"]}
+    assert by_param["body.0.weight"] == 0.1
+    assert by_param["body.1.weight"] == 0.01
+    assert by_param["head.weight"] == 1.0
+
+
+# --------------------------------------------------------------------------- DDP
+def test_ddp_two_processes_match_standalone(tmp_path):
+    out = tmp_path / "ranks"
+    out.mkdir()
+    model = Net(max_lr=0.5)
+    t = trainer(
+        tmp_path, [Recorder(out)], devices=2, strategy="ddp_spawn", accumulate_grad_batches=2
+    )
+    t.fit(model, loader())
+    # 40 samples over 2 ranks: 5 batches of 4 per rank, accumulation 2 -> 3 steps an epoch.
+    total = optimizer_steps(5, 2, 2)
+    ref_lrs, ref_moms = reference(total, [0.5, 0.5], 2, pct_start=0.25)
+    for rank in (0, 1):
+        rec = json.loads((out / f"rank{rank}.json").read_text())
+        assert_close(rec["lrs"], ref_lrs, rtol=1e-12)
+        assert_close(rec["moms"], ref_moms, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- errors
+class Stop(Exception):
+    pass
+
+
+class StopAtTrainStart(Callback):
+    def on_train_start(self, trainer, pl_module):
+        raise Stop
+
+
+class Endless(IterableDataset):
+    def __iter__(self):
+        while True:
+            yield torch.randn(4), torch.randn(1)
+
+
+def test_infinite_epochs_without_max_steps_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"max_epochs=-1.*infinite.*max_steps=N"):
+        trainer(tmp_path, max_epochs=-1).fit(Net(), loader())
+
+
+def test_loader_without_length_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"no length.*max_steps"):
+        trainer(tmp_path, max_epochs=1).fit(Net(), DataLoader(Endless(), batch_size=4))
+
+
+def test_loader_without_length_with_max_steps_works(tmp_path):
+    rec = Recorder()
+    trainer(tmp_path, [rec], max_epochs=None, max_steps=6).fit(
+        Net(), DataLoader(Endless(), batch_size=4)
+    )
+    assert_close(rec.lrs, reference(6, [0.1, 0.1], 2, pct_start=0.25)[0], rtol=1e-12)
+
+
+def test_lightning_default_1000_epochs_warns(tmp_path):
+    match = r"max_epochs=1000.*neither `max_epochs` nor `max_steps`"
+    with pytest.warns(UserWarning, match=match), pytest.raises(Stop):
+        trainer(tmp_path, [StopAtTrainStart()], max_epochs=None).fit(Net(), loader())
+
+
+def test_explicit_max_epochs_does_not_warn(tmp_path):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*neither `max_epochs` nor `max_steps`.*")
+        with pytest.raises(Stop):
+            trainer(tmp_path, [StopAtTrainStart()], max_epochs=3).fit(Net(), loader())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_lr": 0}, r"`max_lr` must be a number > 0, got 0"),
+        ({"max_lr": -1.0}, r"`max_lr` must be a number > 0, got -1.0"),
+        ({"param_group_max_lr": {"head.": 0}}, r"`param_group_max_lr\['head.'\]` must be"),
+        ({"weight_decay": -0.1}, r"`weight_decay` must be >= 0, got -0.1"),
+        ({"optimizer": "adam"}, r"`optimizer` must be one of \('sgd', 'adamw'\).*got 'adam'"),
+        ({"optimizer": 3}, r"`optimizer` must be a string or a callable.*got int"),
+        ({"pct_start": 1.0}, r"`pct_start` must be in \(0, 1\), got 1.0"),
+        ({"div_factor": 0.0}, r"`div_factor` must be a number > 0"),
+        ({"final_div_factor": -2.0}, r"`final_div_factor` must be a number > 0"),
+        ({"anneal_strategy": "exp"}, r"`anneal_strategy` must be 'cos' or 'linear', got 'exp'"),
+        ({"base_momentum": 0.99}, r"`base_momentum` <= `max_momentum` < 1"),
+        ({"on_skipped_step": "skip"}, r"`on_skipped_step` must be one of"),
+        ({"on_schedule_mismatch": "x"}, r"`on_schedule_mismatch` must be one of"),
+    ],
+)
+def test_init_errors(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        Net(**kwargs)
+
+
+def test_scheduler_init_errors():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match=r"`on_skipped_step` must be one of.*got 'no'"):
+        GuardedOneCycleLR(opt, max_lr=0.1, total_steps=5, on_skipped_step="no")
+    with pytest.raises(ValueError, match=r"`on_schedule_mismatch` must be one of.*got 'no'"):
+        GuardedOneCycleLR(opt, max_lr=0.1, total_steps=5, on_schedule_mismatch="no")
+
+
+def test_optimizer_without_momentum_needs_cycle_momentum_off(tmp_path):
+    model = Net(optimizer=lambda groups: torch.optim.Adagrad(groups))
+    with pytest.raises(ValueError, match=r"Adagrad has neither.*cycle_momentum=False"):
+        trainer(tmp_path).fit(model, loader())
+    rec = Recorder()
+    model = Net(optimizer=lambda groups: torch.optim.Adagrad(groups), cycle_momentum=False)
+    trainer(tmp_path, [rec]).fit(model, loader())
+    assert len(rec.lrs) == 20
+
+
+def test_optimizer_callable_must_return_optimizer(tmp_path):
+    with pytest.raises(TypeError, match=r"must return a torch.optim.Optimizer.*got list"):
+        trainer(tmp_path).fit(Net(optimizer=lambda groups: list(groups)), loader())
+
+
+class ReturnsNoSchedule(Net):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class ReturnsPlainOneCycle(Net):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        sched = OneCycleLR(opt, max_lr=0.1, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ReturnsEpochInterval(Net):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)
+        config = self.onecycle_scheduler(opt)
+        config["interval"] = "epoch"
+        return [opt], [config]
+
+
+@pytest.mark.parametrize(
+    ("cls", "error", "match"),
+    [
+        (ReturnsNoSchedule, ValueError, r"ReturnsNoSchedule.configure_optimizers.*no OneCycle"),
+        (ReturnsPlainOneCycle, TypeError, r"plain OneCycleLR.*self.onecycle_scheduler"),
+        (ReturnsEpochInterval, ValueError, r"interval='epoch'.*stepped per batch"),
+    ],
+)
+def test_overridden_configure_optimizers_is_checked(tmp_path, cls, error, match):
+    with pytest.raises(error, match=match):
+        trainer(tmp_path).fit(cls(), loader())
+
+
+# --------------------------------------------------------------------------- hook overrides
+class OverridesEverything(Net):
+    """Overrides the hooks users override, none calling super()."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = []
+
+    def on_train_start(self):
+        self.calls.append("train_start")
+
+    def on_before_optimizer_step(self, optimizer):
+        self.calls.append("before_step")
+
+    def on_load_checkpoint(self, checkpoint):
+        self.calls.append("load")
+
+    def on_save_checkpoint(self, checkpoint):
+        self.calls.append("save")
+
+
+def test_hook_overrides_without_super_keep_the_schedule(tmp_path):
+    rec = Recorder()
+    model = OverridesEverything(max_lr=0.5)
+    trainer(tmp_path, [rec], accumulate_grad_batches=3).fit(model, loader())
+    total = optimizer_steps(10, 3, 2)
+    assert_close(rec.lrs, reference(total, [0.5, 0.5], 2, pct_start=0.25)[0], rtol=1e-12)
+    assert model.calls.count("before_step") == total
+
+
+class TwoOptimizers(Net):
+    """A second optimizer (manual optimization, as Lightning 2 requires) with no schedule."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.automatic_optimization = False
+        self.critic = nn.Linear(8, 1)
+        self.lrs = []
+
+    def configure_optimizers(self):
+        main = self.build_optimizer(
+            self.onecycle_param_groups(
+                (n, p) for n, p in self.named_parameters() if not n.startswith("critic")
+            )
+        )
+        critic = torch.optim.SGD(self.critic.parameters(), lr=0.01)
+        return [main, critic], [self.onecycle_scheduler(main)]
+
+    def training_step(self, batch, batch_idx):
+        main, critic = self.optimizers()
+        x, y = batch
+        self.lrs.append([g["lr"] for g in main.optimizer.param_groups])
+        loss = nn.functional.mse_loss(self.head(self.body(x)), y)
+        main.zero_grad()
+        self.manual_backward(loss)
+        main.step()
+        self.lr_schedulers().step()
+        critic_loss = self.critic(self.body(x).detach()).pow(2).mean()
+        critic.zero_grad()
+        self.manual_backward(critic_loss)
+        critic.step()
+
+
+def test_second_optimizer_with_manual_optimization(tmp_path):
+    model = TwoOptimizers(max_lr=0.5)
+    trainer(tmp_path).fit(model, loader())
+    assert_close(model.lrs, reference(20, [0.5, 0.5], 2, pct_start=0.25)[0], rtol=1e-12)
+
+
+# --------------------------------------------------------------------------- AMP hold
+def _scaled_step(opt, sched, scaler, loss):
+    opt.zero_grad()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("mode", ["hold", "advance"])
+def test_hold_on_gradscaler_skip(mode, fused):
+    p = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, fused=fused)
+    sched = GuardedOneCycleLR(opt, max_lr=0.1, total_steps=10, on_skipped_step=mode)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with warnings.catch_warnings():
+        if mode == "hold":  # no spurious "lr_scheduler.step() before optimizer.step()"
+            warnings.simplefilter("error")
+        _scaled_step(opt, sched, scaler, (p * float("inf")).sum())  # skipped
+        _scaled_step(opt, sched, scaler, p.sum())  # real
+        _scaled_step(opt, sched, scaler, (p * float("nan")).sum())  # skipped
+        _scaled_step(opt, sched, scaler, p.sum())  # real
+    assert sched.last_epoch == (2 if mode == "hold" else 4)
+
+
+# --------------------------------------------------------------------------- resume
+def _fit_with_checkpoints(tmp_path, max_epochs, **model_kwargs):
+    rec = Recorder()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    t = trainer(tmp_path, [rec, ckpt], max_epochs=max_epochs, enable_checkpointing=True)
+    t.fit(Net(max_lr=0.5, **model_kwargs), loader())
+    return rec
+
+
+def test_resume_same_settings_continues_exactly(tmp_path):
+    full = _fit_with_checkpoints(tmp_path, max_epochs=4)
+    resumed = Recorder()
+    trainer(tmp_path / "r", [resumed], max_epochs=4).fit(
+        Net(max_lr=0.5), loader(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt"
+    )
+    assert len(resumed.lrs) == 20
+    assert resumed.lrs == full.lrs[20:]
+    assert resumed.moms == full.moms[20:]
+
+
+def test_resume_with_more_epochs_fails_with_both_counts(tmp_path):
+    _fit_with_checkpoints(tmp_path, max_epochs=4)
+    with pytest.raises(
+        ScheduleMismatchError,
+        match=r"total_steps=40 .*20 done, 51.3% .*total_steps=60.*on_schedule_mismatch='rescale'",
+    ):
+        trainer(tmp_path / "r", max_epochs=6).fit(
+            Net(max_lr=0.5), loader(), ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt"
+        )
+
+
+def _onecycle_lr(position, total, max_lr, pct_start=0.25, div=25.0, final_div=1e4):
+    """torch's two-phase cosine OneCycle written out, at a (possibly fractional) position."""
+    initial, low = max_lr / div, max_lr / div / final_div
+    end_up = pct_start * total - 1
+
+    def cos(a, b, pct):
+        return b + (a - b) / 2 * (1 + math.cos(math.pi * pct))
+
+    if position <= end_up:
+        return cos(initial, max_lr, position / end_up)
+    return cos(max_lr, low, (position - end_up) / (total - 1 - end_up))
+
+
+@pytest.mark.parametrize("new_epochs", [6, 3])
+def test_resume_rescale_keeps_fraction_and_ends_at_new_total(tmp_path, new_epochs):
+    _fit_with_checkpoints(tmp_path, max_epochs=4)
+    resumed = Recorder()
+    trainer(tmp_path / "r", [resumed], max_epochs=new_epochs).fit(
+        Net(max_lr=0.5, on_schedule_mismatch="rescale"),
+        loader(),
+        ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt",
+    )
+    new_total, done = 10 * new_epochs, 20
+    assert len(resumed.lrs) == new_total - done
+    start = done / (40 - 1) * (new_total - 1)
+    expected = [
+        _onecycle_lr(start + (new_total - 1 - start) * k / (new_total - 1 - done), new_total, 0.5)
+        for k in range(new_total - done)
+    ]
+    assert [lrs[0] for lrs in resumed.lrs] == pytest.approx(expected, rel=1e-9)
+    assert_close(resumed.lrs[-1][0], 0.5 / 25 / 1e4, rtol=1e-9)
+
+
+def test_rescale_cannot_shrink_below_steps_done(tmp_path):
+    _fit_with_checkpoints(tmp_path, max_epochs=4)
+    with pytest.raises(
+        ScheduleMismatchError, match=r"already made 30 optimizer steps.*total_steps=20"
+    ):
+        trainer(tmp_path / "r", max_epochs=2).fit(
+            Net(max_lr=0.5, on_schedule_mismatch="rescale"),
+            loader(),
+            ckpt_path=tmp_path / "ckpt" / "epoch=2.ckpt",
+        )
