@@ -1,5 +1,12 @@
 """lightning_recipes: everyday training recipes for PyTorch Lightning, correct by default."""
 
+from lightning_recipes.callbacks import (
+    LossScaleMonitor,
+    LRMonitor,
+    TrainingSanityChecks,
+    TrainingSanityError,
+    TrainingSanityWarning,
+)
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule
 from lightning_recipes.module import OneCycleModule
@@ -13,6 +20,11 @@ __all__ = [
     "GuardedOneCycleLR",
     "ImageClassifier",
     "ImageFolderDataModule",
+    "LRMonitor",
+    "LossScaleMonitor",
     "OneCycleModule",
     "ScheduleMismatchError",
+    "TrainingSanityChecks",
+    "TrainingSanityError",
+    "TrainingSanityWarning",
 ]

@@ -1,0 +1,17 @@
+"""Lightning callbacks: mixed-sample augmentation, honest LR and loss-scale logging, loop checks."""
+
+from lightning_recipes.callbacks.loss_scale import LossScaleMonitor
+from lightning_recipes.callbacks.lr_monitor import LRMonitor
+from lightning_recipes.callbacks.sanity import (
+    TrainingSanityChecks,
+    TrainingSanityError,
+    TrainingSanityWarning,
+)
+
+__all__ = [
+    "LRMonitor",
+    "LossScaleMonitor",
+    "TrainingSanityChecks",
+    "TrainingSanityError",
+    "TrainingSanityWarning",
+]

@@ -1,0 +1,334 @@
+"""LRMonitor: values read back from the CSV log against standalone torch schedulers."""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from torch import nn
+from torch.optim.lr_scheduler import OneCycleLR, StepLR
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_recipes.callbacks.lr_monitor import LRMonitor
+
+BATCH = 4
+
+
+def _loader(batches: int) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batches * BATCH, 4, generator=g)
+    return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=BATCH)
+
+
+def _trainer(tmp_path: Any, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
+    defaults: dict[str, Any] = {
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "logger": CSVLogger(tmp_path),
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+    }
+    return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+
+
+def _rows(trainer: pl.Trainer) -> list[dict[str, float]]:
+    with open(trainer.logger.experiment.metrics_file_path) as f:  # type: ignore[union-attr]
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def _series(rows: list[dict[str, float]], key: str) -> tuple[list[int], list[float]]:
+    picked = [(int(r["step"]), r[key]) for r in rows if key in r]
+    return [s for s, _ in picked], [v for _, v in picked]
+
+
+class Net(pl.LightningModule):
+    def __init__(self, configure: Callable[[pl.LightningModule], Any]) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 8)
+        self.head = nn.Linear(8, 1)
+        self._configure = configure
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(x)))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return F.mse_loss(self(x), y)
+
+    def configure_optimizers(self) -> Any:
+        return self._configure(self)
+
+
+def _make_optimizer(name: str, params: Any) -> torch.optim.Optimizer:
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    return torch.optim.AdamW(params, lr=0.1, betas=(0.9, 0.99), weight_decay=0.01)
+
+
+def _reference_onecycle(name: str, steps: int) -> tuple[list[float], list[float]]:
+    """LR and momentum/beta1 of each optimizer step, from OneCycleLR stepped in a plain loop."""
+    opt = _make_optimizer(name, [nn.Parameter(torch.zeros(1))])
+    sched = OneCycleLR(opt, max_lr=0.5, total_steps=steps, pct_start=0.3)
+    lrs, momenta = [], []
+    for _ in range(steps):
+        group = opt.param_groups[0]
+        lrs.append(sched.get_last_lr()[0])
+        momenta.append(group["momentum"] if "momentum" in group else group["betas"][0])
+        opt.step()
+        sched.step()
+    return lrs, momenta
+
+
+@pytest.mark.parametrize(
+    ("opt_name", "accumulate", "plot"), [("SGD", 1, True), ("SGD", 3, False), ("AdamW", 2, False)]
+)
+def test_logs_scheduler_and_optimizer_once_per_optimizer_step(
+    tmp_path: Any, opt_name: str, accumulate: int, plot: bool
+) -> None:
+    batches = 12
+    steps = math.ceil(batches / accumulate)
+
+    def configure(module: pl.LightningModule) -> Any:
+        opt = _make_optimizer(opt_name, module.parameters())
+        sched = OneCycleLR(opt, max_lr=0.5, total_steps=steps, pct_start=0.3)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    monitor = LRMonitor(plot=plot)
+    trainer = _trainer(tmp_path, [monitor], accumulate_grad_batches=accumulate)
+    trainer.fit(Net(configure), _loader(batches))
+
+    key = f"lr-{opt_name}"
+    rows = _rows(trainer)
+    ref_lr, ref_momentum = _reference_onecycle(opt_name, steps)
+    logged_steps, lrs = _series(rows, key)
+    # Once per optimizer step, never once per micro-batch.
+    assert logged_steps == list(range(steps))
+    assert lrs == pytest.approx(ref_lr, rel=1e-12)
+    assert _series(rows, key + "-scheduler")[1] == pytest.approx(ref_lr, rel=1e-12)
+    assert _series(rows, key + "-momentum")[1] == pytest.approx(ref_momentum, rel=1e-12)
+    wd = 1e-4 if opt_name == "SGD" else 0.01
+    assert _series(rows, key + "-weight_decay")[1] == pytest.approx([wd] * steps)
+    assert _series(rows, key + "-lr_mismatch_steps")[1] == [0.0] * steps
+    assert monitor.mismatch_steps == {key: 0}
+    assert monitor.history[key] == (list(range(steps)), pytest.approx(ref_lr, rel=1e-12))
+    if plot:
+        assert monitor.plot_path == f"{trainer.log_dir}/lr_schedule.png"
+        with open(monitor.plot_path, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert monitor.plot_path is None
+
+
+def test_lightning_monitor_logs_per_micro_batch_under_accumulation(tmp_path: Any) -> None:
+    """The behaviour LRMonitor fixes: Lightning writes one row per micro-batch of a window."""
+
+    def configure(module: pl.LightningModule) -> Any:
+        opt = torch.optim.SGD(module.parameters(), lr=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": StepLR(opt, 1), "interval": "step"}}
+
+    trainer = _trainer(tmp_path, [LearningRateMonitor()], accumulate_grad_batches=3)
+    trainer.fit(Net(configure), _loader(6))
+    steps, _ = _series(_rows(trainer), "lr-SGD")
+    assert steps == [0, 0, 0, 1, 1, 1]
+
+
+class _HalvingScheduler:
+    """A scheduler without ``get_last_lr`` (Lightning accepts any object with ``step``)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def step(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] *= 0.5
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        pass
+
+
+class ThreeOptimizers(pl.LightningModule):
+    """Manual optimization: a scheduled SGD with two groups, an Adam alone, an odd scheduler."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.a, self.b, self.c, self.d = (nn.Linear(4, 1) for _ in range(4))
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        optimizers = self.optimizers()
+        for opt in optimizers:
+            opt.zero_grad()
+        pred = self.a(x) + self.b(x) + self.c(x) + self.d(x)
+        self.manual_backward(F.mse_loss(pred, y))
+        for opt in optimizers:
+            opt.step()
+        for sched in self.lr_schedulers():
+            sched.step()
+
+    def configure_optimizers(self) -> Any:
+        sgd = torch.optim.SGD(
+            [{"params": self.a.parameters()}, {"params": self.b.parameters(), "name": "head"}],
+            lr=0.1,
+            momentum=0.9,
+        )
+        adam = torch.optim.Adam(self.c.parameters(), lr=0.01)
+        sgd2 = torch.optim.SGD(self.d.parameters(), lr=0.2)
+        schedulers = [
+            {"scheduler": StepLR(sgd, step_size=1, gamma=0.9), "name": "main"},
+            {"scheduler": _HalvingScheduler(sgd2)},
+        ]
+        return [sgd, adam, sgd2], schedulers
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        scheduler.step()
+
+
+def test_several_optimizers_manual_optimization_and_lightning_key_names(tmp_path: Any) -> None:
+    monitor = LRMonitor(plot=False)
+    trainer = _trainer(tmp_path / "ours", [monitor])
+    trainer.fit(ThreeOptimizers(), _loader(4))
+    rows = _rows(trainer)
+    # Manual optimization: global_step counts every optimizer's step, 3 per batch, and each
+    # optimizer is logged at the steps it takes.
+    steps, lrs = _series(rows, "main/pg1")
+    assert steps == [0, 3, 6, 9]
+    assert lrs == pytest.approx([0.1 * 0.9**n for n in range(4)])
+    assert _series(rows, "main/head-scheduler")[1] == pytest.approx(
+        [0.1 * 0.9**n for n in range(4)]
+    )
+    assert _series(rows, "main/head-momentum")[1] == [0.9] * 4
+    assert _series(rows, "lr-Adam") == ([1, 4, 7, 10], [0.01] * 4)
+    assert _series(rows, "lr-Adam-momentum")[1] == [0.9] * 4  # beta1
+    assert _series(rows, "lr-SGD") == ([2, 5, 8, 11], [0.2 * 0.5**n for n in range(4)])
+    keys = set().union(*rows)
+    # No scheduler, or a scheduler without get_last_lr: the optimizer's value only.
+    assert not {"lr-Adam-scheduler", "lr-SGD-scheduler", "lr-SGD-lr_mismatch_steps"} & keys
+    assert monitor.mismatch_steps == {"main/pg1": 0, "main/head": 0}
+
+    # Every key Lightning's own monitor writes is one of ours, with the same meaning.
+    lightning = LearningRateMonitor(log_momentum=True, log_weight_decay=True)
+    reference = _trainer(tmp_path / "lightning", [lightning])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference.fit(ThreeOptimizers(), _loader(4))
+    lightning_keys = set().union(*_rows(reference)) - {"epoch", "step"}
+    assert lightning_keys == {
+        "main/pg1",
+        "main/head",
+        "lr-SGD",
+        "lr-Adam",
+        *(
+            f"{k}-{s}"
+            for k in ("main/pg1", "main/head", "lr-SGD", "lr-Adam")
+            for s in ("momentum", "weight_decay")
+        ),
+    }
+    assert lightning_keys <= keys
+
+
+class EditsLR(Net):
+    """Sets the LR by hand in two batches: the scheduler does not know."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if batch_idx in (3, 5):
+            self.trainer.optimizers[0].param_groups[0]["lr"] = 0.5
+        return super().training_step(batch, batch_idx)
+
+
+def test_disagreement_warns_once_and_is_counted(tmp_path: Any) -> None:
+    steps = 8
+
+    def configure(module: pl.LightningModule) -> Any:
+        opt = _make_optimizer("SGD", module.parameters())
+        sched = OneCycleLR(opt, max_lr=0.5, total_steps=steps, pct_start=0.3)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    monitor = LRMonitor(plot=False)
+    trainer = _trainer(tmp_path, [monitor])
+    ref, _ = _reference_onecycle("SGD", steps)
+    pattern = (
+        r"disagree on the learning rate of SGD param group 0 \('lr-SGD'\) at step 3:"
+        rf" scheduler.get_last_lr\(\)\[0\]={ref[3]:.6g}, optimizer.param_groups\[0\]\['lr'\]=0.5"
+    )
+    with pytest.warns(UserWarning, match=pattern) as record:
+        trainer.fit(EditsLR(configure), _loader(steps))
+    assert sum("disagree" in str(w.message) for w in record) == 1
+    assert monitor.mismatch_steps == {"lr-SGD": 2}
+    rows = _rows(trainer)
+    lrs = _series(rows, "lr-SGD")[1]
+    assert lrs[3] == lrs[5] == 0.5
+    # OneCycleLR recomputes from its position, so the next step is back on schedule.
+    assert _series(rows, "lr-SGD-scheduler")[1] == pytest.approx(ref)
+    assert lrs[4] == pytest.approx(ref[4])
+    assert _series(rows, "lr-SGD-lr_mismatch_steps")[1] == [0, 0, 0, 1, 1, 2, 2, 2]
+
+
+def test_log_every_n_steps_thins_the_log_not_the_history(tmp_path: Any) -> None:
+    def configure(module: pl.LightningModule) -> Any:
+        return torch.optim.Adam(module.parameters(), lr=0.01)
+
+    monitor = LRMonitor(log_every_n_steps=3, plot=False)
+    trainer = _trainer(tmp_path, [monitor])
+    trainer.fit(Net(configure), _loader(10))
+    assert _series(_rows(trainer), "lr-Adam")[0] == [0, 3, 6, 9]
+    assert monitor.history["lr-Adam"][0] == list(range(10))
+    assert monitor.mismatch_steps == {}
+
+
+def test_trainer_without_logger_is_a_clear_error(tmp_path: Any) -> None:
+    trainer = _trainer(tmp_path, [LRMonitor()], logger=False)
+    net = Net(lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
+    with pytest.raises(MisconfigurationException, match="LRMonitor needs a logger"):
+        trainer.fit(net, _loader(2))
+
+
+def test_duplicate_param_group_names_are_an_error(tmp_path: Any) -> None:
+    def configure(module: pl.LightningModule) -> Any:
+        groups = [
+            {"params": module.body.parameters(), "name": "x"},
+            {"params": module.head.parameters(), "name": "x"},
+        ]
+        return torch.optim.SGD(groups, lr=0.1)
+
+    trainer = _trainer(tmp_path, [LRMonitor()])
+    with pytest.raises(
+        MisconfigurationException, match=r"duplicated parameter group names \['x'\]"
+    ):
+        trainer.fit(Net(configure), _loader(2))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"log_every_n_steps": 0}, "`log_every_n_steps` must be None or an integer >= 1, got 0"),
+        (
+            {"log_every_n_steps": 2.0},
+            "`log_every_n_steps` must be None or an integer >= 1, got 2.0",
+        ),
+        ({"rtol": -1.0}, "`rtol` must be a number >= 0, got -1.0"),
+        ({"atol": "0"}, "`atol` must be a number >= 0, got '0'"),
+        (
+            {"plot_filename": "lr.jpg"},
+            "`plot_filename` must be a file name ending in .png, got 'lr.jpg'",
+        ),
+    ],
+)
+def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LRMonitor(**kwargs)
