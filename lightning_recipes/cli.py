@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
+from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.module import OneCycleModule
 
 __all__ = ["RecipesCLI", "main"]
@@ -25,7 +28,8 @@ class RecipesCLI(LightningCLI):
     :class:`~lightning_recipes.DigitsDataModule`), by ``class_path``.
 
     ``num_classes`` and ``in_channels`` of the data module are passed to the model when the
-    model takes them and the config does not set them. After ``fit``, the best checkpoint is
+    model takes them (``link_arguments``); a model value set in the config that contradicts the
+    data module is an error rather than silently replaced. After ``fit``, the best checkpoint is
     tested when the data module has a test set, and a summary names the test accuracy, the log
     folder, the checkpoints and the saved config.
     """
@@ -40,6 +44,37 @@ class RecipesCLI(LightningCLI):
         )
         for name in _LINKED:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    @override
+    def instantiate_classes(self) -> None:
+        # jsonargparse's link overwrites the target; remember what the user set so that a
+        # contradiction is reported instead of silently replaced. A value equal to the model's
+        # default, or to the default model's (jsonargparse carries those over when `--model`
+        # switches class), is not taken as set by the user.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        init_args = config.get("model.init_args")
+        model_cls = _import(config.get("model.class_path"))
+        explicit = {}
+        if init_args is not None and model_cls is not None:
+            params = inspect.signature(model_cls.__init__).parameters
+            carried = inspect.signature(ImageClassifier.__init__).parameters
+            for name in _LINKED:
+                value = init_args.get(name)
+                if name in params and value not in (
+                    None,
+                    params[name].default,
+                    carried[name].default,
+                ):
+                    explicit[name] = value
+        super().instantiate_classes()
+        for name, value in explicit.items():
+            linked = getattr(self.datamodule, name, None)
+            if linked is not None and linked != value:
+                raise ValueError(
+                    f"`model.init_args.{name}` is {value}, but the data module"
+                    f" {type(self.datamodule).__name__} has {name}={linked}; the model takes"
+                    " the data module's value, so leave the model's argument out"
+                )
 
     @override
     def after_fit(self) -> None:
@@ -62,6 +97,13 @@ class RecipesCLI(LightningCLI):
         lines.append(f"  config:      {config if config.exists() else 'not saved'}")
         if trainer.is_global_zero:
             print("\n".join(lines))
+
+
+def _import(class_path: str | None) -> type | None:
+    if not class_path:
+        return None
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name, None)
 
 
 def main(args: list[str] | None = None) -> None:

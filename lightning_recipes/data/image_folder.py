@@ -61,6 +61,8 @@ class ImageFolderDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         check_loader_args(batch_size, num_workers)
+        if not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"`image_size` must be an integer >= 1, got {image_size!r}")
         if not 0.0 < crop_fraction <= 1.0:
             raise ValueError(f"`crop_fraction` must be in (0, 1], got {crop_fraction}")
         self.root = Path(root)
@@ -128,19 +130,20 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
 
 def _class_folders(folder: Path) -> list[str]:
+    """The classes torchvision's ImageFolder will find, checked up front with clear errors."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"Expected a folder of class sub-folders at {str(folder)!r}, but it does not exist"
         )
-    classes = sorted(
-        entry.name
-        for entry in folder.iterdir()
-        if entry.is_dir()
-        and any(f.suffix.lower() in IMG_EXTENSIONS for f in entry.rglob("*") if f.is_file())
-    )
+    # The same class list ImageFolder builds: every sub-folder, sorted.
+    classes = sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
     if not classes:
-        raise FileNotFoundError(
-            f"{str(folder)!r} holds no class sub-folder with images"
-            f" (extensions {', '.join(IMG_EXTENSIONS)})"
-        )
+        raise FileNotFoundError(f"{str(folder)!r} holds no class sub-folder")
+    for name in classes:
+        files = (f for f in (folder / name).rglob("*") if f.is_file())
+        if not any(f.suffix.lower() in IMG_EXTENSIONS for f in files):
+            raise FileNotFoundError(
+                f"Class folder {str(folder / name)!r} holds no image"
+                f" (extensions {', '.join(IMG_EXTENSIONS)}); remove it or add its images"
+            )
     return classes
