@@ -388,8 +388,13 @@ def test_cifar10_config_prints(tmp_path, capsys):
     assert trainer["sync_batchnorm"] is True
     assert trainer["max_epochs"] == 30
     assert trainer["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
-    (checkpoint,) = trainer["callbacks"]
+    checkpoint, *monitors = trainer["callbacks"]
     assert checkpoint["class_path"] == "lightning.pytorch.callbacks.ModelCheckpoint"
+    assert [m["class_path"] for m in monitors] == [
+        "lightning_recipes.LRMonitor",
+        "lightning_recipes.LossScaleMonitor",
+        "lightning_recipes.TrainingSanityChecks",
+    ]
     assert checkpoint["init_args"]["monitor"] == "val/acc"
     assert config["data"]["class_path"] == "lightning_recipes.CIFAR10DataModule"
     assert config["data"]["init_args"]["download"] is False
