@@ -2,7 +2,35 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
+
+
+class SplitDataModule(pl.LightningDataModule):
+    """A data module whose four loaders come from one ``_loader(split)`` method.
+
+    Prediction reads the test split.
+    """
+
+    def _loader(self, split: str) -> DataLoader:
+        raise NotImplementedError
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    @override
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")
 
 
 def check_loader_args(batch_size: int, num_workers: int) -> None:

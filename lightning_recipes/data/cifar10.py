@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.datasets import CIFAR10
 from torchvision.transforms import v2
 from typing_extensions import override
 
-from lightning_recipes.data._common import check_loader_args, make_loader
+from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
 
 __all__ = ["CIFAR10DataModule"]
 
@@ -19,7 +18,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class CIFAR10DataModule(pl.LightningDataModule):
+class CIFAR10DataModule(SplitDataModule):
     """CIFAR-10 read by torchvision, with the standard pad-4 random crop and horizontal flip.
 
     ``val_size`` images of the training batches (chosen by ``seed``) are held out for
@@ -103,25 +102,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self._data["val"] = Subset(train_eval, order[: self.val_size])
         self._data["test"] = CIFAR10(root, train=False, transform=self.eval_transform)
 
+    @override
     def _loader(self, split: str) -> DataLoader:
         self.setup()
         train = split == "train"
         return make_loader(
-            self._data[split], self.batch_size, self.num_workers, train, pin_memory=True
+            self._data[split],
+            self.batch_size,
+            self.num_workers,
+            train,
+            pin_memory=torch.cuda.is_available(),
         )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")

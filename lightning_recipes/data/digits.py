@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,12 +10,12 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
-from lightning_recipes.data._common import check_loader_args, make_loader
+from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
 
 __all__ = ["DigitsDataModule"]
 
 
-class DigitsDataModule(pl.LightningDataModule):
+class DigitsDataModule(SplitDataModule):
     """The UCI handwritten digits (1,797 real 8x8 grey images, 10 classes) shipped in scikit-learn.
 
     The split into train, validation and test is stratified by class and fixed by ``seed``, so
@@ -107,25 +106,10 @@ class DigitsDataModule(pl.LightningDataModule):
             idx_t = torch.from_numpy(np.sort(idx))
             self._splits[name] = TensorDataset(x[idx_t].contiguous(), y[idx_t])
 
+    @override
     def _loader(self, split: str) -> DataLoader:
         if not self._splits:
             self.setup()
         return make_loader(
             self._splits[split], self.batch_size, self.hparams.num_workers, split == "train"
         )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
@@ -12,7 +11,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 from typing_extensions import override
 
-from lightning_recipes.data._common import check_loader_args, make_loader
+from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
 
 __all__ = ["ImageFolderDataModule"]
 
@@ -20,7 +19,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ImageFolderDataModule(pl.LightningDataModule):
+class ImageFolderDataModule(SplitDataModule):
     """Images in class folders, read by torchvision's ``ImageFolder``.
 
     ``root`` must hold ``train/`` and ``val/``, each with one sub-folder per class; a
@@ -100,33 +99,17 @@ class ImageFolderDataModule(pl.LightningDataModule):
         """``(channels, height, width)`` of one image."""
         return (self.in_channels, self.image_size, self.image_size)
 
-    def _dataset(self, split: str, train: bool) -> ImageFolder:
+    @override
+    def _loader(self, split: str) -> DataLoader:
         folder = self.root / split
         if split == "test" and not folder.is_dir():
             folder = self.root / "val"
+        train = split == "train"
         transform = self.train_transform if train else self.eval_transform
-        return ImageFolder(str(folder), transform=transform)
-
-    def _loader(self, split: str, train: bool = False) -> DataLoader:
+        dataset = ImageFolder(str(folder), transform=transform)
         return make_loader(
-            self._dataset(split, train), self.batch_size, self.num_workers, train, pin_memory=True
+            dataset, self.batch_size, self.num_workers, train, pin_memory=torch.cuda.is_available()
         )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    @override
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
 
 def _class_folders(folder: Path) -> list[str]:
