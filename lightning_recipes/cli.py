@@ -29,9 +29,9 @@ class RecipesCLI(LightningCLI):
 
     ``num_classes`` and ``in_channels`` of the data module are passed to the model when the
     model takes them (``link_arguments``); a model value set in the config that contradicts the
-    data module is an error rather than silently replaced. After ``fit``, the best checkpoint is
-    tested when the data module has a test set, and a summary names the test accuracy, the log
-    folder, the checkpoints and the saved config.
+    data module is an error rather than silently replaced. After ``fit``, the final weights (the end of
+    the OneCycle) are tested when the data module has a test set, and a summary names the test
+    accuracy, the log folder, the last and best checkpoints and the saved config.
     """
 
     @override
@@ -78,21 +78,25 @@ class RecipesCLI(LightningCLI):
 
     @override
     def after_fit(self) -> None:
+        # The model is tested as training left it: a OneCycle run ends annealed at `min_lr`, and
+        # its final weights are the recipe's result. The checkpoint with the best validation
+        # score is still saved and named, but picking it on a small validation set selects noise.
         trainer, datamodule = self.trainer, self.datamodule
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-        results: list[dict[str, Any]] = []
         if trainer.interrupted:
             return
+        results: list[dict[str, Any]] = []
         if datamodule is not None and is_overridden("test_dataloader", datamodule):
-            results = trainer.test(self.model, datamodule=datamodule, ckpt_path=best or None)
+            results = trainer.test(self.model, datamodule=datamodule)
         log_dir = trainer.log_dir or trainer.default_root_dir
-        lines = ["", "lightning-recipes fit finished."]
+        lines = ["", "lightning-recipes fit finished; test metrics of the final weights:"]
         for key, value in sorted((results[0] if results else {}).items()):
             lines.append(f"  {key}: {value:.4f}")
         lines.append(f"  logs:        {log_dir}")
+        checkpoint = trainer.checkpoint_callback
         if isinstance(checkpoint, ModelCheckpoint):
-            lines.append(f"  checkpoints: {checkpoint.dirpath} (best: {best or 'none'})")
+            best = checkpoint.best_model_path or "none"
+            last = checkpoint.last_model_path or "none"
+            lines.append(f"  checkpoints: {checkpoint.dirpath} (last: {last}, best: {best})")
         config = Path(log_dir) / "config.yaml"
         lines.append(f"  config:      {config if config.exists() else 'not saved'}")
         if trainer.is_global_zero:

@@ -80,7 +80,7 @@ def _run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProce
 
 def _summary(stdout: str) -> dict[str, str]:
     """The lines ``after_fit`` prints, as {key: value}."""
-    start = stdout.index("lightning-recipes fit finished.")
+    start = stdout.index("lightning-recipes fit finished")
     summary = {}
     for line in stdout[start:].splitlines()[1:]:
         match = re.fullmatch(r"  (\S+):\s+(.*)", line)
@@ -90,10 +90,11 @@ def _summary(stdout: str) -> dict[str, str]:
     return summary
 
 
-def _checkpoints(summary: dict[str, str]) -> tuple[Path, Path]:
-    match = re.fullmatch(r"(\S+) \(best: (\S+)\)", summary["checkpoints"])
+def _checkpoints(summary: dict[str, str]) -> tuple[Path, Path, Path]:
+    """(folder, last, best) from the summary's checkpoints line."""
+    match = re.fullmatch(r"(\S+) \(last: (\S+), best: (\S+)\)", summary["checkpoints"])
     assert match is not None, summary["checkpoints"]
-    return Path(match[1]), Path(match[2])
+    return Path(match[1]), Path(match[2]), Path(match[3])
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +125,10 @@ def test_fit_prints_summary_with_existing_paths(fit_run):
     logs = Path(summary["logs"])
     assert logs == folder / "digits" / "version_0"
     assert (logs / "metrics.csv").is_file()
-    dirpath, best = _checkpoints(summary)
+    dirpath, last, best = _checkpoints(summary)
     assert dirpath == logs / "checkpoints"
     assert best.is_file() and best.parent == dirpath
-    assert (dirpath / "last.ckpt").is_file()
+    assert last == dirpath / "last.ckpt" and last.is_file()
 
     config = Path(summary["config"])
     assert config == logs / "config.yaml"
@@ -144,10 +145,10 @@ def test_fit_prints_summary_with_existing_paths(fit_run):
     assert scheduler["last_epoch"] == 3
 
 
-def test_fit_test_accuracy_is_that_of_the_best_checkpoint(fit_run):
+def test_fit_test_accuracy_is_that_of_the_final_weights(fit_run):
     _, summary = fit_run
-    _, best = _checkpoints(summary)
-    assert float(summary["test/acc"]) == pytest.approx(_accuracy(best, "test"), abs=5e-5)
+    _, last, _ = _checkpoints(summary)
+    assert float(summary["test/acc"]) == pytest.approx(_accuracy(last, "test"), abs=5e-5)
 
 
 def test_rerun_in_same_folder_with_console_script(fit_run):
@@ -200,7 +201,7 @@ def _subcommand_args(subcommand: str, folder: Path, ckpt: Path) -> list[str]:
 @pytest.mark.parametrize("subcommand", ["validate", "test"])
 def test_validate_and_test_from_checkpoint(fit_run, tmp_path, monkeypatch, subcommand):
     _, summary = fit_run
-    _, best = _checkpoints(summary)
+    _, _, best = _checkpoints(summary)
     results = _capture(monkeypatch, subcommand)
     main(_subcommand_args(subcommand, tmp_path, best))
     ((metrics,),) = results
@@ -212,7 +213,7 @@ def test_validate_and_test_from_checkpoint(fit_run, tmp_path, monkeypatch, subco
 
 def test_predict_from_checkpoint(fit_run, tmp_path, monkeypatch):
     _, summary = fit_run
-    _, best = _checkpoints(summary)
+    _, _, best = _checkpoints(summary)
     results = _capture(monkeypatch, "predict")
     main(_subcommand_args("predict", tmp_path, best))
     (batches,) = results
@@ -352,7 +353,7 @@ def test_user_model_and_data_from_pythonpath(tmp_path):
     assert saved["model"]["init_args"]["hidden"] == 16
     assert saved["data"]["class_path"] == "my_recipes.Blobs"
 
-    _, best = _checkpoints(summary)
+    _, _, best = _checkpoints(summary)
     state = torch.load(best, map_location="cpu", weights_only=False)
     assert state["hyper_parameters"]["num_classes"] == 3  # linked from Blobs.num_classes
     assert state["state_dict"]["net.2.weight"].shape == (3, 16)
