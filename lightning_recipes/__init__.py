@@ -1,8 +1,12 @@
 """lightning_recipes: everyday training recipes for PyTorch Lightning, correct by default."""
 
 from lightning_recipes.callbacks import (
+    CutMix,
+    FMix,
     LossScaleMonitor,
     LRMonitor,
+    MixUp,
+    RandomMix,
     TrainingSanityChecks,
     TrainingSanityError,
     TrainingSanityWarning,
@@ -16,13 +20,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CIFAR10DataModule",
+    "CutMix",
     "DigitsDataModule",
+    "FMix",
     "GuardedOneCycleLR",
     "ImageClassifier",
     "ImageFolderDataModule",
     "LRMonitor",
     "LossScaleMonitor",
+    "MixUp",
     "OneCycleModule",
+    "RandomMix",
     "ScheduleMismatchError",
     "TrainingSanityChecks",
     "TrainingSanityError",

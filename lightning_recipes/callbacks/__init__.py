@@ -2,6 +2,7 @@
 
 from lightning_recipes.callbacks.loss_scale import LossScaleMonitor
 from lightning_recipes.callbacks.lr_monitor import LRMonitor
+from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
 from lightning_recipes.callbacks.sanity import (
     TrainingSanityChecks,
     TrainingSanityError,
@@ -9,8 +10,12 @@ from lightning_recipes.callbacks.sanity import (
 )
 
 __all__ = [
+    "CutMix",
+    "FMix",
     "LRMonitor",
     "LossScaleMonitor",
+    "MixUp",
+    "RandomMix",
     "TrainingSanityChecks",
     "TrainingSanityError",
     "TrainingSanityWarning",

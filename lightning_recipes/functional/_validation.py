@@ -1,0 +1,219 @@
+"""Argument checks shared by the mixing functions and callbacks.
+
+Every check reads only metadata (shape, dtype, device) unless its name says otherwise, so it is
+free to run on every training batch: no host-device synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SPATIAL_DIMS = (1, 2, 3)
+
+
+def check_real(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise TypeError(f"`{name}` must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def check_alpha(alpha: Any, name: str = "alpha") -> float:
+    alpha = check_real(alpha, name)
+    if alpha <= 0:
+        raise ValueError(f"`{name}` must be > 0, got {alpha}")
+    return alpha
+
+
+def check_probability(p: Any, name: str = "p") -> float:
+    p = check_real(p, name)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1], got {p}")
+    return p
+
+
+def check_decay_power(decay_power: Any) -> float:
+    decay_power = check_real(decay_power, "decay_power")
+    if decay_power <= 0:
+        raise ValueError(f"`decay_power` must be > 0, got {decay_power}")
+    return decay_power
+
+
+def check_max_soft(max_soft: Any) -> float:
+    max_soft = check_real(max_soft, "max_soft")
+    if not 0.0 <= max_soft <= 0.5:
+        raise ValueError(f"`max_soft` must be in [0, 0.5], got {max_soft}")
+    return max_soft
+
+
+def check_label_smoothing(label_smoothing: Any) -> float:
+    label_smoothing = check_real(label_smoothing, "label_smoothing")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
+    return label_smoothing
+
+
+def check_num_classes(num_classes: Any, name: str = "num_classes") -> int | None:
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"`{name}` must be None or an integer >= 1, got {num_classes!r}")
+    return num_classes
+
+
+def check_spatial_dims(spatial_dims: Any) -> int | None:
+    if spatial_dims is not None and (
+        isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS
+    ):
+        raise ValueError(f"`spatial_dims` must be None, 1, 2 or 3, got {spatial_dims!r}")
+    return spatial_dims
+
+
+def check_spatial_size(spatial_size: Any) -> tuple[int, ...]:
+    size = tuple(spatial_size)
+    if not 1 <= len(size) <= 3 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size
+    ):
+        raise ValueError(f"`spatial_size` must be 1 to 3 positive integers, got {size!r}")
+    return size
+
+
+def check_input(x: Any, name: str = "x") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor (mixing integer images would truncate"
+            f" them), got dtype {x.dtype}; convert first, e.g. with"
+            " `torchvision.transforms.v2.ToDtype(torch.float32, scale=True)`"
+        )
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"`{name}` must have a non-empty batch dimension, got shape {_shape(x)}")
+    return x
+
+
+def resolve_spatial_dims(x: Tensor, spatial_dims: int | None, method: str, name: str = "x") -> int:
+    """The number of trailing spatial dims of ``x`` for a mask-based method."""
+    if spatial_dims is None:
+        if x.ndim - 2 not in SPATIAL_DIMS:
+            raise ValueError(
+                f"`{name}` must have shape (batch, channels, *spatial) with 1 to 3 spatial dims"
+                f" for {method}, got shape {_shape(x)}; pass `spatial_dims` for other layouts"
+            )
+        return x.ndim - 2
+    check_spatial_dims(spatial_dims)
+    if x.ndim < spatial_dims + 1:
+        raise ValueError(
+            f"`{name}` must have at least {spatial_dims + 1} dims (batch, ..., {spatial_dims}"
+            f" spatial) for {spatial_dims}-D {method}, got shape {_shape(x)}"
+        )
+    return spatial_dims
+
+
+def check_lam(lam: Any, batch_size: int, device: torch.device, name: str = "lam") -> float | Tensor:
+    """A Python lam must lie in [0, 1]; a tensor lam must be float of shape ``(batch,)``.
+
+    The values of a tensor are not checked: that would synchronise with the device.
+    """
+    if isinstance(lam, Tensor):
+        if not lam.is_floating_point() or lam.shape != (batch_size,):
+            raise ValueError(
+                f"`{name}` must be a float or a floating-point tensor of shape ({batch_size},),"
+                f" got a {lam.dtype} tensor of shape {_shape(lam)}"
+            )
+        if lam.device != device:
+            raise ValueError(f"`{name}` must be on {device}, got a tensor on {lam.device}")
+        return lam
+    return check_lam_value(lam, name)
+
+
+def check_lam_value(lam: Any, name: str = "lam") -> float:
+    lam = check_real(lam, name)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"`{name}` must be in [0, 1], got {lam}")
+    return lam
+
+
+def check_perm(perm: Any, batch_size: int, device: torch.device, name: str = "perm") -> Tensor:
+    if not isinstance(perm, Tensor) or perm.dtype != torch.long or perm.shape != (batch_size,):
+        got = (
+            f"a {perm.dtype} tensor of shape {_shape(perm)}"
+            if isinstance(perm, Tensor)
+            else type(perm).__name__
+        )
+        raise ValueError(
+            f"`{name}` must be a torch.long tensor of shape ({batch_size},), got {got}"
+        )
+    if perm.device != device:
+        raise ValueError(f"`{name}` must be on {device}, got a tensor on {perm.device}")
+    return perm
+
+
+def check_generator(generator: Any, device: torch.device) -> torch.Generator | None:
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"`generator` must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != device.type:
+        raise ValueError(
+            f"`generator` must be on the device of the data ({device.type}), got a generator"
+            f" on {generator.device.type}"
+        )
+    return generator
+
+
+def check_targets(y: Any, batch_size: int | None, num_classes: int | None, name: str = "y") -> int:
+    """Checks shape and dtype of integer labels ``(batch,)`` or float targets ``(batch, C)``.
+
+    Returns the number of classes (from the targets when they are float). The range of
+    integer labels is checked by :func:`check_label_range`, which synchronises.
+    """
+    if not isinstance(y, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(y).__name__}")
+    if batch_size is None:
+        batch_size = y.shape[0] if y.ndim else -1
+    if y.is_floating_point():
+        if y.ndim != 2 or y.shape[0] != batch_size:
+            raise ValueError(
+                f"`{name}` must be float targets of shape (batch={batch_size}, num_classes)"
+                f" or integer labels of shape ({batch_size},), got float shape {_shape(y)}"
+            )
+        if num_classes is not None and y.shape[1] != num_classes:
+            raise ValueError(
+                f"`{name}` must have `num_classes`={num_classes} columns, got shape {_shape(y)}"
+            )
+        return y.shape[1]
+    if y.dtype in (torch.bool, torch.uint8) or y.is_complex():
+        raise TypeError(
+            f"`{name}` must hold integer labels (int64) or float targets, got dtype {y.dtype}"
+        )
+    if y.ndim != 1 or y.shape[0] != batch_size:
+        raise ValueError(
+            f"`{name}` must be integer labels of shape ({batch_size},) (one per sample) or"
+            f" float targets of shape ({batch_size}, num_classes), got shape {_shape(y)}"
+        )
+    if num_classes is None:
+        raise ValueError(
+            f"`num_classes` is needed to turn the integer labels `{name}` into soft targets,"
+            " got None"
+        )
+    return num_classes
+
+
+def check_label_range(y: Tensor, num_classes: int, name: str = "y") -> None:
+    """Raises if integer labels fall outside ``[0, num_classes)``. Synchronises on accelerators."""
+    if y.numel() == 0:
+        return
+    low, high = (int(v) for v in torch.aminmax(y))
+    if low < 0 or high >= num_classes:
+        raise ValueError(
+            f"`{name}` must hold class indices in [0, {num_classes}), got values in [{low}, {high}]"
+        )
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)

@@ -1,0 +1,46 @@
+"""The one operation all mixing methods apply: ``m * x_i + (1 - m) * x_perm(i)``.
+
+MixUp's ``m`` is a ratio per sample (or per batch); CutMix's and FMix's are masks. Applying
+them through the same kernel keeps dtype, memory format and exactness the same for all three.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_recipes.functional._validation import check_input, check_perm
+
+__all__ = ["blend"]
+
+
+def blend(x: Tensor, perm: Tensor, weight: float | Tensor) -> Tensor:
+    """Returns ``weight * x + (1 - weight) * x[perm]`` as a new tensor; ``x`` is not modified.
+
+    The result has the dtype and memory format of ``x`` (channels-last stays channels-last,
+    fp16/bf16 stay fp16/bf16). Where ``weight`` is exactly 1 the result is exactly ``x``, and
+    where it is 0 exactly ``x[perm]``, so binary masks copy pixels bit for bit.
+
+    It costs one gather and one in-place ``lerp`` on the gathered copy: a single new tensor,
+    about the price of ``x.clone()`` plus one read of ``x``.
+
+    Args:
+        x: Floating-point batch of shape ``(batch, ...)``.
+        perm: Partner index of each sample, ``torch.long`` of shape ``(batch,)``.
+        weight: Weight of ``x`` itself: a Python float, or a tensor broadcastable to ``x``
+            (cast to ``x.dtype``, so a weight that fp16 cannot hold is rounded).
+
+    Example:
+        >>> x = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+        >>> blend(x, torch.tensor([1, 0]), torch.tensor([[0.25], [1.0]]))
+        tensor([[0.7500, 0.7500],
+                [1.0000, 1.0000]])
+    """
+    check_input(x)
+    check_perm(perm, x.shape[0], x.device)
+    if isinstance(weight, Tensor):
+        weight = weight.to(x.dtype)
+    partners = torch.empty_like(x)  # preserves the memory format, unlike `x[perm]`
+    torch.index_select(x, 0, perm, out=partners)
+    # lerp(start=partner, end=x, weight) = weight * x + (1 - weight) * partner, exact at 0 and 1.
+    return partners.lerp_(x, weight)

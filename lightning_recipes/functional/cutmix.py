@@ -1,0 +1,205 @@
+"""CutMix: paste a box of the partner sample; weight the targets by the area actually pasted.
+
+Paper: Yun, Han, Oh, Chun, Choe, Yoo, "CutMix: Regularization Strategy to Train Strong
+Classifiers with Localizable Features", ICCV 2019, https://arxiv.org/abs/1905.04899.
+
+The box has sides ``size * (1 - lam) ** (1 / d)`` around a uniform random centre and is clipped
+at the border, as in the paper's code; clipping shrinks the pasted area, so the target weights
+are taken from the clipped box ("lam correction", on by default as in timm). Boxes are drawn per
+sample as tensors and turned into masks by broadcast comparisons: no Python loop over samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_recipes.functional._validation import (
+    check_generator,
+    check_input,
+    check_lam,
+    check_lam_value,
+    check_spatial_size,
+    resolve_spatial_dims,
+)
+from lightning_recipes.functional.blend import blend
+
+__all__ = ["box_mask", "cutmix", "sample_boxes"]
+
+
+def sample_boxes(
+    spatial_size: Sequence[int],
+    lam: float | Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draws CutMix boxes whose unclipped volume is ``(1 - lam)`` of the input.
+
+    Args:
+        spatial_size: Size of the 1 to 3 spatial dims, e.g. ``(height, width)``.
+        lam: Weight of the sample itself (outside the box): a Python float for one box, drawn
+            on the CPU (so that reading it costs no device sync), or a tensor of any shape for
+            one box per element, drawn on its device.
+        generator: Source of randomness, on the CPU for a float ``lam``, else on the device
+            of ``lam``.
+
+    Returns:
+        A ``torch.long`` tensor of shape ``(*lam.shape, len(spatial_size), 2)`` holding the
+        half-open range ``[low, high)`` of the box along each spatial dim, clipped to the
+        input.
+
+    Example:
+        >>> boxes = sample_boxes((32, 32), torch.tensor([0.75, 1.0]),
+        ...                      generator=torch.Generator().manual_seed(0))
+        >>> boxes.shape, (boxes[1, :, 1] - boxes[1, :, 0]).tolist()
+        (torch.Size([2, 2, 2]), [0, 0])
+    """
+    spatial_size = check_spatial_size(spatial_size)
+    if not isinstance(lam, Tensor):
+        box = _sample_box(spatial_size, check_lam_value(lam), generator)
+        return torch.tensor(box, dtype=torch.long)
+    generator = check_generator(generator, lam.device)
+    ndim = len(spatial_size)
+    # Side ratio (1 - lam)^(1/d): the box keeps the aspect of the input (sqrt for images).
+    ratio = (1.0 - lam.float()).clamp_(0.0, 1.0).pow_(1.0 / ndim)
+    uniform = torch.rand((*lam.shape, ndim), generator=generator, device=lam.device)
+    boxes = torch.empty((*lam.shape, ndim, 2), dtype=torch.long, device=lam.device)
+    for dim, size in enumerate(spatial_size):  # the 1 to 3 spatial dims, not the samples
+        cut = (ratio * size).floor_()
+        centre = (uniform[..., dim] * size).floor_().clamp_(max=size - 1)
+        low = centre.sub_((cut * 0.5).floor_())  # centre - cut // 2, before clipping
+        boxes[..., dim, 1] = (low + cut).clamp_(0, size)
+        boxes[..., dim, 0] = low.clamp_(0, size)
+    return boxes
+
+
+def _sample_box(
+    spatial_size: tuple[int, ...], lam: float, generator: torch.Generator | None
+) -> list[tuple[int, int]]:
+    """One box as Python ints, the same rule as the tensor path of :func:`sample_boxes`,
+    from one CPU draw: per batch, a few float operations instead of some 30 tiny tensor ops."""
+    generator = check_generator(generator, torch.device("cpu"))
+    uniform = torch.rand(len(spatial_size), generator=generator).tolist()
+    ratio = min(max(1.0 - lam, 0.0), 1.0) ** (1.0 / len(spatial_size))
+    box = []
+    for u, size in zip(uniform, spatial_size, strict=True):
+        cut = math.floor(ratio * size)
+        low = min(math.floor(u * size), size - 1) - cut // 2
+        box.append((min(max(low, 0), size), min(max(low + cut, 0), size)))
+    return box
+
+
+def box_mask(
+    boxes: Tensor, spatial_size: Sequence[int], dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Turns boxes into masks ``m``: 0 inside the box (the partner's pixels), 1 outside.
+
+    Args:
+        boxes: Output of :func:`sample_boxes`, shape ``(*batch, d, 2)``.
+        spatial_size: Size of the ``d`` spatial dims.
+        dtype: dtype of the mask.
+
+    Returns:
+        A tensor of shape ``(*batch, *spatial_size)`` on the device of ``boxes``.
+
+    Example:
+        >>> box_mask(torch.tensor([[1, 3]]), (4,))
+        tensor([1., 0., 0., 1.])
+    """
+    spatial_size = check_spatial_size(spatial_size)
+    ndim = len(spatial_size)
+    if boxes.ndim < 2 or tuple(boxes.shape[-2:]) != (ndim, 2):
+        raise ValueError(
+            f"`boxes` must have shape (..., {ndim}, 2) for {ndim} spatial dims, got"
+            f" {tuple(boxes.shape)}"
+        )
+    batch_shape = boxes.shape[:-2]
+    # The box is the product of 0/1 "inside" vectors, one per dim, broadcast against each
+    # other: (*batch, size_0, 1, 1) * (*batch, 1, size_1, 1) * ...
+    inside = torch.ones((), dtype=dtype, device=boxes.device)
+    for dim, size in enumerate(spatial_size):
+        coords = torch.arange(size, device=boxes.device)
+        along = (coords >= boxes[..., dim, :1]) & (coords < boxes[..., dim, 1:])
+        shape = (*batch_shape, *(size if d == dim else 1 for d in range(ndim)))
+        inside = inside * along.to(dtype).view(shape)
+    return 1 - inside
+
+
+def cutmix(
+    x: Tensor,
+    lam: float | Tensor,
+    perm: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    correct_lam: bool = True,
+    spatial_dims: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Pastes a box of each sample's partner into it and returns the true weights.
+
+    Args:
+        x: Floating-point batch ``(batch, channels, *spatial)`` with 1 to 3 spatial dims
+            (``spatial_dims`` for other layouts); not modified.
+        lam: Requested weight of each sample itself: a Python float (one box for the whole
+            batch) or a tensor of shape ``(batch,)`` on ``x.device`` (one box per sample).
+        perm: Partner index of each sample.
+        generator: Source of randomness for the box positions: on the CPU for a float
+            ``lam`` (one box, whose corners are read without a device sync), else on
+            ``x.device``.
+        correct_lam: Return the weights of the clipped boxes, i.e. the areas actually mixed
+            (default). ``False`` returns ``lam`` as requested, as the CutMix paper's code does.
+        spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``.
+
+    Returns:
+        ``(mixed, weights)``: the mixed batch (dtype and memory format of ``x``) and the
+        float32 weight of each sample itself, shape ``(batch,)``.
+
+    Example:
+        >>> x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
+        >>> g = torch.Generator().manual_seed(0)
+        >>> mixed, weights = cutmix(x, 0.75, torch.tensor([1, 0]), generator=g)
+        >>> torch.allclose(weights, 1 - (mixed != x).flatten(1).float().mean(1))
+        True
+    """
+    check_input(x)
+    lam = check_lam(lam, x.shape[0], x.device)
+    box_device = x.device if isinstance(lam, Tensor) else torch.device("cpu")
+    mask, weights = _cutmix_mask(
+        x,
+        lam,
+        generator=check_generator(generator, box_device),
+        correct_lam=correct_lam,
+        spatial_dims=spatial_dims,
+    )
+    return blend(x, perm, mask), weights
+
+
+def _cutmix_mask(
+    x: Tensor,
+    lam: float | Tensor,
+    *,
+    generator: torch.Generator | None,
+    correct_lam: bool,
+    spatial_dims: int | None,
+) -> tuple[Tensor, Tensor]:
+    """The CutMix mask, broadcastable to ``x``, and the float32 weights ``(batch,)``."""
+    batch_size = x.shape[0]
+    ndim = resolve_spatial_dims(x, spatial_dims, "cutmix")
+    size = tuple(x.shape[-ndim:])
+    if isinstance(lam, Tensor):
+        boxes = sample_boxes(size, lam, generator=generator)
+        mask = box_mask(boxes, size, dtype=x.dtype)
+        area = (boxes[..., 1] - boxes[..., 0]).prod(dim=-1).float() / math.prod(size)
+        weights = 1.0 - area if correct_lam else lam.float()
+    else:
+        # One box, drawn on the CPU: its corners are Python ints without a device sync.
+        box = _sample_box(size, lam, generator)
+        mask = torch.ones(size, dtype=x.dtype, device=x.device)
+        mask[tuple(slice(low, high) for low, high in box)] = 0
+        area = math.prod(high - low for low, high in box) / math.prod(size)
+        weight = 1.0 - area if correct_lam else lam
+        weights = torch.full((batch_size,), weight, device=x.device)
+    # (batch or 1, 1 for each non-spatial dim, *spatial) broadcasts over channels.
+    return mask.view(-1, *([1] * (x.ndim - 1 - ndim)), *size), weights

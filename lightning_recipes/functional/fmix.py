@@ -1,0 +1,260 @@
+"""FMix: mix with a binarised low-frequency Fourier mask, weighted by the mask's actual area.
+
+Paper: Harris, Marcu, Painter, Niranjan, Prügel-Bennett, Hare, "FMix: Enhancing Mixed Sample
+Data Augmentation", 2020, https://arxiv.org/abs/2002.12047 (code: github.com/ecs-vlc/FMix).
+
+The mask is sampled as in the paper: a complex Gaussian spectrum scaled by
+``1 / max(f, 1 / max(size)) ** decay_power`` is inverted with a real FFT into a smooth "grey"
+image, whose ``round(lam * N)`` highest values are set to 1 and the rest to 0 (with ``max_soft``,
+a linear ramp over the ranks around the cut, keeping the mean). Unlike the paper's code, which
+draws one numpy mask per batch on the CPU, randomly rounds the area up or down and then weights
+the targets with the *sampled* lam, here:
+
+* masks are drawn per sample or per batch on the data's device with one batched FFT;
+* the area is exactly ``round(lam * N) / N`` and the target weights are the mask's mean;
+* odd sizes and 1-D, 2-D and 3-D inputs use the exact real-FFT frequency grid.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from lightning_recipes.functional._validation import (
+    check_decay_power,
+    check_generator,
+    check_input,
+    check_lam,
+    check_lam_value,
+    check_max_soft,
+    check_spatial_size,
+    resolve_spatial_dims,
+)
+from lightning_recipes.functional.blend import blend
+
+__all__ = ["fmix", "sample_fmix_mask"]
+
+
+def sample_fmix_mask(
+    spatial_size: Sequence[int],
+    lam: float | Tensor,
+    *,
+    decay_power: float = 3.0,
+    max_soft: float = 0.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Samples FMix masks with mean ``round(lam * N) / N``, ``N`` the number of elements.
+
+    Args:
+        spatial_size: Size of the 1 to 3 spatial dims: ``(length,)`` for audio or sequences,
+            ``(height, width)`` for images, ``(depth, height, width)`` for volumes.
+        lam: Requested mean: a Python float in [0, 1] for one mask, or a tensor of any shape
+            for one mask per element (values are not checked, to avoid a device sync).
+        decay_power: Exponent ``d`` of the ``1 / f**d`` decay of the spectrum; larger values
+            give smoother masks with fewer, larger blobs.
+        max_soft: Half-width of the soft edge as a fraction of ``N``, in [0, 0.5]: the ranks
+            ``round(lam * N) +- max_soft * N`` get a linear ramp from 1 to 0 instead of a
+            hard edge. 0 (default) gives binary masks.
+        generator: Source of randomness, on the mask's device.
+        device: Where to draw when ``lam`` is a Python float; defaults to the generator's.
+        dtype: dtype of the mask.
+
+    Returns:
+        A tensor of shape ``(*lam.shape, *spatial_size)``: 1 where a sample keeps its own
+        values, 0 where it takes its partner's.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> masks = sample_fmix_mask((31, 17), torch.tensor([0.3, 0.5]), generator=g)
+        >>> masks.shape, masks.sum(dim=(1, 2)).tolist()  # round(lam * 31 * 17)
+        (torch.Size([2, 31, 17]), [158.0, 264.0])
+    """
+    size = check_spatial_size(spatial_size)
+    decay_power = check_decay_power(decay_power)
+    max_soft = check_max_soft(max_soft)
+    n = math.prod(size)
+    count: int | Tensor
+    if isinstance(lam, Tensor):
+        device, batch_shape = lam.device, lam.shape
+        count = (lam.float().clamp(0.0, 1.0) * n).round_().long().reshape(-1)
+    else:
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+        batch_shape, count = (), round(check_lam_value(lam) * n)
+    generator = check_generator(generator, torch.device(device))
+    grey = _low_frequency_noise(math.prod(batch_shape), size, decay_power, generator, device)
+    if max_soft == 0.0:
+        mask = _top_k_mask(grey, count)
+    else:
+        if isinstance(count, int):
+            count = torch.full((1,), count, dtype=torch.long, device=device)
+        soft = torch.minimum(count, n - count).clamp_max(int(n * max_soft))
+        mask = _soft_top_k_mask(grey, count, soft)
+    return mask.to(dtype).view(*batch_shape, *size)
+
+
+def fmix(
+    x: Tensor,
+    lam: float | Tensor,
+    perm: Tensor,
+    *,
+    decay_power: float = 3.0,
+    max_soft: float = 0.0,
+    generator: torch.Generator | None = None,
+    spatial_dims: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Mixes each sample with its partner through an FMix mask ``m``: ``m*x_i + (1-m)*x_perm(i)``.
+
+    Args:
+        x: Floating-point batch ``(batch, channels, *spatial)`` with 1 to 3 spatial dims of
+            any size, odd ones included (``spatial_dims`` for other layouts); not modified.
+        lam: Requested weight of each sample itself: a Python float (one mask for the whole
+            batch) or a tensor of shape ``(batch,)`` on ``x.device`` (one mask per sample).
+        perm: Partner index of each sample.
+        decay_power: See :func:`sample_fmix_mask`.
+        max_soft: See :func:`sample_fmix_mask`.
+        generator: Source of randomness for the masks, on ``x.device``.
+        spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``.
+
+    Returns:
+        ``(mixed, weights)``: the mixed batch (dtype and memory format of ``x``) and the
+        float32 weight of each sample itself, shape ``(batch,)``: the mean of its mask as
+        applied (in ``x.dtype``), not the sampled ``lam``.
+
+    Example:
+        >>> x = torch.stack([torch.zeros(3, 9, 9), torch.ones(3, 9, 9)])
+        >>> g = torch.Generator().manual_seed(0)
+        >>> mixed, weights = fmix(x, 0.3, torch.tensor([1, 0]), generator=g)
+        >>> weights  # round(0.3 * 81) / 81 = 24 / 81
+        tensor([0.2963, 0.2963])
+        >>> (mixed[0] == x[0]).float().mean()  # the share of sample 0 that stayed its own
+        tensor(0.2963)
+    """
+    check_input(x)
+    mask, weights = _fmix_mask(
+        x,
+        check_lam(lam, x.shape[0], x.device),
+        decay_power=decay_power,
+        max_soft=max_soft,
+        generator=check_generator(generator, x.device),
+        spatial_dims=spatial_dims,
+    )
+    return blend(x, perm, mask), weights
+
+
+def _fmix_mask(
+    x: Tensor,
+    lam: float | Tensor,
+    *,
+    decay_power: float,
+    max_soft: float,
+    generator: torch.Generator | None,
+    spatial_dims: int | None,
+) -> tuple[Tensor, Tensor]:
+    """The FMix mask, broadcastable to ``x``, and the float32 weights ``(batch,)``."""
+    ndim = resolve_spatial_dims(x, spatial_dims, "fmix")
+    size = tuple(x.shape[-ndim:])
+    mask = sample_fmix_mask(
+        size,
+        lam,
+        decay_power=decay_power,
+        max_soft=max_soft,
+        generator=generator,
+        device=x.device,
+        dtype=x.dtype,
+    )
+    mask = mask.view(-1, *([1] * (x.ndim - 1 - ndim)), *size)
+    # The mean of the mask as applied (in x.dtype), which is what each sample shows.
+    weights = mask.flatten(1).float().mean(dim=1).expand(x.shape[0]).contiguous()
+    return mask, weights
+
+
+@functools.lru_cache(maxsize=16)
+def _spectrum_scale(size: tuple[int, ...], decay_power: float, device: torch.device) -> Tensor:
+    """``1 / max(|f|, 1 / max(size)) ** decay_power`` on the ``rfftn`` grid (cached: it only
+    depends on the arguments)."""
+    return _frequencies(size, device).clamp_min_(1.0 / max(size)).pow_(-decay_power)
+
+
+def _frequencies(size: tuple[int, ...], device: torch.device) -> Tensor:
+    """``|f|`` on the grid of ``rfftn`` for ``size``: full axes, then the half last axis."""
+    axes = [torch.fft.fftfreq(s, device=device) for s in size[:-1]]
+    axes.append(torch.fft.rfftfreq(size[-1], device=device))
+    squared = torch.zeros((), device=device)
+    for dim, axis in enumerate(axes):
+        squared = squared + axis.view(*(-1 if d == dim else 1 for d in range(len(axes)))) ** 2
+    return squared.sqrt()
+
+
+def _low_frequency_noise(
+    batch: int,
+    size: tuple[int, ...],
+    decay_power: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> Tensor:
+    """The paper's "grey" images, one per row of the result ``(batch, N)``."""
+    scale = _spectrum_scale(size, decay_power, torch.device(device))
+    spectrum = torch.randn(
+        (batch, *scale.shape), dtype=torch.complex64, generator=generator, device=device
+    )
+    grey = torch.fft.irfftn(spectrum.mul_(scale), s=size, dim=tuple(range(1, len(size) + 1)))
+    return grey.reshape(batch, -1)
+
+
+def _top_k_mask(values: Tensor, count: int | Tensor) -> Tensor:
+    """Per row, True at exactly ``count`` positions: those of the highest values.
+
+    One count for all rows (a Python int, from a per-batch lam) is an exact ``topk``. A count
+    per row (a tensor) cannot use ``topk``, and a full sort per row is by far the slowest
+    step of FMix on the CPU (torch sorts many rows slowly), so the cut is found with a
+    histogram: every value goes to one of ``N / 4`` equal-width bins of its row, the bin
+    holding the ``count``-th highest value is located from the cumulative counts, values in
+    higher bins are taken, and from that boundary bin (a few values within ``range / (N / 4)``
+    of the cut, all on the mask's contour) exactly the number still needed, in index order.
+    The area is exact; only the choice among near-equal values at the contour differs from a
+    sort.
+    """
+    batch, n = values.shape
+    if isinstance(count, int):
+        top = values.topk(count, dim=1, sorted=False).indices
+        return torch.zeros_like(values, dtype=torch.bool).scatter_(1, top, True)
+    bins = max(1, n // 4)
+    low, high = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
+    # Values mapped to [0, bins - 0.5] (values - low is exact and >= 0), so truncation gives
+    # bins 0 .. bins - 1 without a clamp. int32 halves the memory traffic of the passes
+    # below; the counts come from one flat `index_add_` over row * bins + bin.
+    scale = (bins - 0.5) / (high - low).clamp_min(1e-30)
+    index = (values - low).mul_(scale).int()
+    first = torch.arange(0, batch * bins, bins, dtype=torch.int32, device=values.device)
+    ones = torch.ones((), dtype=torch.int32, device=values.device).expand(batch * n)
+    counts = torch.zeros(batch * bins, dtype=torch.int32, device=values.device)
+    counts.index_add_(0, (index + first.unsqueeze(1)).view(-1), ones)
+    at_or_below = counts.view(batch, bins).cumsum(1, dtype=torch.int32)
+    count = count.view(batch, 1)
+    # Bin j holds the cut while the values above it (n - at_or_below[j - 1]) are < count.
+    boundary = (at_or_below[:, :-1] <= n - count).sum(dim=1, keepdim=True)
+    need = count - (n - at_or_below.gather(1, boundary))  # to take from the boundary bin
+    boundary = boundary.int()
+    in_boundary = index == boundary
+    take = in_boundary & (in_boundary.cumsum(1, dtype=torch.int32) <= need)
+    return take.logical_or_(index > boundary)
+
+
+def _soft_top_k_mask(values: Tensor, count: Tensor, soft: Tensor) -> Tensor:
+    """The paper's soft binarisation: rank ``r`` (0 = highest) gets 1 for ``r < count - soft``,
+    0 for ``r >= count + soft`` and ``linspace(1, 0, 2 * soft)`` in between, so the row mean
+    stays ``count / N``. Needs exact ranks, hence a sort."""
+    batch, n = values.shape
+    order = values.argsort(dim=1, descending=True)
+    positions = torch.arange(n, device=values.device).expand(batch, n)
+    rank = torch.empty_like(order).scatter_(1, order, positions)
+    count, soft = count.view(batch, 1), soft.view(batch, 1)
+    ramp = 1.0 - (rank - (count - soft)) / (2 * soft - 1).clamp_min(1)
+    return torch.where(soft > 0, ramp.clamp_(0.0, 1.0), (rank < count).float())

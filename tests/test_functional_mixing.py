@@ -1,0 +1,443 @@
+"""The functional mixing core against independent formulas (loops, slices, numpy FFTs)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from lightning_recipes.functional import (
+    blend,
+    box_mask,
+    cutmix,
+    fmix,
+    mix_targets,
+    mixup,
+    sample_boxes,
+    sample_fmix_mask,
+    sample_lam,
+    sample_partners,
+    soft_targets,
+)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _reference_mix(x: torch.Tensor, m: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``m * x_i + (1 - m) * x_perm(i)``, written out sample by sample in float64."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    for i in range(x.shape[0]):
+        out[i] = m[i].double() * x[i].double() + (1 - m[i].double()) * x[perm[i]].double()
+    return out
+
+
+def _distinct_batch(batch: int, *spatial: int, channels: int = 2) -> torch.Tensor:
+    """Sample ``i`` is ``i + 1`` plus small noise: every value tells which sample it is from."""
+    base = torch.arange(1, batch + 1, dtype=torch.float32).view(-1, *([1] * (len(spatial) + 1)))
+    return base + 0.01 * torch.rand(batch, channels, *spatial, generator=_gen(1))
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@pytest.mark.parametrize("batch", [2, 3, 5, 8, 9, 64])
+def test_partners_are_a_permutation_without_fixed_points(batch: int) -> None:
+    for seed in range(5):
+        perm = sample_partners(batch, generator=_gen(seed))
+        assert sorted(perm.tolist()) == list(range(batch))
+        assert (perm != torch.arange(batch)).all()
+
+
+def test_partners_of_a_single_sample() -> None:
+    assert sample_partners(1, generator=_gen()).tolist() == [0]
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0, 2.0])
+def test_sample_lam_follows_beta(alpha: float) -> None:
+    lam = sample_lam(alpha, (4000,), generator=_gen(3)).double().numpy()
+    assert stats.kstest(lam, stats.beta(alpha, alpha).cdf).pvalue > 0.01
+    assert sample_lam(alpha, generator=_gen()).shape == ()
+
+
+# --------------------------------------------------------------------------- blend / mixup
+
+
+def test_blend_is_exact_at_zero_and_one() -> None:
+    x = torch.randn(4, 3, 5, 5, generator=_gen())
+    perm = torch.tensor([1, 2, 3, 0])
+    mask = (torch.rand(4, 1, 5, 5, generator=_gen(2)) > 0.5).float()
+    mixed = blend(x, perm, mask)
+    assert torch.equal(mixed, torch.where(mask.bool(), x, x[perm]))
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_mixup_pixels_and_weights(per_sample: bool) -> None:
+    x = torch.randn(7, 3, 6, 5, generator=_gen())
+    perm = sample_partners(7, generator=_gen(1))
+    lam = sample_lam(1.0, (7,), generator=_gen(2)) if per_sample else 0.3
+    mixed, weights = mixup(x, lam, perm)
+    expected_lam = lam if per_sample else torch.full((7,), 0.3)
+    torch.testing.assert_close(weights, expected_lam)
+    torch.testing.assert_close(mixed.double(), _reference_mix(x, expected_lam, perm))
+    assert mixed.shape == x.shape and weights.dtype == torch.float32
+
+
+def test_mixup_does_not_modify_its_input() -> None:
+    x = torch.randn(4, 3, 2, 2, generator=_gen())
+    before = x.clone()
+    mixup(x, 0.5, torch.tensor([1, 0, 3, 2]))
+    assert torch.equal(x, before)
+
+
+# --------------------------------------------------------------------------- cutmix
+
+
+def _reference_box_mask(boxes: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """The mask by slicing, sample by sample."""
+    masks = torch.ones(boxes.shape[0], *size)
+    for i, box in enumerate(boxes.tolist()):
+        index = tuple(slice(low, high) for low, high in box)
+        masks[i][index] = 0
+    return masks
+
+
+@pytest.mark.parametrize("size", [(16, 16), (7, 13), (11,), (5, 6, 7)])
+def test_boxes_and_masks_against_slicing(size: tuple[int, ...]) -> None:
+    lam = sample_lam(1.0, (50,), generator=_gen(4))
+    boxes = sample_boxes(size, lam, generator=_gen(5))
+    assert boxes.shape == (50, len(size), 2)
+    assert torch.equal(box_mask(boxes, size), _reference_box_mask(boxes, size))
+    low, high = boxes[..., 0], boxes[..., 1]
+    bound = torch.tensor(size)
+    assert ((low >= 0) & (low <= high) & (high <= bound)).all()
+    # Boxes that were not clipped have sides floor(size * (1 - lam) ** (1 / d)).
+    cut = ((1 - lam).unsqueeze(1).pow(1 / len(size)) * bound).floor().long()
+    touches_border = (low == 0) | (high == bound)
+    assert ((high - low == cut) | touches_border).all()
+    assert (high - low <= cut).all()
+
+
+@pytest.mark.parametrize("size", [(32, 32), (7, 13), (11,), (5, 6, 7)])
+def test_one_box_for_a_float_lam_follows_the_same_rule(size: tuple[int, ...]) -> None:
+    for seed in range(20):
+        lam = float(sample_lam(1.0, generator=_gen(seed + 100)))
+        one = sample_boxes(size, lam, generator=_gen(seed))
+        batched = sample_boxes(size, torch.tensor([lam]), generator=_gen(seed))
+        assert torch.equal(one, batched[0])
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("shape", [(9, 2, 12, 10), (5, 1, 17), (4, 2, 5, 6, 7)])
+def test_cutmix_pixels_and_true_area(per_sample: bool, shape: tuple[int, ...]) -> None:
+    batch, size = shape[0], shape[2:]
+    x = _distinct_batch(batch, *size, channels=shape[1])
+    perm = sample_partners(batch, generator=_gen(1))
+    lam = sample_lam(1.0, (batch,), generator=_gen(2)) if per_sample else 0.6
+    mixed, weights = cutmix(x, lam, perm, generator=_gen(3))
+
+    boxes = sample_boxes(size, lam, generator=_gen(3))  # the same draws as inside cutmix
+    boxes = boxes if per_sample else boxes.expand(batch, *boxes.shape)
+    m = _reference_box_mask(boxes, size).unsqueeze(1)
+    assert torch.equal(mixed.double(), _reference_mix(x, m, perm))
+    # The weights are the share of each sample's values that are still its own.
+    own = (mixed.round() == x.round()).flatten(1).float().mean(1)
+    torch.testing.assert_close(weights, own)
+
+
+def test_cutmix_clipped_box_weight_and_uncorrected_lam() -> None:
+    x = _distinct_batch(64, 8, 8)
+    perm = sample_partners(64, generator=_gen())
+    lam = torch.full((64,), 0.5)
+    _, corrected = cutmix(x, lam, perm, generator=_gen(7))
+    # A box of 5x5 (floor(8 * sqrt(0.5))) clipped by the border pastes less than 25 pixels.
+    assert (corrected > 1 - 25 / 64 + 1e-6).any()
+    assert (corrected >= 1 - 25 / 64 - 1e-6).all()
+    # Boxes are clipped at both ends (not shifted inside): sides of 5 centred on 0..7.
+    boxes = sample_boxes((8, 8), lam, generator=_gen(7))
+    side = boxes[..., 1] - boxes[..., 0]
+    assert ((boxes[..., 0] == 0) & (side < 5)).any()
+    assert ((boxes[..., 1] == 8) & (side < 5)).any()
+    assert set(side.flatten().tolist()) == {3, 4, 5}
+    _, uncorrected = cutmix(x, lam, perm, generator=_gen(7), correct_lam=False)
+    assert torch.equal(uncorrected, lam)
+
+
+# --------------------------------------------------------------------------- fmix
+
+
+@pytest.mark.parametrize("size", [(32, 32), (31, 17), (101,), (64,), (9, 10, 11)])
+def test_fmix_masks_are_binary_with_exact_area(size: tuple[int, ...]) -> None:
+    lam = torch.cat([torch.tensor([0.0, 1.0, 0.5]), sample_lam(1.0, (13,), generator=_gen(6))])
+    masks = sample_fmix_mask(size, lam, generator=_gen(7))
+    n = math.prod(size)
+    assert masks.shape == (16, *size)
+    assert ((masks == 0) | (masks == 1)).all()
+    expected = torch.tensor([round(v * n) for v in lam.tolist()], dtype=torch.float32)
+    assert torch.equal(masks.flatten(1).sum(1), expected)
+
+
+def test_top_k_selection_is_exact_with_ties() -> None:
+    """The binarisation takes exactly `count` values per row, never a lower one before a
+    higher one, also when many values are equal (constant rows, few levels)."""
+    from lightning_recipes.functional.fmix import _top_k_mask
+
+    values = torch.cat([torch.randint(0, 3, (6, 40), generator=_gen()).float(), torch.zeros(2, 40)])
+    count = torch.tensor([0, 1, 13, 20, 39, 40, 7, 33])
+    for mask in (_top_k_mask(values, count), _top_k_mask(values[:1], 17)):
+        rows = mask.shape[0]
+        assert torch.equal(mask.sum(1), count[:rows] if rows > 1 else torch.tensor([17]))
+        taken = torch.where(mask, values[:rows], float("inf")).amin(1)
+        left = torch.where(mask, float("-inf"), values[:rows]).amax(1)
+        assert (taken >= left).all()
+
+
+def test_fmix_masks_are_low_frequency() -> None:
+    """Most of the spectral power of a mask lies below 1/8 cycles per pixel, unlike a random
+    binary mask of the same area, whose power is spread over all frequencies."""
+    size = (64, 64)
+    lam = torch.full((32,), 0.5)
+    masks = sample_fmix_mask(size, lam, generator=_gen(8)).double().numpy()
+    white = (np.random.default_rng(0).random((32, *size)) < 0.5).astype(np.float64)
+
+    def low_power_share(m: np.ndarray) -> float:
+        power = np.abs(np.fft.fft2(m - m.mean(axis=(1, 2), keepdims=True))) ** 2
+        fy, fx = np.meshgrid(np.fft.fftfreq(size[0]), np.fft.fftfreq(size[1]), indexing="ij")
+        low = np.sqrt(fx**2 + fy**2) < 1 / 8
+        return float(power[:, low].sum() / power.sum())
+
+    assert low_power_share(masks) > 0.8
+    assert low_power_share(white) < 0.1
+
+
+@pytest.mark.parametrize("size", [(12, 9), (15,), (4, 5, 7)])
+def test_fmix_grey_image_is_the_papers_inverse_fft(size: tuple[int, ...]) -> None:
+    """The image before binarisation is numpy's irfftn of the same complex Gaussian spectrum
+    scaled by 1 / max(f, 1 / max(size)) ** d on the rfft frequency grid."""
+    from lightning_recipes.functional.fmix import _low_frequency_noise
+
+    grey = _low_frequency_noise(3, size, 2.5, _gen(11), torch.device("cpu"))
+    rfft_shape = (*size[:-1], size[-1] // 2 + 1)
+    spectrum = torch.randn((3, *rfft_shape), dtype=torch.complex64, generator=_gen(11)).numpy()
+    grids = np.meshgrid(
+        *[np.fft.fftfreq(s) for s in size[:-1]], np.fft.rfftfreq(size[-1]), indexing="ij"
+    )
+    freqs = np.sqrt(sum(g**2 for g in grids))
+    scale = 1 / np.maximum(freqs, 1 / max(size)) ** 2.5
+    axes = tuple(range(1, len(size) + 1))
+    expected = np.fft.irfftn(spectrum * scale, s=size, axes=axes).reshape(3, -1)
+    np.testing.assert_allclose(grey.numpy(), expected, rtol=1e-4, atol=1e-4 * abs(expected).max())
+
+
+def test_fmix_soft_masks_keep_the_area() -> None:
+    lam = torch.tensor([0.3, 0.5, 0.9, 0.02])
+    masks = sample_fmix_mask((20, 20), lam, max_soft=0.1, generator=_gen(9))
+    assert ((masks >= 0) & (masks <= 1)).all()
+    assert ((masks > 0) & (masks < 1)).any()
+    expected = torch.tensor([120.0, 200.0, 360.0, 8.0]) / 400
+    torch.testing.assert_close(masks.flatten(1).mean(1), expected)
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("shape", [(6, 3, 15, 9), (5, 2, 33), (3, 1, 5, 6, 7)])
+def test_fmix_pixels_and_weights(per_sample: bool, shape: tuple[int, ...]) -> None:
+    batch, size = shape[0], shape[2:]
+    x = _distinct_batch(batch, *size, channels=shape[1])
+    perm = sample_partners(batch, generator=_gen(1))
+    lam = sample_lam(1.0, (batch,), generator=_gen(2)) if per_sample else 0.4
+    mixed, weights = fmix(x, lam, perm, generator=_gen(3))
+    masks = sample_fmix_mask(size, lam, generator=_gen(3))
+    masks = masks if per_sample else masks.expand(batch, *size)
+    assert torch.equal(mixed.double(), _reference_mix(x, masks.unsqueeze(1), perm))
+    own = (mixed.round() == x.round()).flatten(1).float().mean(1)
+    torch.testing.assert_close(weights, own)
+    n = math.prod(size)
+    lam_t = lam if per_sample else torch.full((batch,), 0.4)
+    torch.testing.assert_close(weights, (lam_t * n).round() / n)
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def test_mixed_integer_targets_sum_to_one_with_the_weights() -> None:
+    y = torch.tensor([0, 1, 2, 2, 4])
+    perm = torch.tensor([1, 2, 3, 4, 0])
+    weights = torch.tensor([0.7, 0.2, 1.0, 0.5, 0.0])
+    targets = mix_targets(y, weights, perm, num_classes=5)
+    expected = torch.zeros(5, 5)
+    for i in range(5):
+        expected[i, y[i]] += weights[i]
+        expected[i, y[perm[i]]] += 1 - weights[i]
+    torch.testing.assert_close(targets, expected)
+    torch.testing.assert_close(targets.sum(1), torch.ones(5))
+    assert targets.dtype == torch.float32
+
+
+def test_float_targets_are_mixed_as_they_are() -> None:
+    multi_hot = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float16)
+    targets = mix_targets(multi_hot, torch.tensor([0.25, 0.5]), torch.tensor([1, 0]))
+    expected = torch.tensor([[0.25, 0.75, 0.25], [0.5, 0.5, 0.5]])
+    torch.testing.assert_close(targets, expected)
+    assert targets.dtype == torch.float32
+
+
+def test_label_smoothing_is_off_by_default_and_follows_cross_entropy() -> None:
+    y = torch.tensor([1, 0])
+    assert torch.equal(soft_targets(y, 3), torch.tensor([[0.0, 1, 0], [1, 0, 0]]))
+    smoothed = soft_targets(y, 3, label_smoothing=0.3)
+    logits = torch.randn(2, 3, generator=_gen())
+    torch.testing.assert_close(
+        torch.nn.functional.cross_entropy(logits, smoothed),
+        torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.3),
+    )
+
+
+# --------------------------------------------------------------------------- dtype, layout
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("method", ["mixup", "cutmix", "fmix"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_dtype_and_channels_last_are_kept(
+    dtype: torch.dtype, method: str, per_sample: bool
+) -> None:
+    x = torch.randn(6, 3, 10, 10, generator=_gen()).to(dtype, memory_format=torch.channels_last)
+    perm = sample_partners(6, generator=_gen(1))
+    lam = sample_lam(1.0, (6,), generator=_gen(2)) if per_sample else 0.35
+    if method == "mixup":
+        mixed, weights = mixup(x, lam, perm)
+    elif method == "cutmix":
+        mixed, weights = cutmix(x, lam, perm, generator=_gen(3))
+    else:
+        mixed, weights = fmix(x, lam, perm, generator=_gen(3))
+    assert mixed.dtype == dtype and weights.dtype == torch.float32
+    assert mixed.is_contiguous(memory_format=torch.channels_last)
+    if method == "mixup" and per_sample:
+        # The weights are the lam actually applied, i.e. rounded to the input's dtype.
+        assert torch.equal(weights, lam.to(dtype).float())
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(
+    batch=st.integers(2, 9),
+    size=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    method=st.sampled_from(["mixup", "cutmix", "fmix"]),
+    per_sample=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_every_method_mixes_pixels_and_targets_consistently(
+    batch: int, size: list[int], method: str, per_sample: bool, seed: int
+) -> None:
+    x = _distinct_batch(batch, *size)
+    perm = sample_partners(batch, generator=_gen(seed))
+    lam = sample_lam(0.7, (batch,), generator=_gen(seed + 1))
+    lam_arg = lam if per_sample else float(lam[0])
+    if method == "mixup":
+        mixed, weights = mixup(x, lam_arg, perm)
+        m = weights.view(-1, 1, *([1] * len(size)))
+    else:
+        fn = cutmix if method == "cutmix" else fmix
+        mixed, weights = fn(x, lam_arg, perm, generator=_gen(seed + 2))
+        m = (mixed.round() == x.round()).all(dim=1, keepdim=True).float()
+        torch.testing.assert_close(weights, m.flatten(1).mean(1))
+    torch.testing.assert_close(mixed.double(), _reference_mix(x, m, perm))
+    y = torch.randint(0, 4, (batch,), generator=_gen(seed))
+    targets = mix_targets(y, weights, perm, num_classes=4)
+    torch.testing.assert_close(targets.sum(1), torch.ones(batch))
+    assert ((weights >= 0) & (weights <= 1)).all()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors_name_the_argument() -> None:
+    x = torch.randn(4, 3, 8, 8)
+    perm = torch.tensor([1, 2, 3, 0])
+    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got 0.0"):
+        sample_lam(0.0)
+    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got -1.0"):
+        sample_lam(-1)
+    with pytest.raises(TypeError, match=r"`alpha` must be a finite real number, got nan"):
+        sample_lam(float("nan"))
+    with pytest.raises(ValueError, match=r"`decay_power` must be > 0, got 0.0"):
+        sample_fmix_mask((8, 8), 0.5, decay_power=0)
+    with pytest.raises(ValueError, match=r"`max_soft` must be in \[0, 0.5\], got 0.6"):
+        sample_fmix_mask((8, 8), 0.5, max_soft=0.6)
+    with pytest.raises(ValueError, match=r"`max_soft` must be in \[0, 0.5\], got -0.1"):
+        fmix(x, 0.5, perm, max_soft=-0.1)
+    with pytest.raises(ValueError, match=r"`lam` must be in \[0, 1\], got 1.5"):
+        mixup(x, 1.5, perm)
+    with pytest.raises(ValueError, match=r"`lam` must be a float or a floating-point tensor"):
+        mixup(x, torch.rand(3), perm)
+    with pytest.raises(ValueError, match=r"`perm` must be a torch.long tensor of shape \(4,\)"):
+        mixup(x, 0.5, perm[:3])
+    with pytest.raises(TypeError, match=r"`x` must be a floating-point tensor .* got dtype"):
+        mixup(x.to(torch.uint8), 0.5, perm)
+    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, channels, \*spatial\)"):
+        fmix(torch.randn(4, 10), 0.5, perm)
+    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, channels, \*spatial\)"):
+        cutmix(torch.randn(4, 1, 2, 3, 4, 5), 0.5, perm)
+    with pytest.raises(ValueError, match=r"`x` must have at least 3 dims .* got shape \(4, 8\)"):
+        fmix(torch.randn(4, 8), 0.5, perm, spatial_dims=2)
+    with pytest.raises(ValueError, match=r"`spatial_dims` must be None, 1, 2 or 3, got 4"):
+        cutmix(x, 0.5, perm, spatial_dims=4)
+    with pytest.raises(ValueError, match=r"`spatial_size` must be 1 to 3 positive integers"):
+        sample_fmix_mask((0, 3), 0.5)
+    with pytest.raises(TypeError, match=r"`generator` must be a torch.Generator, got int"):
+        cutmix(x, 0.5, perm, generator=3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`boxes` must have shape \(\.\.\., 2, 2\)"):
+        box_mask(torch.zeros(3, 2), (4, 4))
+    with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1, got 0"):
+        sample_partners(0)
+    with pytest.raises(TypeError, match=r"`x` must be a torch.Tensor, got list"):
+        mixup([[1.0]], 0.5, perm)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`x` must have a non-empty batch dimension, got"):
+        mixup(torch.zeros(0, 3), 0.5, torch.zeros(0, dtype=torch.long))
+    with pytest.raises(
+        ValueError, match=r"`perm` must be a torch.long tensor of shape .* got list"
+    ):
+        blend(x, [1, 2, 3, 0], 0.5)  # type: ignore[arg-type]
+    # Device mismatches, shown with the "meta" device (no accelerator needed).
+    meta = torch.empty(4, 3, 8, 8, device="meta")
+    meta_perm = torch.empty(4, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match=r"`lam` must be on meta, got a tensor on cpu"):
+        mixup(meta, torch.rand(4), meta_perm)
+    with pytest.raises(ValueError, match=r"`perm` must be on meta, got a tensor on cpu"):
+        mixup(meta, 0.5, perm)
+    with pytest.raises(ValueError, match=r"`generator` must be on the device of the data \(meta"):
+        cutmix(meta, torch.rand(4, device="meta"), meta_perm, generator=_gen())
+
+
+def test_target_errors_name_the_argument() -> None:
+    perm = torch.tensor([1, 0])
+    w = torch.ones(2)
+    with pytest.raises(
+        ValueError, match=r"`y` must hold class indices in \[0, 3\), got .*\[0, 3\]"
+    ):
+        mix_targets(torch.tensor([0, 3]), w, perm, num_classes=3)
+    with pytest.raises(
+        ValueError, match=r"`y` must hold class indices in \[0, 3\), got .*\[-1, 0\]"
+    ):
+        soft_targets(torch.tensor([-1, 0]), 3)
+    with pytest.raises(ValueError, match=r"`num_classes` is needed .* got None"):
+        soft_targets(torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"`y` must be integer labels of shape \(2,\)"):
+        soft_targets(torch.tensor([[0], [1]]), 3)
+    with pytest.raises(ValueError, match=r"`y` must have `num_classes`=4 columns, got shape"):
+        soft_targets(torch.zeros(2, 3), 4)
+    with pytest.raises(TypeError, match=r"`y` must hold integer labels \(int64\) or float"):
+        soft_targets(torch.zeros(2, dtype=torch.bool), 2)
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0, 1\), got 1.0"):
+        soft_targets(torch.tensor([0, 1]), 2, label_smoothing=1.0)
+    with pytest.raises(ValueError, match=r"`num_classes` must be None or an integer >= 1, got 0"):
+        soft_targets(torch.tensor([0, 1]), 0)
+    with pytest.raises(TypeError, match=r"`y` must be a torch.Tensor, got list"):
+        soft_targets([0, 1], 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`weights` must be a tensor of shape \(2,\), got \(3,\)"):
+        mix_targets(torch.tensor([0, 1]), torch.ones(3), perm, num_classes=2)

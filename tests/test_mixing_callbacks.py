@@ -1,0 +1,462 @@
+"""The mixing callbacks in real (tiny, seeded, CPU) Trainer runs."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from scipy import stats
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+
+CALLBACKS = {
+    "MixUp": lambda **kw: MixUp(**kw),
+    "CutMix": lambda **kw: CutMix(**kw),
+    "FMix": lambda **kw: FMix(**kw),
+    "RandomMix": lambda **kw: RandomMix({"mixup": 0.3, "cutmix": 0.3, "fmix": 0.4}, **kw),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    pl.seed_everything(0, verbose=False)
+
+
+class Recorder(pl.LightningModule):
+    """A linear classifier on flattened inputs that records every batch it is given."""
+
+    def __init__(self, features: int, num_classes: int = 4) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.layer = torch.nn.Linear(features, num_classes)
+        self.train_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.val_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = (batch["image"], batch["target"]) if isinstance(batch, dict) else batch
+        self.train_batches.append((x.detach().clone(), y.detach().clone()))
+        return F.cross_entropy(self.layer(x.float().flatten(1)), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.val_batches.append((batch[0].clone(), batch[1].clone()))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> pl.Trainer:
+    defaults: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )
+    defaults.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **defaults)
+
+
+def _identity_data(n: int, num_classes: int = 4, seed: int = 0) -> TensorDataset:
+    """Sample ``i`` is the one-hot vector ``e_i``: a mixed row shows lam and the partner."""
+    labels = torch.randint(0, num_classes, (n,), generator=torch.Generator().manual_seed(seed))
+    return TensorDataset(torch.eye(n), labels)
+
+
+def _constant_images(n: int, size: int = 8, seed: int = 0) -> TensorDataset:
+    """Image ``i`` is the constant ``i + 1``: each mixed pixel shows which sample it is from."""
+    labels = torch.randint(0, 4, (n,), generator=torch.Generator().manual_seed(seed))
+    images = torch.arange(1, n + 1, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, size, size)
+    return TensorDataset(images.contiguous(), labels)
+
+
+def _loader(dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
+
+
+def _one_hot(y: torch.Tensor, n: int = 4) -> torch.Tensor:
+    return F.one_hot(y, n).float()
+
+
+# --------------------------------------------------------------------------- correctness
+
+
+def test_mixup_per_sample_lam_is_beta_and_targets_follow_the_pixels(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    data = _identity_data(600)
+    module = Recorder(600)
+    callback = MixUp(alpha=0.5, per_sample=True)
+    _trainer(tmp_path, [callback]).fit(module, _loader(data, 100))
+
+    lams = []
+    for step, (x, targets) in enumerate(module.train_batches):
+        own = torch.arange(step * 100, (step + 1) * 100)
+        lam = x[torch.arange(100), own]
+        rest = x.clone()
+        rest[torch.arange(100), own] = 0
+        partner = rest.argmax(1)
+        assert (partner != own).all()  # nobody is paired with itself
+        torch.testing.assert_close(rest.max(1).values, 1 - lam)
+        labels = data.tensors[1]
+        expected = lam[:, None] * _one_hot(labels[own]) + (1 - lam[:, None]) * _one_hot(
+            labels[partner]
+        )
+        torch.testing.assert_close(targets, expected)
+        lams.append(lam)
+    lam = torch.cat(lams).double().numpy()
+    assert stats.kstest(lam, stats.beta(0.5, 0.5).cdf).pvalue > 0.01
+
+
+@pytest.mark.parametrize("name", ["CutMix", "FMix", "RandomMix"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_mask_targets_are_weighted_by_the_true_area(
+    tmp_path: Path, name: str, per_sample: bool
+) -> None:
+    pl.seed_everything(1)
+    data = _constant_images(21, size=9)
+    module = Recorder(81)
+    if name == "RandomMix":  # the mask methods only: pixels must come whole from one sample
+        callback = RandomMix({"cutmix": 0.5, "fmix": 0.5}, per_sample=per_sample)
+    else:
+        callback = CALLBACKS[name](per_sample=per_sample)
+    _trainer(tmp_path, [callback]).fit(module, _loader(data, 7))  # odd batch size
+    labels = data.tensors[1]
+    for step, (x, targets) in enumerate(module.train_batches):
+        own = torch.arange(step * 7, (step + 1) * 7)
+        source = x.round().long().flatten(1) - 1  # the sample each pixel comes from
+        weight = (source == own[:, None]).float().mean(1)
+        others = torch.where(source == own[:, None], -1, source)
+        partner = others.max(1).values
+        mixed = partner >= 0
+        # Every pixel is from the sample itself or from one partner.
+        assert ((source == own[:, None]) | (source == partner[:, None])).all()
+        expected = weight[:, None] * _one_hot(labels[own])
+        expected[mixed] += (1 - weight[mixed, None]) * _one_hot(labels[partner[mixed]])
+        torch.testing.assert_close(targets, expected)
+        torch.testing.assert_close(targets.sum(1), torch.ones(7))
+        assert targets.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", list(CALLBACKS))
+def test_dtype_and_memory_format_are_kept(tmp_path: Path, name: str) -> None:
+    images = torch.randn(16, 3, 10, 10).to(torch.bfloat16)
+    images = images.contiguous(memory_format=torch.channels_last)
+    data = TensorDataset(images, torch.randint(0, 4, (16,)))
+
+    def collate(samples: list) -> list:
+        x = torch.stack([s[0] for s in samples]).contiguous(memory_format=torch.channels_last)
+        return [x, torch.stack([s[1] for s in samples])]
+
+    module = Recorder(300)
+    _trainer(tmp_path, [CALLBACKS[name](per_sample=True)]).fit(
+        module, _loader(data, 8, collate_fn=collate)
+    )
+    for x, _ in module.train_batches:
+        assert x.dtype == torch.bfloat16
+        assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_dict_batches_and_untouched_evaluation(tmp_path: Path) -> None:
+    class DictData(Dataset):
+        def __len__(self) -> int:
+            return 12
+
+        def __getitem__(self, i: int) -> dict:
+            return {"image": torch.full((1, 4, 4), float(i)), "target": i % 4, "id": i}
+
+    module = Recorder(16)
+    _trainer(tmp_path, [CutMix()], limit_val_batches=1).fit(
+        module, _loader(DictData(), 6), _loader(_constant_images(6, size=4), 6)
+    )
+    x, y = module.train_batches[0]
+    assert y.shape == (6, 4) and y.dtype == torch.float32
+    assert not torch.equal(x, torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 4, 4))
+    # Validation batches reach the module as the loader made them.
+    x_val, y_val = module.val_batches[0]
+    assert torch.equal(x_val, _constant_images(6, size=4).tensors[0])
+    assert y_val.dtype == torch.int64
+
+
+def test_batch_of_one_is_unmixed_and_p_zero_never_mixes(tmp_path: Path) -> None:
+    data = _identity_data(6)
+    module = Recorder(6)
+    _trainer(tmp_path, [MixUp(per_sample=True)], max_steps=2).fit(module, _loader(data, 1))
+    for step, (x, y) in enumerate(module.train_batches):
+        assert torch.equal(x, data.tensors[0][step : step + 1])
+        assert torch.equal(y, _one_hot(data.tensors[1][step : step + 1]))
+
+    module = Recorder(64)
+    _trainer(tmp_path, [FMix(p=0.0)]).fit(module, _loader(_constant_images(6), 3))
+    for x, y in module.train_batches:
+        assert (x.flatten(1) == x.flatten(1)[:, :1]).all()  # every image still constant
+        assert (y.max(1).values == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        # 3 epochs of 2 steps: epoch 0 only, or the first half of the 6 optimizer steps.
+        ({"stop_epoch": 1}, [True, True, False, False, False, False]),
+        ({"stop_fraction": 0.5}, [True, True, True, False, False, False]),
+    ],
+)
+def test_mixing_stops_at_the_end_point(tmp_path: Path, kwargs: dict, expected: list) -> None:
+    data = _identity_data(8)
+    module = Recorder(8)
+    _trainer(tmp_path, [MixUp(**kwargs)], max_epochs=3).fit(module, _loader(data, 4))
+    clean = [data.tensors[0][:4], data.tensors[0][4:]] * 3
+    is_mixed = [
+        not torch.equal(x, c) for (x, _), c in zip(module.train_batches, clean, strict=True)
+    ]
+    assert is_mixed == expected
+
+
+def test_lam_is_logged_and_a_grid_is_saved_each_epoch(tmp_path: Path) -> None:
+    logger = CSVLogger(tmp_path, name="run")
+    data = _constant_images(8)
+    _trainer(
+        tmp_path,
+        [FMix(save_grid=True, grid_samples=4)],
+        max_epochs=2,
+        logger=logger,
+        log_every_n_steps=1,
+    ).fit(Recorder(64), _loader(data, 4))
+    with open(Path(logger.log_dir) / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    lams = [float(r["lam-FMix"]) for r in rows if r.get("lam-FMix")]
+    assert len(lams) == 4 and all(0 <= v <= 1 for v in lams)
+    grids = sorted(p.name for p in (Path(logger.log_dir) / "mix_grids").iterdir())
+    assert grids == ["FMix-epoch=000.png", "FMix-epoch=001.png"]
+
+
+def test_num_classes_comes_from_the_module_hparams(tmp_path: Path) -> None:
+    class HparamsModule(Recorder):
+        def __init__(self) -> None:
+            super().__init__(8, num_classes=5)
+            del self.num_classes
+            self.save_hyperparameters({"num_classes": 5})
+
+    module = HparamsModule()
+    _trainer(tmp_path, [MixUp()], max_steps=1).fit(module, _loader(_identity_data(8), 4))
+    assert module.train_batches[0][1].shape == (4, 5)
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def _fit_and_record(
+    tmp_path: Path, seed: int, max_epochs: int, ckpt_path: str | None = None, **kwargs: Any
+) -> list[torch.Tensor]:
+    pl.seed_everything(seed)
+    module = Recorder(12)
+    callbacks = [RandomMix({"mixup": 0.5, "fmix": 0.5}, per_sample=True, p=0.8, spatial_dims=1)]
+    callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True))
+    trainer = _trainer(
+        tmp_path, callbacks, max_epochs=max_epochs, enable_checkpointing=True, **kwargs
+    )
+    trainer.fit(module, _loader(_identity_data(12), 4), ckpt_path=ckpt_path)
+    return [x for x, _ in module.train_batches]
+
+
+def test_resume_repeats_the_mixing_exactly(tmp_path: Path) -> None:
+    uninterrupted = _fit_and_record(tmp_path / "a", seed=3, max_epochs=2)
+    first = _fit_and_record(tmp_path / "b", seed=3, max_epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(first, uninterrupted[:3], strict=True))
+    # A different seed in the resumed run: the mixing state comes from the checkpoint.
+    resumed = _fit_and_record(
+        tmp_path / "b", seed=99, max_epochs=2, ckpt_path=str(tmp_path / "b" / "ckpt" / "last.ckpt")
+    )
+    assert len(resumed) == 3
+    assert all(torch.equal(a, b) for a, b in zip(resumed, uninterrupted[3:], strict=True))
+    assert not torch.equal(uninterrupted[0], uninterrupted[3])
+
+
+class _RankRecorder(Recorder):
+    def __init__(self, out: str) -> None:
+        super().__init__(16)
+        self.out = out
+
+    def on_train_end(self) -> None:
+        torch.save(self.train_batches, f"{self.out}/rank{self.global_rank}.pt")
+
+
+def test_ddp_ranks_mix_differently(tmp_path: Path) -> None:
+    trainer = _trainer(
+        tmp_path,
+        [MixUp(per_sample=True)],
+        devices=2,
+        strategy="ddp_fork",
+        max_steps=2,
+        use_distributed_sampler=False,  # both ranks see the same batches: only mixing differs
+    )
+    data = TensorDataset(torch.eye(16), torch.zeros(16, dtype=torch.long))
+    trainer.fit(_RankRecorder(str(tmp_path)), _loader(data, 8))
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    rank1 = torch.load(tmp_path / "rank1.pt")
+    lam0 = torch.stack([x.max(1).values for x, _ in rank0])
+    lam1 = torch.stack([x.max(1).values for x, _ in rank1])
+    assert lam0.shape == lam1.shape == (2, 8)
+    assert not torch.allclose(lam0, lam1)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_constructor_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got 0.0"):
+        MixUp(alpha=0)
+    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got -1.0"):
+        CutMix(alpha=-1)
+    with pytest.raises(ValueError, match=r"`p` must be in \[0, 1\], got 1.5"):
+        FMix(p=1.5)
+    with pytest.raises(ValueError, match=r"`p` must be in \[0, 1\], got -0.1"):
+        MixUp(p=-0.1)
+    with pytest.raises(ValueError, match=r"`decay_power` must be > 0, got 0.0"):
+        FMix(decay_power=0)
+    with pytest.raises(ValueError, match=r"`max_soft` must be in \[0, 0.5\], got 0.7"):
+        FMix(max_soft=0.7)
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0, 1\), got 1.0"):
+        MixUp(label_smoothing=1.0)
+    with pytest.raises(ValueError, match=r"`num_classes` must be None or an integer >= 1, got 0"):
+        MixUp(num_classes=0)
+    with pytest.raises(ValueError, match=r"pass one, got stop_epoch=2 and stop_fraction=0.5"):
+        MixUp(stop_epoch=2, stop_fraction=0.5)
+    with pytest.raises(ValueError, match=r"`stop_epoch` must be None or an integer >= 0, got -1"):
+        MixUp(stop_epoch=-1)
+    with pytest.raises(ValueError, match=r"`stop_fraction` must be None or in \(0, 1\], got 0"):
+        MixUp(stop_fraction=0)
+    with pytest.raises(TypeError, match=r"`input_key` must be None, an int .* got 1.5"):
+        MixUp(input_key=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"`per_sample` must be a bool, got 1"):
+        MixUp(per_sample=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`grid_samples` must be an integer >= 1, got 0"):
+        MixUp(grid_samples=0)
+    with pytest.raises(ValueError, match=r"`spatial_dims` must be None, 1, 2 or 3, got 0"):
+        CutMix(spatial_dims=0)
+    with pytest.raises(TypeError, match=r"`seed` must be None or an int, got 'a'"):
+        FMix(seed="a")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"`probs` keys must be among .* got \['mosaic'\]"):
+        RandomMix({"mosaic": 1.0})
+    with pytest.raises(ValueError, match=r"`probs` must sum to 1, got 0.8"):
+        RandomMix({"mixup": 0.5, "cutmix": 0.3})
+    with pytest.raises(ValueError, match=r"`probs\['fmix'\]` must be >= 0, got -0.5"):
+        RandomMix({"mixup": 1.5, "fmix": -0.5})
+    with pytest.raises(ValueError, match=r"`alpha\['cutmix'\]` must be > 0, got 0.0"):
+        RandomMix(alpha={"cutmix": 0.0})
+    with pytest.raises(ValueError, match=r"`alpha` keys must be among .* got \['mosaic'\]"):
+        RandomMix(alpha={"mosaic": 1.0})
+    with pytest.raises(TypeError, match=r"`probs\['mixup'\]` must be a finite real number"):
+        RandomMix({"mixup": "half"})  # type: ignore[dict-item]
+
+
+def _stub_trainer() -> SimpleNamespace:
+    return SimpleNamespace(
+        global_rank=0,
+        current_epoch=0,
+        global_step=0,
+        is_global_zero=True,
+        estimated_stepping_batches=10,
+    )
+
+
+def _stub_module(num_classes: int | None = 3) -> SimpleNamespace:
+    return SimpleNamespace(num_classes=num_classes, hparams={}, log=lambda *args, **kwargs: None)
+
+
+def _step(callback: Any, batch: Any, num_classes: int | None = 3) -> Any:
+    trainer, module = _stub_trainer(), _stub_module(num_classes)
+    callback.setup(trainer, module, "fit")
+    callback.on_train_batch_start(trainer, module, batch, 0)
+    return batch
+
+
+def test_batch_errors_name_the_item_and_the_fix() -> None:
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(TypeError, match=r"must be a list or a dict, got a tuple; return a list"):
+        _step(MixUp(), (x, y))
+    with pytest.raises(TypeError, match=r"`batch\[0\]` must be a floating-point tensor"):
+        _step(MixUp(), [x.to(torch.uint8), y])
+    with pytest.raises(ValueError, match=r"`batch\[1\]` must hold class indices in \[0, 3\)"):
+        _step(MixUp(), [x, torch.tensor([0, 1, 2, 3])])
+    with pytest.raises(ValueError, match=r"`batch\[1\]` must be integer labels of shape \(4,\)"):
+        _step(MixUp(), [x, y[:3]])
+    with pytest.raises(ValueError, match=r"`batch\[1\]` must have `num_classes`=3 columns"):
+        _step(MixUp(), [x, torch.rand(4, 5)])
+    with pytest.raises(ValueError, match=r"`num_classes` is needed .* pass `num_classes` to MixUp"):
+        _step(MixUp(), [x, y], num_classes=None)
+    with pytest.raises(ValueError, match=r"`input_key` must be an index into the list batch"):
+        _step(MixUp(input_key=2), [x, y])
+    with pytest.raises(ValueError, match=r"`target_key` must be given for a dict batch without"):
+        _step(MixUp(), {"image": x, "cls": y})
+    with pytest.raises(ValueError, match=r"`input_key` must be a key of the dict batch"):
+        _step(MixUp(input_key="img"), {"image": x, "target": y})
+    with pytest.raises(ValueError, match=r"`batch\['image'\]` must have shape \(batch, channels"):
+        _step(FMix(), {"image": torch.randn(4, 36), "target": y})
+    with pytest.raises(ValueError, match=r"`stop_fraction` needs a run of known length"):
+        MixUp(stop_fraction=0.5).on_train_start(
+            SimpleNamespace(estimated_stepping_batches=float("inf")), _stub_module()
+        )
+
+
+def test_float_targets_and_keys_by_name() -> None:
+    x = torch.randn(4, 1, 6, 6)
+    multi_hot = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    batch = _step(CutMix(input_key="a", target_key="b"), {"a": x, "b": multi_hot, "c": 1})
+    assert batch["b"].shape == (4, 3) and batch["c"] == 1
+    assert not torch.equal(batch["a"], x)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(CALLBACKS))
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_no_host_device_sync_on_cuda(name: str, per_sample: bool) -> None:
+    callback = CALLBACKS[name](per_sample=per_sample)
+    batch = [torch.randn(8, 3, 32, 32, device="cuda"), torch.randint(0, 3, (8,), device="cuda")]
+    _step(callback, list(batch))  # the first batch checks the label range once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer, module = _stub_trainer(), _stub_module()
+        callback.on_train_batch_start(trainer, module, batch, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert batch[1].shape == (8, 3)
+
+
+# --------------------------------------------------------------------------- integration
+
+
+@pytest.mark.parametrize("name", list(CALLBACKS))
+def test_image_classifier_on_digits_trains_on_mixed_targets(tmp_path: Path, name: str) -> None:
+    from lightning_recipes import DigitsDataModule, ImageClassifier
+
+    pl.seed_everything(0)
+    model = ImageClassifier(num_classes=10, in_channels=1, max_lr=0.05)
+    trainer = _trainer(
+        tmp_path,
+        [CALLBACKS[name](per_sample=True)],
+        limit_train_batches=3,
+        limit_val_batches=1,
+        log_every_n_steps=1,
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=32))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert 0 <= float(trainer.callback_metrics[f"lam-{name}"]) <= 1
+
+
+def test_grid_is_skipped_with_a_warning_for_non_images() -> None:
+    callback = FMix(save_grid=True)
+    with pytest.warns(UserWarning, match=r"draws 2-D images of shape .* got shape \(4, 2, 16\)"):
+        _step(callback, [torch.randn(4, 2, 16), torch.tensor([0, 1, 2, 0])])
