@@ -29,9 +29,9 @@ class RecipesCLI(LightningCLI):
 
     ``num_classes`` and ``in_channels`` of the data module are passed to the model when the
     model takes them (``link_arguments``); a model value set in the config that contradicts the
-    data module is an error rather than silently replaced. After ``fit``, the final weights (the end of
-    the OneCycle) are tested when the data module has a test set, and a summary names the test
-    accuracy, the log folder, the last and best checkpoints and the saved config.
+    data module is an error rather than silently replaced. After ``fit``, the final weights (the
+    end of the OneCycle) are tested when the data module has a test set, and a summary names the
+    test accuracy, the log folder, the last and best checkpoints and the saved config.
     """
 
     @override
