@@ -242,6 +242,12 @@ def test_fmix_soft_masks_keep_the_area() -> None:
     assert ((masks > 0) & (masks < 1)).any()
     expected = torch.tensor([120.0, 200.0, 360.0, 8.0]) / 400
     torch.testing.assert_close(masks.flatten(1).mean(1), expected)
+    # fmix applies the same soft masks and weights the targets by their means.
+    x = _distinct_batch(4, 20, 20)
+    perm = torch.tensor([1, 2, 3, 0])
+    mixed, weights = fmix(x, lam, perm, max_soft=0.1, generator=_gen(9))
+    torch.testing.assert_close(mixed.double(), _reference_mix(x, masks.unsqueeze(1), perm))
+    torch.testing.assert_close(weights, expected)
 
 
 @pytest.mark.parametrize("per_sample", [False, True])

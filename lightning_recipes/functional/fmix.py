@@ -170,9 +170,14 @@ def _fmix_mask(
         dtype=x.dtype,
     )
     mask = mask.view(-1, *([1] * (x.ndim - 1 - ndim)), *size)
-    # The mean of the mask as applied (in x.dtype), which is what each sample shows.
-    weights = mask.flatten(1).float().mean(dim=1).expand(x.shape[0]).contiguous()
-    return mask, weights
+    if max_soft > 0.0:  # the mean of the mask as applied (in x.dtype)
+        weights = mask.flatten(1).float().mean(dim=1)
+    elif isinstance(lam, Tensor):  # a binary mask holds exactly round(lam * n) ones
+        n = math.prod(size)
+        weights = (lam.float().clamp(0.0, 1.0) * n).round_().div_(n)
+    else:
+        weights = torch.full((1,), round(lam * math.prod(size)) / math.prod(size), device=x.device)
+    return mask, weights.expand(x.shape[0]).contiguous()
 
 
 @functools.lru_cache(maxsize=16)
