@@ -8,7 +8,7 @@ median fit time and its ratio to the baseline, and, measured inside the callback
 in their hooks as a share of the fit (a figure that does not depend on the noise of a shared
 machine).
 
-    python benchmarks/sanity_overhead.py --output benchmarks/RESULTS_monitors.md
+    python benchmarks/sanity_overhead.py
 """
 
 from __future__ import annotations
