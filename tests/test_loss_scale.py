@@ -7,7 +7,6 @@ without needing a GPU.
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 import warnings
@@ -17,6 +16,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from _logs import csv_rows, series
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
@@ -55,16 +55,6 @@ def _trainer(tmp_path: Any, callbacks: list[pl.Callback], **kwargs: Any) -> pl.T
         "plugins": [_amp()],
     }
     return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
-
-
-def _rows(trainer: pl.Trainer) -> list[dict[str, float]]:
-    with open(trainer.logger.experiment.metrics_file_path) as f:  # type: ignore[union-attr]
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
-def _series(rows: list[dict[str, float]], key: str) -> tuple[list[int], list[float]]:
-    picked = [(int(r["step"]), r[key]) for r in rows if key in r]
-    return [s for s, _ in picked], [v for _, v in picked]
 
 
 class Classifier(pl.LightningModule):
@@ -122,12 +112,12 @@ def test_counts_skipped_steps_and_logs_the_scale(
     # Every skip halves the scale (backoff_factor=0.5); 30 clean steps never reach the
     # growth_interval of 2000, so the scale never grows.
     assert monitor.scale == INIT_SCALE * 0.5**skipped
-    rows = _rows(trainer)
-    logged_steps, scales = _series(rows, "loss_scale")
+    rows = csv_rows(trainer)
+    logged_steps, scales = series(rows, "loss_scale")
     assert logged_steps == list(range(steps))  # once per optimizer step, not per micro-batch
     counts = [sum(not u for u in model.updated[: k + 1]) for k in range(steps)]
     assert scales == [INIT_SCALE * 0.5**c for c in counts]
-    assert _series(rows, "loss_scale-skipped_steps")[1] == counts
+    assert series(rows, "loss_scale-skipped_steps")[1] == counts
 
 
 def test_lightning_steps_the_scheduler_on_skipped_steps(tmp_path: Any) -> None:
@@ -213,8 +203,8 @@ def test_without_a_scaler_it_says_so_once_and_logs_nothing(tmp_path: Any, precis
     with pytest.warns(UserWarning, match=f"precision='{precision}' uses no GradScaler") as record:
         trainer.fit(Classifier(onecycle=False), _loader(3))
     assert sum("no GradScaler" in str(w.message) for w in record) == 1
-    rows = _rows(trainer)
-    assert len(_series(rows, "train_loss")[0]) == 3
+    rows = csv_rows(trainer)
+    assert len(series(rows, "train_loss")[0]) == 3
     assert not any("loss_scale" in row for row in rows)
     assert monitor.scale is None
     assert monitor.skipped_steps == 0
@@ -251,5 +241,5 @@ def test_resumed_fit_continues_the_count(tmp_path: Any) -> None:
     assert second.skipped_steps == skipped + model.updated.count(False)
     # The scaler's state was restored too: no second run of 2**40 overflows.
     assert second.scale == first.scale * 0.5 ** model.updated.count(False)
-    logged = _series(_rows(resumed), "loss_scale-skipped_steps")
+    logged = series(csv_rows(resumed), "loss_scale-skipped_steps")
     assert logged[0][-1] == 25 and logged[1][-1] == second.skipped_steps

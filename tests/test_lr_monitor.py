@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from collections.abc import Callable
@@ -12,6 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from _logs import csv_rows, series
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -41,16 +41,6 @@ def _trainer(tmp_path: Any, callbacks: list[pl.Callback], **kwargs: Any) -> pl.T
         "enable_checkpointing": False,
     }
     return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
-
-
-def _rows(trainer: pl.Trainer) -> list[dict[str, float]]:
-    with open(trainer.logger.experiment.metrics_file_path) as f:  # type: ignore[union-attr]
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-
-
-def _series(rows: list[dict[str, float]], key: str) -> tuple[list[int], list[float]]:
-    picked = [(int(r["step"]), r[key]) for r in rows if key in r]
-    return [s for s, _ in picked], [v for _, v in picked]
 
 
 class Net(pl.LightningModule):
@@ -110,17 +100,17 @@ def test_logs_scheduler_and_optimizer_once_per_optimizer_step(
     trainer.fit(Net(configure), _loader(batches))
 
     key = f"lr-{opt_name}"
-    rows = _rows(trainer)
+    rows = csv_rows(trainer)
     ref_lr, ref_momentum = _reference_onecycle(opt_name, steps)
-    logged_steps, lrs = _series(rows, key)
+    logged_steps, lrs = series(rows, key)
     # Once per optimizer step, never once per micro-batch.
     assert logged_steps == list(range(steps))
     assert lrs == pytest.approx(ref_lr, rel=1e-12)
-    assert _series(rows, key + "-scheduler")[1] == pytest.approx(ref_lr, rel=1e-12)
-    assert _series(rows, key + "-momentum")[1] == pytest.approx(ref_momentum, rel=1e-12)
+    assert series(rows, key + "-scheduler")[1] == pytest.approx(ref_lr, rel=1e-12)
+    assert series(rows, key + "-momentum")[1] == pytest.approx(ref_momentum, rel=1e-12)
     wd = 1e-4 if opt_name == "SGD" else 0.01
-    assert _series(rows, key + "-weight_decay")[1] == pytest.approx([wd] * steps)
-    assert _series(rows, key + "-lr_mismatch_steps")[1] == [0.0] * steps
+    assert series(rows, key + "-weight_decay")[1] == pytest.approx([wd] * steps)
+    assert series(rows, key + "-lr_mismatch_steps")[1] == [0.0] * steps
     assert monitor.mismatch_steps == {key: 0}
     assert monitor.history[key] == (list(range(steps)), pytest.approx(ref_lr, rel=1e-12))
     if plot:
@@ -140,7 +130,7 @@ def test_lightning_monitor_logs_per_micro_batch_under_accumulation(tmp_path: Any
 
     trainer = _trainer(tmp_path, [LearningRateMonitor()], accumulate_grad_batches=3)
     trainer.fit(Net(configure), _loader(6))
-    steps, _ = _series(_rows(trainer), "lr-SGD")
+    steps, _ = series(csv_rows(trainer), "lr-SGD")
     assert steps == [0, 0, 0, 1, 1, 1]
 
 
@@ -203,19 +193,17 @@ def test_several_optimizers_manual_optimization_and_lightning_key_names(tmp_path
     monitor = LRMonitor(plot=False)
     trainer = _trainer(tmp_path / "ours", [monitor])
     trainer.fit(ThreeOptimizers(), _loader(4))
-    rows = _rows(trainer)
+    rows = csv_rows(trainer)
     # Manual optimization: global_step counts every optimizer's step, 3 per batch, and each
     # optimizer is logged at the steps it takes.
-    steps, lrs = _series(rows, "main/pg1")
+    steps, lrs = series(rows, "main/pg1")
     assert steps == [0, 3, 6, 9]
     assert lrs == pytest.approx([0.1 * 0.9**n for n in range(4)])
-    assert _series(rows, "main/head-scheduler")[1] == pytest.approx(
-        [0.1 * 0.9**n for n in range(4)]
-    )
-    assert _series(rows, "main/head-momentum")[1] == [0.9] * 4
-    assert _series(rows, "lr-Adam") == ([1, 4, 7, 10], [0.01] * 4)
-    assert _series(rows, "lr-Adam-momentum")[1] == [0.9] * 4  # beta1
-    assert _series(rows, "lr-SGD") == ([2, 5, 8, 11], [0.2 * 0.5**n for n in range(4)])
+    assert series(rows, "main/head-scheduler")[1] == pytest.approx([0.1 * 0.9**n for n in range(4)])
+    assert series(rows, "main/head-momentum")[1] == [0.9] * 4
+    assert series(rows, "lr-Adam") == ([1, 4, 7, 10], [0.01] * 4)
+    assert series(rows, "lr-Adam-momentum")[1] == [0.9] * 4  # beta1
+    assert series(rows, "lr-SGD") == ([2, 5, 8, 11], [0.2 * 0.5**n for n in range(4)])
     keys = set().union(*rows)
     # No scheduler, or a scheduler without get_last_lr: the optimizer's value only.
     assert not {"lr-Adam-scheduler", "lr-SGD-scheduler", "lr-SGD-lr_mismatch_steps"} & keys
@@ -227,7 +215,7 @@ def test_several_optimizers_manual_optimization_and_lightning_key_names(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference.fit(ThreeOptimizers(), _loader(4))
-    lightning_keys = set().union(*_rows(reference)) - {"epoch", "step"}
+    lightning_keys = set().union(*csv_rows(reference)) - {"epoch", "step"}
     assert lightning_keys == {
         "main/pg1",
         "main/head",
@@ -270,13 +258,13 @@ def test_disagreement_warns_once_and_is_counted(tmp_path: Any) -> None:
         trainer.fit(EditsLR(configure), _loader(steps))
     assert sum("disagree" in str(w.message) for w in record) == 1
     assert monitor.mismatch_steps == {"lr-SGD": 2}
-    rows = _rows(trainer)
-    lrs = _series(rows, "lr-SGD")[1]
+    rows = csv_rows(trainer)
+    lrs = series(rows, "lr-SGD")[1]
     assert lrs[3] == lrs[5] == 0.5
     # OneCycleLR recomputes from its position, so the next step is back on schedule.
-    assert _series(rows, "lr-SGD-scheduler")[1] == pytest.approx(ref)
+    assert series(rows, "lr-SGD-scheduler")[1] == pytest.approx(ref)
     assert lrs[4] == pytest.approx(ref[4])
-    assert _series(rows, "lr-SGD-lr_mismatch_steps")[1] == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert series(rows, "lr-SGD-lr_mismatch_steps")[1] == [0, 0, 0, 1, 1, 2, 2, 2]
 
 
 def test_log_every_n_steps_thins_the_log_not_the_history(tmp_path: Any) -> None:
@@ -286,7 +274,7 @@ def test_log_every_n_steps_thins_the_log_not_the_history(tmp_path: Any) -> None:
     monitor = LRMonitor(log_every_n_steps=3, plot=False)
     trainer = _trainer(tmp_path, [monitor])
     trainer.fit(Net(configure), _loader(10))
-    assert _series(_rows(trainer), "lr-Adam")[0] == [0, 3, 6, 9]
+    assert series(csv_rows(trainer), "lr-Adam")[0] == [0, 3, 6, 9]
     assert monitor.history["lr-Adam"][0] == list(range(10))
     assert monitor.mismatch_steps == {}
 
