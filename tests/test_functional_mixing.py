@@ -329,6 +329,41 @@ def test_dtype_and_channels_last_are_kept(
         assert torch.equal(weights, lam.to(dtype).float())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("method", ["mixup", "cutmix", "fmix"])
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_inplace_writes_the_same_values_into_the_input(
+    dtype: torch.dtype, method: str, per_sample: bool
+) -> None:
+    fn = {"mixup": mixup, "cutmix": cutmix, "fmix": fmix}[method]
+    x = _distinct_batch(7, 11, 9, channels=3).to(dtype, memory_format=torch.channels_last)
+    perm = sample_partners(7, generator=_gen(1))
+    lam = sample_lam(1.0, (7,), generator=_gen(2)) if per_sample else 0.35
+    kwargs = {} if method == "mixup" else {"generator": _gen(3)}
+    expected, expected_weights = fn(x, lam, perm, **kwargs)
+    target = x.clone()
+    kwargs = {} if method == "mixup" else {"generator": _gen(3)}  # the same draws again
+    mixed, weights = fn(target, lam, perm, inplace=True, **kwargs)
+    assert mixed is target and mixed.dtype == dtype
+    assert mixed.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(mixed, expected) and torch.equal(weights, expected_weights)
+    # The input was really overwritten: the mixed samples differ from the originals.
+    assert not torch.equal(target, x)
+
+
+def test_inplace_box_paste_reads_every_partner_before_writing() -> None:
+    # With a cycle of partners, sample i takes the box of i + 1, whose own box is pasted
+    # over too: reading after writing would move pixels two steps instead of one.
+    x = _distinct_batch(5, 8, 8)
+    perm = torch.tensor([1, 2, 3, 4, 0])
+    target = x.clone()
+    mixed, weights = cutmix(target, 0.5, perm, generator=_gen(4), inplace=True)
+    m = (mixed == x).all(dim=1, keepdim=True).float()
+    assert 0 < m.mean() < 1
+    torch.testing.assert_close(mixed.double(), _reference_mix(x, m, perm))
+    torch.testing.assert_close(weights, m.flatten(1).mean(1))
+
+
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(
     batch=st.integers(2, 9),
@@ -409,6 +444,15 @@ def test_errors_name_the_argument() -> None:
         ValueError, match=r"`perm` must be a torch.long tensor of shape .* got list"
     ):
         blend(x, [1, 2, 3, 0], 0.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"`inplace` must be a bool, got 1"):
+        mixup(x, 0.5, perm, inplace=1)  # type: ignore[arg-type]
+    stored = torch.randn(10, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"`inplace=True` would write into `x`, a view of"):
+        cutmix(stored[2:6], 0.5, perm, inplace=True)
+    with pytest.raises(ValueError, match=r"`inplace=True` cannot write into `x`, which requires"):
+        fmix(x.clone().requires_grad_(), 0.5, perm, inplace=True)
+    with pytest.raises(ValueError, match=r"`inplace=True` would write into `x`, a view of"):
+        blend(stored[:4], perm, 0.5, inplace=True)
     # Device mismatches, shown with the "meta" device (no accelerator needed).
     meta = torch.empty(4, 3, 8, 8, device="meta")
     meta_perm = torch.empty(4, dtype=torch.long, device="meta")

@@ -410,6 +410,39 @@ def test_batch_errors_name_the_item_and_the_fix() -> None:
         )
 
 
+INPLACE_CALLBACKS = {
+    **CALLBACKS,
+    # Per batch, RandomMix pastes a CutMix box in place: its own code path.
+    "RandomMix cutmix": lambda **kw: RandomMix({"cutmix": 1.0}, **kw),
+}
+
+
+@pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_inplace_mixes_the_batch_tensor_itself_with_the_same_values(
+    name: str, per_sample: bool
+) -> None:
+    factory = INPLACE_CALLBACKS[name]
+    x, y = torch.randn(6, 2, 9, 9), torch.tensor([0, 1, 2, 0, 1, 2])
+    expected = _step(factory(seed=3, per_sample=per_sample), [x, y])
+    own = x.clone()
+    batch = _step(factory(seed=3, per_sample=per_sample, inplace=True), [own, y])
+    assert batch[0] is own and not torch.equal(own, x)
+    assert torch.equal(batch[0], expected[0]) and torch.equal(batch[1], expected[1])
+
+
+def test_inplace_errors_name_the_batch_item() -> None:
+    stored, y = torch.randn(10, 1, 6, 6), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"would write into `batch\[0\]`, a view of another"):
+        _step(CutMix(inplace=True), [stored[:4], y])
+    with pytest.raises(TypeError, match=r"`inplace` must be a bool, got 'yes'"):
+        MixUp(inplace="yes")  # type: ignore[arg-type]
+    # Without `inplace` the same view is mixed into a new tensor and left as it was.
+    before = stored.clone()
+    _step(CutMix(), [stored[:4], y])
+    assert torch.equal(stored, before)
+
+
 def test_float_targets_and_keys_by_name() -> None:
     x = torch.randn(4, 1, 6, 6)
     multi_hot = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])

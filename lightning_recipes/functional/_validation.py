@@ -204,6 +204,24 @@ def check_targets(y: Any, batch_size: int | None, num_classes: int | None, name:
     return num_classes
 
 
+def check_inplace(x: Tensor, inplace: Any, name: str = "x") -> bool:
+    """``inplace`` must be a bool; with ``True``, ``x`` must be a tensor of its own."""
+    if not isinstance(inplace, bool):
+        raise TypeError(f"`inplace` must be a bool, got {inplace!r}")
+    if inplace and x._is_view():
+        raise ValueError(
+            f"`inplace=True` would write into `{name}`, a view of another tensor (shape"
+            f" {_shape(x._base)}), and so change that tensor too, e.g. the images a Dataset"
+            " stores; pass `inplace=False`, or give the batch a tensor of its own (torch's"
+            " default collate_fn does)"
+        )
+    if inplace and x.requires_grad:
+        raise ValueError(
+            f"`inplace=True` cannot write into `{name}`, which requires grad; pass `inplace=False`"
+        )
+    return inplace
+
+
 def check_label_range(y: Tensor, num_classes: int, name: str = "y") -> None:
     """Raises if integer labels fall outside ``[0, num_classes)``. Synchronises on accelerators."""
     if y.numel() == 0:

@@ -9,26 +9,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_recipes.functional._validation import check_input, check_perm
+from lightning_recipes.functional._validation import check_inplace, check_input, check_perm
 
 __all__ = ["blend"]
 
 
-def blend(x: Tensor, perm: Tensor, weight: float | Tensor) -> Tensor:
-    """Returns ``weight * x + (1 - weight) * x[perm]`` as a new tensor; ``x`` is not modified.
+def blend(x: Tensor, perm: Tensor, weight: float | Tensor, *, inplace: bool = False) -> Tensor:
+    """Returns ``weight * x + (1 - weight) * x[perm]``, as a new tensor or written into ``x``.
 
     The result has the dtype and memory format of ``x`` (channels-last stays channels-last,
     fp16/bf16 stay fp16/bf16). Where ``weight`` is exactly 1 the result is exactly ``x``, and
     where it is 0 exactly ``x[perm]``, so binary masks copy pixels bit for bit.
 
-    It costs one gather and one in-place ``lerp`` on the gathered copy: a single new tensor,
-    about the price of ``x.clone()`` plus one read of ``x``.
+    It costs one gather and one ``lerp`` pass: a single new tensor (the gathered partners),
+    about the price of ``x.clone()`` plus one read of ``x``, with or without ``inplace``.
 
     Args:
         x: Floating-point batch of shape ``(batch, ...)``.
         perm: Partner index of each sample, ``torch.long`` of shape ``(batch,)``.
         weight: Weight of ``x`` itself: a Python float, or a tensor broadcastable to ``x``
             (cast to ``x.dtype``, so a weight that fp16 cannot hold is rounded).
+        inplace: Write the result into ``x`` and return it (as timm's ``Mixup`` does) instead
+            of returning a new tensor; refused for a view of another tensor.
 
     Example:
         >>> x = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
@@ -38,9 +40,16 @@ def blend(x: Tensor, perm: Tensor, weight: float | Tensor) -> Tensor:
     """
     check_input(x)
     check_perm(perm, x.shape[0], x.device)
+    check_inplace(x, inplace)
+    return _blend(x, perm, weight, inplace)
+
+
+def _blend(x: Tensor, perm: Tensor, weight: float | Tensor, inplace: bool) -> Tensor:
+    """:func:`blend` on checked arguments."""
     if isinstance(weight, Tensor):
         weight = weight.to(x.dtype)
     partners = torch.empty_like(x)  # preserves the memory format, unlike `x[perm]`
     torch.index_select(x, 0, perm, out=partners)
-    # lerp(start=partner, end=x, weight) = weight * x + (1 - weight) * partner, exact at 0 and 1.
-    return partners.lerp_(x, weight)
+    # lerp(start=partner, end=x, weight) = weight * x + (1 - weight) * partner, exact at 0 and
+    # 1. Each element is read before it is written, so `out` may be `x` itself.
+    return torch.lerp(partners, x, weight, out=x if inplace else partners)

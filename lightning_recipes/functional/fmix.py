@@ -27,14 +27,16 @@ from torch import Tensor
 from lightning_recipes.functional._validation import (
     check_decay_power,
     check_generator,
+    check_inplace,
     check_input,
     check_lam,
     check_lam_value,
     check_max_soft,
+    check_perm,
     check_spatial_size,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional.blend import blend
+from lightning_recipes.functional.blend import _blend
 
 __all__ = ["fmix", "sample_fmix_mask"]
 
@@ -78,19 +80,37 @@ def sample_fmix_mask(
     size = check_spatial_size(spatial_size)
     decay_power = check_decay_power(decay_power)
     max_soft = check_max_soft(max_soft)
+    if isinstance(lam, Tensor):
+        device = lam.device
+    else:
+        lam = check_lam_value(lam)
+        if device is None:
+            device = generator.device if generator is not None else torch.device("cpu")
+    generator = check_generator(generator, torch.device(device))
+    return _sample_mask(size, lam, decay_power, max_soft, generator, torch.device(device), dtype)
+
+
+def _sample_mask(
+    size: tuple[int, ...],
+    lam: float | Tensor,
+    decay_power: float,
+    max_soft: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Tensor:
+    """:func:`sample_fmix_mask` on checked arguments (the callbacks check them once, at
+    construction, instead of on every batch)."""
     n = math.prod(size)
     count: int | Tensor
     if isinstance(lam, Tensor):
-        device, batch_shape = lam.device, lam.shape
+        batch_shape = lam.shape
         count = (lam.float().clamp(0.0, 1.0) * n).round_().long().reshape(-1)
     else:
-        if device is None:
-            device = generator.device if generator is not None else torch.device("cpu")
-        batch_shape, count = (), round(check_lam_value(lam) * n)
-    generator = check_generator(generator, torch.device(device))
+        batch_shape, count = (), round(lam * n)
     grey = _low_frequency_noise(math.prod(batch_shape), size, decay_power, generator, device)
     if max_soft == 0.0:
-        mask = _top_k_mask(grey, count)
+        mask = _top_k_mask(grey, count, dtype)
     else:
         if isinstance(count, int):
             count = torch.full((1,), count, dtype=torch.long, device=device)
@@ -108,12 +128,13 @@ def fmix(
     max_soft: float = 0.0,
     generator: torch.Generator | None = None,
     spatial_dims: int | None = None,
+    inplace: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Mixes each sample with its partner through an FMix mask ``m``: ``m*x_i + (1-m)*x_perm(i)``.
 
     Args:
         x: Floating-point batch ``(batch, channels, *spatial)`` with 1 to 3 spatial dims of
-            any size, odd ones included (``spatial_dims`` for other layouts); not modified.
+            any size, odd ones included (``spatial_dims`` for other layouts).
         lam: Requested weight of each sample itself: a Python float (one mask for the whole
             batch) or a tensor of shape ``(batch,)`` on ``x.device`` (one mask per sample).
         perm: Partner index of each sample.
@@ -121,6 +142,8 @@ def fmix(
         max_soft: See :func:`sample_fmix_mask`.
         generator: Source of randomness for the masks, on ``x.device``.
         spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``.
+        inplace: Write the mixed batch into ``x`` (see
+            :func:`~lightning_recipes.functional.blend`); by default ``x`` is not modified.
 
     Returns:
         ``(mixed, weights)``: the mixed batch (dtype and memory format of ``x``) and the
@@ -137,15 +160,17 @@ def fmix(
         tensor(0.2963)
     """
     check_input(x)
+    check_perm(perm, x.shape[0], x.device)
+    check_inplace(x, inplace)
     mask, weights = _fmix_mask(
         x,
         check_lam(lam, x.shape[0], x.device),
-        decay_power=decay_power,
-        max_soft=max_soft,
+        decay_power=check_decay_power(decay_power),
+        max_soft=check_max_soft(max_soft),
         generator=check_generator(generator, x.device),
         spatial_dims=spatial_dims,
     )
-    return blend(x, perm, mask), weights
+    return _blend(x, perm, mask, inplace), weights
 
 
 def _fmix_mask(
@@ -160,15 +185,7 @@ def _fmix_mask(
     """The FMix mask, broadcastable to ``x``, and the float32 weights ``(batch,)``."""
     ndim = resolve_spatial_dims(x, spatial_dims, "fmix")
     size = tuple(x.shape[-ndim:])
-    mask = sample_fmix_mask(
-        size,
-        lam,
-        decay_power=decay_power,
-        max_soft=max_soft,
-        generator=generator,
-        device=x.device,
-        dtype=x.dtype,
-    )
+    mask = _sample_mask(size, lam, decay_power, max_soft, generator, x.device, x.dtype)
     mask = mask.view(-1, *([1] * (x.ndim - 1 - ndim)), *size)
     if max_soft > 0.0:  # the mean of the mask as applied (in x.dtype)
         weights = mask.flatten(1).float().mean(dim=1)
@@ -213,8 +230,8 @@ def _low_frequency_noise(
     return grey.reshape(batch, -1)
 
 
-def _top_k_mask(values: Tensor, count: int | Tensor) -> Tensor:
-    """Per row, True at exactly ``count`` positions: those of the highest values.
+def _top_k_mask(values: Tensor, count: int | Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
+    """Per row, 1 (True) at exactly ``count`` positions: those of the highest values.
 
     One count for all rows (a Python int, from a per-batch lam) is an exact ``topk``. A count
     per row (a tensor) cannot use ``topk``, and a full sort per row is by far the slowest
@@ -229,7 +246,7 @@ def _top_k_mask(values: Tensor, count: int | Tensor) -> Tensor:
     batch, n = values.shape
     if isinstance(count, int):
         top = values.topk(count, dim=1, sorted=False).indices
-        return torch.zeros_like(values, dtype=torch.bool).scatter_(1, top, True)
+        return torch.zeros_like(values, dtype=dtype).scatter_(1, top, 1)
     bins = max(1, n // 4)
     low, high = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
     # Values mapped to [0, bins - 0.5] (values - low is exact and >= 0), so truncation gives
@@ -249,7 +266,7 @@ def _top_k_mask(values: Tensor, count: int | Tensor) -> Tensor:
     boundary = boundary.int()
     in_boundary = index == boundary
     take = in_boundary & (in_boundary.cumsum(1, dtype=torch.int32) <= need)
-    return take.logical_or_(index > boundary)
+    return take.logical_or_(index > boundary).to(dtype)
 
 
 def _soft_top_k_mask(values: Tensor, count: Tensor, soft: Tensor) -> Tensor:

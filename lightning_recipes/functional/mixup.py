@@ -9,21 +9,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_recipes.functional._validation import check_input, check_lam
-from lightning_recipes.functional.blend import blend
+from lightning_recipes.functional._validation import (
+    check_inplace,
+    check_input,
+    check_lam,
+    check_perm,
+)
+from lightning_recipes.functional.blend import _blend
 
 __all__ = ["mixup"]
 
 
-def mixup(x: Tensor, lam: float | Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+def mixup(
+    x: Tensor, lam: float | Tensor, perm: Tensor, *, inplace: bool = False
+) -> tuple[Tensor, Tensor]:
     """Mixes each sample with its partner: ``lam * x_i + (1 - lam) * x_perm(i)``.
 
     Args:
-        x: Floating-point batch of any shape ``(batch, ...)``; not modified.
+        x: Floating-point batch of any shape ``(batch, ...)``.
         lam: Weight of each sample itself: one Python float in [0, 1] for the whole batch,
             or a float tensor of shape ``(batch,)`` on ``x.device`` (one per sample).
         perm: Partner index of each sample (see
             :func:`~lightning_recipes.functional.sample_partners`).
+        inplace: Write the mixed batch into ``x`` (see
+            :func:`~lightning_recipes.functional.blend`); by default ``x`` is not modified.
 
     Returns:
         ``(mixed, weights)``: the mixed batch (dtype and memory format of ``x``) and the
@@ -39,8 +48,10 @@ def mixup(x: Tensor, lam: float | Tensor, perm: Tensor) -> tuple[Tensor, Tensor]
         ([0.25, 1.25, 1.5], [0.75, 0.75, 0.75])
     """
     check_input(x)
+    check_perm(perm, x.shape[0], x.device)
+    check_inplace(x, inplace)
     weight, weights = _mixup_weight(x, check_lam(lam, x.shape[0], x.device))
-    return blend(x, perm, weight), weights
+    return _blend(x, perm, weight, inplace), weights
 
 
 def _mixup_weight(x: Tensor, lam: float | Tensor) -> tuple[float | Tensor, Tensor]:
