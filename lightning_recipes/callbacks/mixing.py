@@ -751,15 +751,17 @@ class RandomMix(_MixCallback):
                 alpha = torch.where(choice == index, value, alpha)
         lam = self._per_sample_lam(alpha, batch_size, gen)
         perm = sample_partners(batch_size, generator=gen, device=x.device)
+        # Each method maps the samples that did not choose it with lam = 1: weight 1
+        # everywhere (no box, a full mask). A sample's map is then the product of all
+        # methods' maps, and its weight the product of their weights: one multiplication per
+        # extra method instead of a `where` over the full masks.
         weight_map: float | Tensor = 1.0
-        weights = torch.ones(batch_size, device=x.device)
+        weights: float | Tensor = 1.0
         for index, method in enumerate(self.methods):
-            method_map, method_weights = self._weight_map(method, x, lam, generator)
-            chosen = choice == index
-            weights = torch.where(chosen, method_weights, weights)
-            if isinstance(method_map, Tensor):
-                chosen = chosen.view(-1, *([1] * (x.ndim - 1)))
-            weight_map = torch.where(chosen, method_map, weight_map)
+            method_lam = torch.where(choice == index, lam, 1.0)
+            method_map, method_weights = self._weight_map(method, x, method_lam, generator)
+            weight_map = method_map * weight_map
+            weights = method_weights * weights
         return _Mixed(_blend(x, perm, weight_map, self.inplace), weights, perm)
 
     def _weight_map(
