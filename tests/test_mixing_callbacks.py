@@ -149,6 +149,20 @@ def test_mask_targets_are_weighted_by_the_true_area(
         assert targets.dtype == torch.float32
 
 
+@pytest.mark.parametrize("alpha", [0.4, 2.0])
+def test_mixup_per_batch_lam_is_beta(alpha: float) -> None:
+    # Two samples of classes 0 and 1, each the other's partner: the first target row is
+    # (lam, 1 - lam). Each batch reseeds the callback's generators from its batch count.
+    callback, trainer, module = MixUp(alpha=alpha, seed=5), _stub_trainer(), _stub_module(2)
+    callback.setup(trainer, module, "fit")
+    lams = []
+    for _ in range(400):
+        batch = [torch.zeros(2, 1, 3, 3), torch.tensor([0, 1])]
+        callback.on_train_batch_start(trainer, module, batch, 0)
+        lams.append(float(batch[1][0, 0]))
+    assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
+
+
 @pytest.mark.parametrize("name", list(CALLBACKS))
 def test_dtype_and_memory_format_are_kept(tmp_path: Path, name: str) -> None:
     images = torch.randn(16, 3, 10, 10).to(torch.bfloat16)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -62,11 +63,16 @@ _METHODS = ("mixup", "cutmix", "fmix")
 
 
 class _Generators(NamedTuple):
-    """The CPU generator (per-batch draws) and the one on the data's device (everything else).
+    """The sources of one batch's randomness, all reseeded from the same per-batch seed.
 
-    On the CPU both are the same generator.
+    ``python`` draws the per-batch numbers (the coin of ``p``, lam, RandomMix's method): a
+    Python float from it costs a microsecond, from a tensor op some 30 and more; ``cpu``
+    draws the CutMix box of a per-batch lam (the functional core takes a ``torch.Generator``);
+    ``device`` draws everything else on the data's device. On the CPU ``cpu`` and ``device``
+    are the same generator.
     """
 
+    python: random.Random
     cpu: torch.Generator
     device: torch.Generator
 
@@ -146,6 +152,7 @@ class _MixCallback(Callback):
         self._labels_checked = False
         self._stop_step = math.inf
         self._grid_epoch = -1
+        self._random = random.Random()
         self._cpu_generator = torch.Generator()
         self._device_generator: torch.Generator | None = None
 
@@ -250,8 +257,8 @@ class _MixCallback(Callback):
         return lam
 
     def _skip_batch(self, generator: _Generators) -> bool:
-        """The per-batch coin of ``p``, from the CPU generator: reading it costs no sync."""
-        return self.p < 1.0 and float(torch.rand((), generator=generator.cpu)) >= self.p
+        """The per-batch coin of ``p``, drawn on the host: reading it costs no sync."""
+        return self.p < 1.0 and generator.python.random() >= self.p
 
     # ------------------------------------------------------------------ helpers
 
@@ -316,13 +323,14 @@ class _MixCallback(Callback):
             self._seed = int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed()))
         key = f"{self._seed}/{self._rank}/{self._batches}/{self._LOG_NAME}".encode()
         seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        self._random.seed(seed)
         self._cpu_generator.manual_seed(seed)
         if device.type == "cpu":
-            return _Generators(self._cpu_generator, self._cpu_generator)
+            return _Generators(self._random, self._cpu_generator, self._cpu_generator)
         if self._device_generator is None or self._device_generator.device != device:
             self._device_generator = torch.Generator(device=device)
         self._device_generator.manual_seed(seed)
-        return _Generators(self._cpu_generator, self._device_generator)
+        return _Generators(self._random, self._cpu_generator, self._device_generator)
 
     def _active(self, trainer: pl.Trainer) -> bool:
         if self.stop_epoch is not None and trainer.current_epoch >= self.stop_epoch:
@@ -363,7 +371,7 @@ class _SingleMix(_MixCallback):
         elif self._skip_batch(generator):
             return None
         else:
-            lam = float(sample_lam(self.alpha, generator=generator.cpu))
+            lam = generator.python.betavariate(self.alpha, self.alpha)
         perm = sample_partners(batch_size, generator=generator.device, device=x.device)
         return _Mixed(*self._apply(x, lam, perm, generator), perm)
 
@@ -724,10 +732,10 @@ class RandomMix(_MixCallback):
         if not self.per_sample:
             if self._skip_batch(generator):
                 return None
-            cpu = generator.cpu
-            u = float(torch.rand((), generator=cpu))
+            u = generator.python.random()
             method = self.methods[sum(u >= end for end in self._cumulative)]
-            lam = float(sample_lam(self.alpha[method], generator=cpu))
+            alpha = self.alpha[method]
+            lam = generator.python.betavariate(alpha, alpha)
             perm = sample_partners(batch_size, generator=generator.device, device=x.device)
             if method == "cutmix" and self.inplace:  # only the box is copied
                 mixed, weights = _paste_box(
