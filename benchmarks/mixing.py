@@ -4,12 +4,17 @@
 Run: ``python benchmarks/mixing.py`` (about 5 minutes on 2 CPU cores; ``--quick`` for a
 smoke run). It prints a markdown table per target of the issue and whether each is met.
 
-What is timed for this package is the callback's whole per-batch work
-(``on_train_batch_start`` on a list batch: checks, seeding, drawing lam, partners and masks,
-mixing the images and building float32 soft targets), not only the mixing kernel. timm's
+What is timed for this package against timm and torchvision is the callback's whole per-batch
+work (``on_train_batch_start`` on a list batch: checks, seeding, drawing lam, partners and
+masks, mixing the images and building float32 soft targets), by default and with
+``inplace=True`` (timm's ``Mixup`` mixes in place, torchvision's transforms do not). timm's
 ``Mixup`` and torchvision's ``MixUp``/``CutMix`` are called on ``(x, y)`` with integer labels
-and also return mixed soft targets; timm gets ``label_smoothing=0`` for parity. Every
-contender of a row is timed in the same interleaved rounds and the median is kept.
+and also return mixed soft targets; timm gets ``label_smoothing=0`` for parity. Against
+``x.clone()`` both the mix alone (seeding, drawing lam, partners and masks, mixing the images)
+and the whole hook are given. Lower bounds measured in the same rounds show which targets no
+implementation of the specified algorithm can meet on this machine: one read and one write of
+the batch into existing memory (``copy_``), and the Gaussian spectra FMix draws per mask.
+Every contender of a row is timed in the same interleaved rounds and the median is kept.
 """
 
 from __future__ import annotations

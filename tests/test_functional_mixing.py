@@ -248,6 +248,11 @@ def test_fmix_soft_masks_keep_the_area() -> None:
     mixed, weights = fmix(x, lam, perm, max_soft=0.1, generator=_gen(9))
     torch.testing.assert_close(mixed.double(), _reference_mix(x, masks.unsqueeze(1), perm))
     torch.testing.assert_close(weights, expected)
+    # One soft mask for the batch: every sample gets its mean as weight.
+    mask = sample_fmix_mask((20, 20), 0.3, max_soft=0.1, generator=_gen(9))
+    mixed, weights = fmix(x, 0.3, perm, max_soft=0.1, generator=_gen(9))
+    torch.testing.assert_close(mixed.double(), _reference_mix(x, mask.expand(4, 1, 20, 20), perm))
+    torch.testing.assert_close(weights, torch.full((4,), 0.3))
 
 
 @pytest.mark.parametrize("per_sample", [False, True])

@@ -11,6 +11,7 @@ sample as tensors and turned into masks by broadcast comparisons: no Python loop
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -65,10 +66,19 @@ def sample_boxes(
         return torch.tensor(box, dtype=torch.long)
     generator = check_generator(generator, lam.device)
     low, high = _box_corners(spatial_size, lam, generator)
-    sizes = torch.tensor(spatial_size, dtype=torch.float32, device=lam.device)
+    sizes = _grid(spatial_size, lam.device)[0]
     low = torch.minimum(low.clamp_(min=0), sizes)
     high = torch.minimum(high.clamp_(min=0), sizes)
     return torch.stack((low, high), dim=-1).long()
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(size: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``size`` and ``size - 1`` as float32 tensors, and the coordinates ``0 .. max(size) - 1``
+    (cached: they depend only on the arguments, and are never written to)."""
+    sizes = torch.tensor(size, dtype=torch.float32, device=device)
+    coords = torch.arange(max(size), dtype=torch.float32, device=device)
+    return sizes, sizes - 1, coords
 
 
 def _box_corners(
@@ -77,12 +87,12 @@ def _box_corners(
     """Unclipped box corners ``(low, high)``, float32 of shape ``(*lam.shape, ndim)``: all
     spatial dims at once, the same arithmetic as the float path :func:`_sample_box`."""
     ndim = len(spatial_size)
-    sizes = torch.tensor(spatial_size, dtype=torch.float32, device=lam.device)
+    sizes, last, _ = _grid(spatial_size, lam.device)
     # Side ratio (1 - lam)^(1/d): the box keeps the aspect of the input (sqrt for images).
     ratio = (1.0 - lam.float()).clamp_(0.0, 1.0).pow_(1.0 / ndim).unsqueeze(-1)
     uniform = torch.rand((*lam.shape, ndim), generator=generator, device=lam.device)
     cut = ratio.mul(sizes).floor_()
-    centre = torch.minimum(uniform.mul_(sizes).floor_(), sizes - 1)
+    centre = torch.minimum(uniform.mul_(sizes).floor_(), last)
     low = centre.sub_(cut.mul(0.5).floor_())  # centre - cut // 2, before clipping
     return low, low + cut
 
@@ -263,10 +273,9 @@ def _per_sample_mask(
     (clipping does not change which coordinates lie inside), and only the area is clipped.
     """
     low, high = _box_corners(size, lam, generator)
-    sizes = torch.tensor(size, dtype=torch.float32, device=lam.device)
+    sizes, _, coords = _grid(size, lam.device)
     extent = torch.minimum(high, sizes).sub_(low.clamp(min=0))  # >= 0: high >= centre >= 0
     weights = extent.prod(dim=-1).div_(-math.prod(size)).add_(1.0)
-    coords = torch.arange(max(size), dtype=torch.float32, device=lam.device)
     outside = (coords < low.unsqueeze(-1)).logical_or_(coords >= high.unsqueeze(-1)).to(dtype)
     ndim, batch = len(size), lam.shape[0]
     mask = None

@@ -187,14 +187,14 @@ def _fmix_mask(
     size = tuple(x.shape[-ndim:])
     mask = _sample_mask(size, lam, decay_power, max_soft, generator, x.device, x.dtype)
     mask = mask.view(-1, *([1] * (x.ndim - 1 - ndim)), *size)
-    if max_soft > 0.0:  # the mean of the mask as applied (in x.dtype)
-        weights = mask.flatten(1).float().mean(dim=1)
+    n = math.prod(size)
+    if max_soft > 0.0:  # the mean of the mask as applied (in x.dtype): (1,) or (batch,)
+        weights = mask.flatten(1).float().mean(dim=1).expand(x.shape[0]).contiguous()
     elif isinstance(lam, Tensor):  # a binary mask holds exactly round(lam * n) ones
-        n = math.prod(size)
         weights = (lam.float().clamp(0.0, 1.0) * n).round_().div_(n)
     else:
-        weights = torch.full((1,), round(lam * math.prod(size)) / math.prod(size), device=x.device)
-    return mask, weights.expand(x.shape[0]).contiguous()
+        weights = torch.full((x.shape[0],), round(lam * n) / n, device=x.device)
+    return mask, weights
 
 
 @functools.lru_cache(maxsize=16)
