@@ -466,10 +466,11 @@ def test_float_targets_and_keys_by_name() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", list(CALLBACKS))
+@pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
 @pytest.mark.parametrize("per_sample", [False, True])
-def test_no_host_device_sync_on_cuda(name: str, per_sample: bool) -> None:
-    callback = CALLBACKS[name](per_sample=per_sample)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_no_host_device_sync_on_cuda(name: str, per_sample: bool, inplace: bool) -> None:
+    callback = INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace)
     batch = [torch.randn(8, 3, 32, 32, device="cuda"), torch.randint(0, 3, (8,), device="cuda")]
     _step(callback, list(batch))  # the first batch checks the label range once
     torch.cuda.synchronize()
