@@ -271,11 +271,18 @@ def test_num_classes_comes_from_the_module_hparams(tmp_path: Path) -> None:
 
 
 def _fit_and_record(
-    tmp_path: Path, seed: int, max_epochs: int, ckpt_path: str | None = None, **kwargs: Any
+    tmp_path: Path,
+    seed: int,
+    max_epochs: int,
+    ckpt_path: str | None = None,
+    per_sample: bool = True,
+    **kwargs: Any,
 ) -> list[torch.Tensor]:
     pl.seed_everything(seed)
     module = Recorder(12)
-    callbacks = [RandomMix({"mixup": 0.5, "fmix": 0.5}, per_sample=True, p=0.8, spatial_dims=1)]
+    callbacks = [
+        RandomMix({"mixup": 0.5, "fmix": 0.5}, per_sample=per_sample, p=0.8, spatial_dims=1)
+    ]
     callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True))
     trainer = _trainer(
         tmp_path, callbacks, max_epochs=max_epochs, enable_checkpointing=True, **kwargs
@@ -284,13 +291,18 @@ def _fit_and_record(
     return [x for x, _ in module.train_batches]
 
 
-def test_resume_repeats_the_mixing_exactly(tmp_path: Path) -> None:
-    uninterrupted = _fit_and_record(tmp_path / "a", seed=3, max_epochs=2)
-    first = _fit_and_record(tmp_path / "b", seed=3, max_epochs=1)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_resume_repeats_the_mixing_exactly(tmp_path: Path, per_sample: bool) -> None:
+    uninterrupted = _fit_and_record(tmp_path / "a", seed=3, max_epochs=2, per_sample=per_sample)
+    first = _fit_and_record(tmp_path / "b", seed=3, max_epochs=1, per_sample=per_sample)
     assert all(torch.equal(a, b) for a, b in zip(first, uninterrupted[:3], strict=True))
     # A different seed in the resumed run: the mixing state comes from the checkpoint.
     resumed = _fit_and_record(
-        tmp_path / "b", seed=99, max_epochs=2, ckpt_path=str(tmp_path / "b" / "ckpt" / "last.ckpt")
+        tmp_path / "b",
+        seed=99,
+        max_epochs=2,
+        ckpt_path=str(tmp_path / "b" / "ckpt" / "last.ckpt"),
+        per_sample=per_sample,
     )
     assert len(resumed) == 3
     assert all(torch.equal(a, b) for a, b in zip(resumed, uninterrupted[3:], strict=True))
@@ -306,10 +318,11 @@ class _RankRecorder(Recorder):
         torch.save(self.train_batches, f"{self.out}/rank{self.global_rank}.pt")
 
 
-def test_ddp_ranks_mix_differently(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_ddp_ranks_mix_differently(tmp_path: Path, per_sample: bool) -> None:
     trainer = _trainer(
         tmp_path,
-        [MixUp(per_sample=True)],
+        [MixUp(per_sample=per_sample)],
         devices=2,
         strategy="ddp_fork",
         max_steps=2,
