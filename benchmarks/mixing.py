@@ -83,11 +83,17 @@ def median_times(fns: dict[str, Callable[[], Any]], rounds: int, budget_s: float
 # --------------------------------------------------------------------------- contenders
 
 
-def callback_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
-    """The callback's per-batch work on a fresh list batch ``[x, y]``."""
+def _set_up(callback: Any) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """Stand-ins for the trainer and module of a fit, and the callback set up with them."""
     trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
     module = SimpleNamespace(num_classes=NUM_CLASSES, hparams={}, log=lambda *a, **k: None)
     callback.setup(trainer, module, "fit")
+    return trainer, module
+
+
+def callback_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
+    """The callback's per-batch work on a fresh list batch ``[x, y]``."""
+    trainer, module = _set_up(callback)
 
     def step() -> Any:
         batch = [x, y]
@@ -100,9 +106,7 @@ def callback_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[
 def callback_mix(callback: Any, x: torch.Tensor) -> Callable[[], Any]:
     """Only the mix of the callback's per-batch work: seeding its generators, drawing lam,
     partners and boxes or masks, and mixing the images (no batch checks, no targets)."""
-    trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
-    module = SimpleNamespace(num_classes=NUM_CLASSES, hparams={}, log=lambda *a, **k: None)
-    callback.setup(trainer, module, "fit")
+    _set_up(callback)
     return lambda: callback._mix(x, callback._generator_for(x.device))
 
 

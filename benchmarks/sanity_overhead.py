@@ -33,17 +33,7 @@ from lightning_recipes.callbacks.sanity import TrainingSanityChecks
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.data import DigitsDataModule
 
-ALL_RAISE = dict.fromkeys(
-    (
-        "param_groups",
-        "zero_grad",
-        "eval_mode",
-        "scheduler_interval",
-        "onecycle_lr",
-        "batchnorm_batch",
-    ),
-    "raise",
-)
+ALL_RAISE = dict.fromkeys(TrainingSanityChecks().modes, "raise")
 
 
 # Hooks that run once per fit (or per stage); every other hook runs per batch or per epoch.

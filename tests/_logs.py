@@ -1,10 +1,27 @@
-"""Reading back what a CSVLogger wrote, for tests that check logged values."""
+"""A trainer that logs every step to a CSVLogger, and reading back what it wrote, for tests
+that check logged values."""
 
 from __future__ import annotations
 
 import csv
+from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger
+
+
+def csv_trainer(tmp_path: Any, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
+    """A quiet one-epoch CPU trainer logging every step to a CSVLogger in ``tmp_path``."""
+    defaults: dict[str, Any] = {
+        "max_epochs": 1,
+        "accelerator": "cpu",
+        "logger": CSVLogger(tmp_path),
+        "log_every_n_steps": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+    }
+    return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
 
 
 def csv_rows(trainer: pl.Trainer) -> list[dict[str, float]]:

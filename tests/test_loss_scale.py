@@ -16,8 +16,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from _logs import csv_rows, series
-from lightning.pytorch.loggers import CSVLogger
+from _logs import csv_rows, csv_trainer, series
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
@@ -44,17 +43,8 @@ def _amp() -> MixedPrecision:
 
 
 def _trainer(tmp_path: Any, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
-    defaults: dict[str, Any] = {
-        "max_epochs": 1,
-        "accelerator": "cpu",
-        "logger": CSVLogger(tmp_path),
-        "log_every_n_steps": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "plugins": [_amp()],
-    }
-    return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
+    """:func:`csv_trainer` with fp16 mixed precision and a GradScaler on the CPU."""
+    return csv_trainer(tmp_path, callbacks, **{"plugins": [_amp()], **kwargs})
 
 
 class Classifier(pl.LightningModule):

@@ -11,9 +11,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from _logs import csv_rows, series
+from _logs import csv_rows, csv_trainer, series
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR, StepLR
@@ -28,19 +27,6 @@ def _loader(batches: int) -> DataLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batches * BATCH, 4, generator=g)
     return DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=BATCH)
-
-
-def _trainer(tmp_path: Any, callbacks: list[pl.Callback], **kwargs: Any) -> pl.Trainer:
-    defaults: dict[str, Any] = {
-        "max_epochs": 1,
-        "accelerator": "cpu",
-        "logger": CSVLogger(tmp_path),
-        "log_every_n_steps": 1,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-    }
-    return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
 
 
 class Net(pl.LightningModule):
@@ -96,7 +82,7 @@ def test_logs_scheduler_and_optimizer_once_per_optimizer_step(
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     monitor = LRMonitor(plot=plot)
-    trainer = _trainer(tmp_path, [monitor], accumulate_grad_batches=accumulate)
+    trainer = csv_trainer(tmp_path, [monitor], accumulate_grad_batches=accumulate)
     trainer.fit(Net(configure), _loader(batches))
 
     key = f"lr-{opt_name}"
@@ -128,7 +114,7 @@ def test_lightning_monitor_logs_per_micro_batch_under_accumulation(tmp_path: Any
         opt = torch.optim.SGD(module.parameters(), lr=0.1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": StepLR(opt, 1), "interval": "step"}}
 
-    trainer = _trainer(tmp_path, [LearningRateMonitor()], accumulate_grad_batches=3)
+    trainer = csv_trainer(tmp_path, [LearningRateMonitor()], accumulate_grad_batches=3)
     trainer.fit(Net(configure), _loader(6))
     steps, _ = series(csv_rows(trainer), "lr-SGD")
     assert steps == [0, 0, 0, 1, 1, 1]
@@ -191,7 +177,7 @@ class ThreeOptimizers(pl.LightningModule):
 
 def test_several_optimizers_manual_optimization_and_lightning_key_names(tmp_path: Any) -> None:
     monitor = LRMonitor(plot=False)
-    trainer = _trainer(tmp_path / "ours", [monitor])
+    trainer = csv_trainer(tmp_path / "ours", [monitor])
     trainer.fit(ThreeOptimizers(), _loader(4))
     rows = csv_rows(trainer)
     # Manual optimization: global_step counts every optimizer's step, 3 per batch, and each
@@ -211,7 +197,7 @@ def test_several_optimizers_manual_optimization_and_lightning_key_names(tmp_path
 
     # Every key Lightning's own monitor writes is one of ours, with the same meaning.
     lightning = LearningRateMonitor(log_momentum=True, log_weight_decay=True)
-    reference = _trainer(tmp_path / "lightning", [lightning])
+    reference = csv_trainer(tmp_path / "lightning", [lightning])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         reference.fit(ThreeOptimizers(), _loader(4))
@@ -248,7 +234,7 @@ def test_disagreement_warns_once_and_is_counted(tmp_path: Any) -> None:
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     monitor = LRMonitor(plot=False)
-    trainer = _trainer(tmp_path, [monitor])
+    trainer = csv_trainer(tmp_path, [monitor])
     ref, _ = _reference_onecycle("SGD", steps)
     pattern = (
         r"disagree on the learning rate of SGD param group 0 \('lr-SGD'\) at step 3:"
@@ -272,7 +258,7 @@ def test_log_every_n_steps_thins_the_log_not_the_history(tmp_path: Any) -> None:
         return torch.optim.Adam(module.parameters(), lr=0.01)
 
     monitor = LRMonitor(log_every_n_steps=3, plot=False)
-    trainer = _trainer(tmp_path, [monitor])
+    trainer = csv_trainer(tmp_path, [monitor])
     trainer.fit(Net(configure), _loader(10))
     assert series(csv_rows(trainer), "lr-Adam")[0] == [0, 3, 6, 9]
     assert monitor.history["lr-Adam"][0] == list(range(10))
@@ -280,7 +266,7 @@ def test_log_every_n_steps_thins_the_log_not_the_history(tmp_path: Any) -> None:
 
 
 def test_trainer_without_logger_is_a_clear_error(tmp_path: Any) -> None:
-    trainer = _trainer(tmp_path, [LRMonitor()], logger=False)
+    trainer = csv_trainer(tmp_path, [LRMonitor()], logger=False)
     net = Net(lambda m: torch.optim.SGD(m.parameters(), lr=0.1))
     with pytest.raises(MisconfigurationException, match="LRMonitor needs a logger"):
         trainer.fit(net, _loader(2))
@@ -294,7 +280,7 @@ def test_duplicate_param_group_names_are_an_error(tmp_path: Any) -> None:
         ]
         return torch.optim.SGD(groups, lr=0.1)
 
-    trainer = _trainer(tmp_path, [LRMonitor()])
+    trainer = csv_trainer(tmp_path, [LRMonitor()])
     with pytest.raises(
         MisconfigurationException, match=r"duplicated parameter group names \['x'\]"
     ):

@@ -25,17 +25,7 @@ from lightning_recipes.callbacks.sanity import (
 
 pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no")
 
-ALL_RAISE = {
-    rule: "raise"
-    for rule in (
-        "param_groups",
-        "zero_grad",
-        "eval_mode",
-        "scheduler_interval",
-        "onecycle_lr",
-        "batchnorm_batch",
-    )
-}
+ALL_RAISE = dict.fromkeys(TrainingSanityChecks().modes, "raise")
 
 
 def _loader(samples: int = 16, batch: int = 4, drop_last: bool = False) -> DataLoader:

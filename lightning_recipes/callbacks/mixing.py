@@ -16,6 +16,7 @@ reached the device, and replace the input and the targets inside the (list or di
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -763,14 +764,14 @@ class RandomMix(_MixCallback):
         # everywhere (no box, a full mask). A sample's map is then the product of all
         # methods' maps, and its weight the product of their weights: one multiplication per
         # extra method instead of a `where` over the full masks.
-        weight_map: float | Tensor = 1.0
-        weights: float | Tensor = 1.0
+        maps, weights = [], []
         for index, method in enumerate(self.methods):
             method_lam = torch.where(choice == index, lam, 1.0)
             method_map, method_weights = self._weight_map(method, x, method_lam, generator)
-            weight_map = method_map * weight_map
-            weights = method_weights * weights
-        return _Mixed(_blend(x, perm, weight_map, self.inplace), weights, perm)
+            maps.append(method_map)
+            weights.append(method_weights)
+        weight_map, weight = functools.reduce(torch.mul, maps), functools.reduce(torch.mul, weights)
+        return _Mixed(_blend(x, perm, weight_map, self.inplace), weight, perm)
 
     def _weight_map(
         self, method: str, x: Tensor, lam: float | Tensor, generator: _Generators

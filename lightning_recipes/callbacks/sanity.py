@@ -46,14 +46,6 @@ __all__ = ["TrainingSanityChecks", "TrainingSanityError", "TrainingSanityWarning
 
 Mode = Literal["raise", "warn", "off"]
 _MODES = ("raise", "warn", "off")
-_RULES = (
-    "param_groups",
-    "zero_grad",
-    "eval_mode",
-    "scheduler_interval",
-    "onecycle_lr",
-    "batchnorm_batch",
-)
 _DROPOUT = nn.modules.dropout._DropoutNd
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
 _MAX_LISTED = 8

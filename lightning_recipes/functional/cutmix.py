@@ -137,19 +137,28 @@ def box_mask(
             f"`boxes` must have shape (..., {ndim}, 2) for {ndim} spatial dims, got"
             f" {tuple(boxes.shape)}"
         )
-    batch_shape = boxes.shape[:-2]
-    # A point is outside the box when it is outside along any dim, so the mask is the
-    # maximum of 0/1 "outside" vectors, one per dim, broadcast against each other:
-    # (*batch, size_0, 1, 1), (*batch, 1, size_1, 1), ... For images that is one pass over
-    # the full mask (`1 - inside_0 * inside_1` would take three).
+    return _outside_mask(boxes[..., 0], boxes[..., 1], spatial_size, dtype)
+
+
+def _outside_mask(low: Tensor, high: Tensor, size: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """1 outside the boxes ``[low, high)`` (each ``(*batch, d)``, clipped or not: clipping
+    does not change which coordinates lie inside), 0 inside; shape ``(*batch, *size)``.
+
+    A point is outside a box when it is outside along any dim, so the mask is the maximum of
+    0/1 "outside" vectors, one per dim, broadcast against each other: (*batch, size_0, 1, 1),
+    (*batch, 1, size_1, 1), ... For images that is one pass over the full mask
+    (``1 - inside_0 * inside_1`` would take three). All dims are compared with one
+    coordinate row at once.
+    """
+    batch_shape = low.shape[:-1]
+    coords = _grid(size, low.device)[2]
+    outside = (coords < low.unsqueeze(-1)).logical_or_(coords >= high.unsqueeze(-1)).to(dtype)
     mask = None
-    for dim, size in enumerate(spatial_size):  # the 1 to 3 spatial dims, not the samples
-        coords = torch.arange(size, device=boxes.device)
-        outside = (coords < boxes[..., dim, :1]) | (coords >= boxes[..., dim, 1:])
-        shape = (*batch_shape, *(size if d == dim else 1 for d in range(ndim)))
-        outside = outside.to(dtype).view(shape)
-        mask = outside if mask is None else torch.maximum(mask, outside)
-    return mask.expand(*batch_shape, *spatial_size).contiguous()
+    for dim, length in enumerate(size):  # the 1 to 3 spatial dims, not the samples
+        shape = (*batch_shape, *(length if d == dim else 1 for d in range(len(size))))
+        along = outside[..., dim, :length].reshape(shape)
+        mask = along if mask is None else torch.maximum(mask, along)
+    return mask.expand(*batch_shape, *size).contiguous()
 
 
 def cutmix(
@@ -267,20 +276,12 @@ def _per_sample_mask(
 ) -> tuple[Tensor, Tensor]:
     """Masks ``(batch, *size)`` and weights ``1 - clipped box area`` for one box per sample.
 
-    :func:`sample_boxes` then :func:`box_mask`, fused into some 20 small ops (each costs
-    microseconds of dispatch on the CPU, where 256 masks of 32x32 take less than that to
-    write): the unclipped corners are compared with one coordinate row for all dims at once
-    (clipping does not change which coordinates lie inside), and only the area is clipped.
+    :func:`sample_boxes` then :func:`box_mask` with fewer small ops (each costs microseconds
+    of dispatch on the CPU, where 256 masks of 32x32 take less than that to write): the
+    mask comes from the unclipped corners, and only the area is clipped.
     """
     low, high = _box_corners(size, lam, generator)
-    sizes, _, coords = _grid(size, lam.device)
+    sizes = _grid(size, lam.device)[0]
     extent = torch.minimum(high, sizes).sub_(low.clamp(min=0))  # >= 0: high >= centre >= 0
     weights = extent.prod(dim=-1).div_(-math.prod(size)).add_(1.0)
-    outside = (coords < low.unsqueeze(-1)).logical_or_(coords >= high.unsqueeze(-1)).to(dtype)
-    ndim, batch = len(size), lam.shape[0]
-    mask = None
-    for dim, length in enumerate(size):  # the 1 to 3 spatial dims, not the samples
-        shape = (batch, *(length if d == dim else 1 for d in range(ndim)))
-        along = outside[:, dim, :length].reshape(shape)
-        mask = along if mask is None else torch.maximum(mask, along)
-    return mask.expand(batch, *size).contiguous(), weights
+    return _outside_mask(low, high, size, dtype), weights
