@@ -13,6 +13,7 @@ from lightning_recipes.callbacks import (
 )
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule
+from lightning_recipes.lr_find import LRFindResult, lr_find, suggest_lrs
 from lightning_recipes.module import OneCycleModule
 from lightning_recipes.scheduler import GuardedOneCycleLR, ScheduleMismatchError
 
@@ -26,6 +27,7 @@ __all__ = [
     "GuardedOneCycleLR",
     "ImageClassifier",
     "ImageFolderDataModule",
+    "LRFindResult",
     "LRMonitor",
     "LossScaleMonitor",
     "MixUp",
@@ -35,4 +37,6 @@ __all__ = [
     "TrainingSanityChecks",
     "TrainingSanityError",
     "TrainingSanityWarning",
+    "lr_find",
+    "suggest_lrs",
 ]
