@@ -1,0 +1,763 @@
+"""One-GPU check: mixed-precision speed, mixing-callback cost and syncs, memory, loss scaling.
+
+On one CUDA GPU, for torchvision ResNets (random weights, nothing downloaded) in
+``ImageClassifier`` (channels-last) on synthetic batches of random tensors:
+
+1. throughput of ``Trainer.fit`` under ``"32-true"``, ``"16-mixed"`` and ``"bf16-mixed"``, over
+   steady-state steps only (warm-up steps are not timed), and its ratio to ``"32-true"``;
+2. the time of each mixing callback's ``on_train_batch_start`` (MixUp, CutMix, FMix, RandomMix;
+   per batch and per sample; default and ``inplace=True``) on a batch of the fit's shape, as a
+   fraction of a training step (targets: under 1% per batch, under 3% per sample);
+3. that no mixing callback synchronises the host with the device
+   (``torch.cuda.set_sync_debug_mode("error")`` around the hook);
+4. the peak GPU memory of each precision;
+5. under ``"16-mixed"`` with a large initial loss scale (to provoke overflow skips), the loss-scale
+   trajectory, the skipped steps (``LossScaleMonitor``) and that the OneCycle scheduler stepped
+   exactly once per real parameter update (``on_skipped_step="hold"``).
+
+Prints a plain-text table and writes every figure and setting to ``--output`` (JSON). Each
+section (and each fit) runs on its own: a failure is recorded and the rest still runs.
+
+    python benchmarks/gpu_check.py                  # one CUDA GPU, a few minutes
+    python benchmarks/gpu_check.py --dry-run        # the same code paths on the CPU, tiny sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import gc
+import itertools
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import lightning
+import lightning.pytorch as pl
+import torch
+import torchvision
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.precision import MixedPrecision
+from torch.utils.data import DataLoader, Dataset
+
+# The script runs from a plain checkout (`python benchmarks/gpu_check.py`) where the package may
+# not be installed: the repository root goes first on the path so that this checkout's
+# `lightning_recipes` is the one measured.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lightning_recipes.callbacks.loss_scale import LossScaleMonitor
+from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes.classifier import ImageClassifier
+
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+NUM_CLASSES = 10
+TARGET_PER_BATCH = 0.01
+TARGET_PER_SAMPLE = 0.03
+SCHEDULER_FIRST = "Detected call of `lr_scheduler.step()` before `optimizer.step()`"
+
+MIXERS: dict[str, Callable[..., Callback]] = {
+    "MixUp": lambda **kw: MixUp(**kw),
+    "CutMix": lambda **kw: CutMix(**kw),
+    "FMix": lambda **kw: FMix(**kw),
+    "RandomMix": lambda **kw: RandomMix({"mixup": 0.3, "cutmix": 0.3, "fmix": 0.4}, **kw),
+}
+# Per batch, RandomMix pastes a CutMix box in place: its own code path, checked for syncs too.
+SYNC_MIXERS: dict[str, Callable[..., Callback]] = {
+    **MIXERS,
+    "RandomMix cutmix": lambda **kw: RandomMix({"cutmix": 1.0}, **kw),
+}
+
+
+@dataclass
+class Size:
+    """One model and input size: a torchvision backbone on square RGB images."""
+
+    backbone: str
+    image: int
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone} {self.batch}x3x{self.image}x{self.image}"
+
+
+@dataclass
+class Settings:
+    """Everything a run depends on; written to the JSON as it was used."""
+
+    device: str
+    sizes: list[Size]
+    warmup_steps: int
+    timed_steps: int
+    pool_batches: int
+    mix_warmup_calls: int
+    mix_timed_calls: int
+    loss_scale_steps: int
+    init_scale: float
+    max_lr: float
+    budget_s: float
+    channels_last: bool = True
+    cudnn_benchmark: bool = True
+    precisions: tuple[str, ...] = PRECISIONS
+    num_classes: int = NUM_CLASSES
+    seed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def gpu_settings(budget_s: float) -> Settings:
+    return Settings(
+        device="cuda",
+        sizes=[Size("resnet18", 32, 256), Size("resnet18", 224, 128), Size("resnet50", 224, 128)],
+        warmup_steps=20,
+        timed_steps=50,
+        pool_batches=4,
+        mix_warmup_calls=3,
+        mix_timed_calls=20,
+        loss_scale_steps=300,
+        init_scale=2.0**32,
+        max_lr=0.05,
+        budget_s=budget_s,
+    )
+
+
+def dry_run_settings(budget_s: float) -> Settings:
+    return Settings(
+        device="cpu",
+        # float16 convolutions have no fast CPU kernels (a ResNet-18 step on 8 images takes
+        # seconds), so the CPU run uses torchvision's smallest ShuffleNet: same code paths.
+        sizes=[Size("shufflenet_v2_x0_5", 32, 8)],
+        # torch's OneCycleLR divides by zero when pct_start * total_steps == 1 (4 steps at 0.25).
+        warmup_steps=2,
+        timed_steps=3,
+        pool_batches=2,
+        mix_warmup_calls=1,
+        mix_timed_calls=2,
+        loss_scale_steps=12,
+        # On the CPU the first float16 steps at 2**16 overflow, later ones fit.
+        init_scale=2.0**16,
+        max_lr=0.05,
+        budget_s=budget_s,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Clock:
+    """Progress lines with the time since the start, flushed so a killed run shows its place."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.start = time.perf_counter()
+        self.budget_s = budget_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def over_budget(self) -> bool:
+        return self.elapsed() > self.budget_s
+
+    def say(self, message: str) -> None:
+        print(f"[{self.elapsed():6.1f}s] {message}", flush=True)
+
+
+class _SliceBatches(Dataset):
+    """Whole batches as slices of a pool of random tensors already on the device.
+
+    Slicing makes neither a copy nor a host-device transfer, so the fit measures the model's
+    step and Lightning's loop rather than a data pipeline. (Per-sample indexing and collation of
+    a ``TensorDataset`` would cost more than a small model's step on a fast GPU.)
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, steps: int) -> None:
+        self.x, self.y, self.batch, self.steps = x, y, batch, steps
+        self.pool = x.shape[0] // batch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, index: int) -> list[torch.Tensor]:
+        start = (index % self.pool) * self.batch
+        return [self.x[start : start + self.batch], self.y[start : start + self.batch]]
+
+
+def _pool(size: Size, s: Settings) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator(device=s.device).manual_seed(s.seed)
+    n = size.batch * s.pool_batches
+    x = torch.randn(n, 3, size.image, size.image, device=s.device, generator=g)
+    y = torch.randint(0, s.num_classes, (n,), device=s.device, generator=g)
+    return x, y
+
+
+def _loader(x: torch.Tensor, y: torch.Tensor, batch: int, steps: int) -> DataLoader:
+    return DataLoader(_SliceBatches(x, y, batch, steps), batch_size=None, shuffle=False)
+
+
+def _precision(precision: str, s: Settings, init_scale: float | None = None) -> dict[str, Any]:
+    """Trainer arguments for ``precision``.
+
+    Lightning turns ``16-mixed`` on the CPU into ``bf16-mixed``; a ``MixedPrecision`` plugin with
+    a CPU ``GradScaler`` keeps float16 and loss scaling there. A given ``init_scale`` also needs
+    the plugin.
+    """
+    if precision == "16-mixed" and (s.device == "cpu" or init_scale is not None):
+        kwargs = {} if init_scale is None else {"init_scale": init_scale}
+        scaler = torch.amp.GradScaler(s.device, **kwargs)
+        return {"plugins": [MixedPrecision("16-mixed", s.device, scaler=scaler)]}
+    return {"precision": precision}
+
+
+def _trainer(s: Settings, steps: int, callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="gpu" if s.device == "cuda" else "cpu",
+        devices=1,
+        max_steps=steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        benchmark=s.cudnn_benchmark if s.device == "cuda" else None,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+def _model(size: Size, s: Settings, **kwargs: Any) -> ImageClassifier:
+    pl.seed_everything(s.seed, verbose=False)
+    return ImageClassifier(
+        backbone=size.backbone,
+        num_classes=s.num_classes,
+        channels_last=s.channels_last,
+        max_lr=s.max_lr,
+        **kwargs,
+    )
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+class _Marks:
+    """Time stamps: CUDA events on the GPU (no sync when taken), ``perf_counter`` on the CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.device == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals_s(self) -> list[float]:
+        """Seconds between consecutive marks (synchronises once, at the end)."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(self.marks)]
+        return [b - a for a, b in itertools.pairwise(self.marks)]
+
+
+class _StepTimer(Callback):
+    """Marks the start of batches ``warmup`` to ``warmup + timed``: ``timed`` whole steps.
+
+    Each interval runs from one ``on_train_batch_start`` to the next, so it holds the forward,
+    backward, optimizer and scheduler steps, Lightning's loop and the next batch's fetch.
+    """
+
+    def __init__(self, warmup: int, timed: int, device: str) -> None:
+        self.warmup, self.timed = warmup, timed
+        self.marks = _Marks(device)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.warmup <= batch_idx <= self.warmup + self.timed:
+            self.marks.mark()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[list[warnings.WarningMessage]]:
+    """Record warnings instead of printing them (they go to the JSON where they matter)."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        yield record
+
+
+def _guarded(results: dict[str, Any], key: str, clock: _Clock, fn: Callable[[], Any]) -> Any | None:
+    """Run ``fn``, store its result under ``key`` or, on failure, the error; never raise."""
+    if clock.over_budget():
+        results[key] = {"status": "skipped", "reason": f"time budget of {clock.budget_s} s spent"}
+        clock.say(f"{key}: skipped (time budget spent)")
+        return None
+    try:
+        value = fn()
+    except Exception as err:  # recorded, and the next part still runs
+        results[key] = {
+            "status": "error",
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+        }
+        clock.say(f"{key}: FAILED {type(err).__name__}: {err}")
+        return None
+    results[key] = value
+    return value
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def environment(s: Settings) -> dict[str, Any]:
+    cuda = s.device == "cuda"
+    return {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()})",
+        "capability": list(torch.cuda.get_device_capability()) if cuda else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "lightning": lightning.__version__,
+        "torchvision": torchvision.__version__,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cpu_threads": torch.get_num_threads(),
+    }
+
+
+def fit_run(size: Size, precision: str, s: Settings, clock: _Clock) -> dict[str, Any]:
+    """One timed ``Trainer.fit``: steady-state step times and peak memory."""
+    x, y = _pool(size, s)
+    steps = s.warmup_steps + s.timed_steps + 1  # the last batch only closes the window
+    timer = _StepTimer(s.warmup_steps, s.timed_steps, s.device)
+    _free(s.device)
+    if s.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = _model(size, s)
+    trainer = _trainer(s, steps, [timer], **_precision(precision, s))
+    with _quiet():
+        trainer.fit(model, _loader(x, y, size.batch, steps))
+    step_s = timer.marks.intervals_s()
+    if len(step_s) != s.timed_steps:
+        raise RuntimeError(f"timed {len(step_s)} steps, expected {s.timed_steps}")
+    total = sum(step_s)
+    out = {
+        "status": "ok",
+        "precision": precision,
+        "steps": trainer.global_step,
+        "timed_steps": len(step_s),
+        "images_per_s": size.batch * len(step_s) / total,
+        "step_ms_mean": 1e3 * total / len(step_s),
+        "step_ms_median": 1e3 * statistics.median(step_s),
+        "step_ms_min": 1e3 * min(step_s),
+        "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "data_pool_mib": (x.numel() * x.element_size() + y.numel() * y.element_size()) / 2**20,
+    }
+    if s.device == "cuda":
+        out["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        out["peak_minus_data_pool_mib"] = out["peak_mib"] - out["data_pool_mib"]
+    else:
+        out["peak_mib"] = None
+    clock.say(
+        f"fit {size.name} {precision}: {out['images_per_s']:.0f} img/s,"
+        f" median step {out['step_ms_median']:.2f} ms"
+    )
+    del model, trainer, x, y
+    _free(s.device)
+    return out
+
+
+def throughput(s: Settings, clock: _Clock) -> dict[str, Any]:
+    section: dict[str, Any] = {"status": "ok", "sizes": {}}
+    for size in s.sizes:
+        runs: dict[str, Any] = {}
+        for precision in s.precisions:
+            _guarded(runs, precision, clock, functools.partial(fit_run, size, precision, s, clock))
+        base = runs.get("32-true", {}).get("images_per_s")
+        for run in runs.values():
+            if run.get("status") == "ok" and base:
+                run["speedup_vs_32_true"] = run["images_per_s"] / base
+        section["sizes"][size.name] = {**asdict(size), "runs": runs}
+    return section
+
+
+def memory(s: Settings, fits: dict[str, Any]) -> dict[str, Any]:
+    """The peak memory of each fit, reset before each one (``max_memory_allocated``)."""
+    if s.device != "cuda":
+        return {"status": "skipped", "reason": "no CUDA device: no GPU memory to measure"}
+    table: dict[str, Any] = {}
+    for name, entry in fits.get("sizes", {}).items():
+        table[name] = {
+            precision: {k: run.get(k) for k in ("peak_mib", "peak_minus_data_pool_mib")}
+            for precision, run in entry["runs"].items()
+            if run.get("status") == "ok"
+        }
+    return {"status": "ok", "measure": "torch.cuda.max_memory_allocated", "sizes": table}
+
+
+def _stub() -> tuple[SimpleNamespace, SimpleNamespace]:
+    """Stand-ins for the trainer and module of a fit: what the mixing hooks read."""
+    trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
+    module = SimpleNamespace(num_classes=NUM_CLASSES, hparams={}, log=lambda *a, **k: None)
+    return trainer, module
+
+
+def _set_up(factory: Callable[..., Callback], **kwargs: Any) -> tuple[Any, Any, Any]:
+    callback = factory(seed=0, **kwargs)
+    trainer, module = _stub()
+    callback.setup(trainer, module, "fit")  # type: ignore[arg-type]
+    return callback, trainer, module
+
+
+def _step_ms(fits: dict[str, Any], size: Size) -> dict[str, float]:
+    runs = fits.get("sizes", {}).get(size.name, {}).get("runs", {})
+    return {p: r["step_ms_median"] for p, r in runs.items() if r.get("status") == "ok"}
+
+
+def mixing_cost(s: Settings, fits: dict[str, Any], clock: _Clock) -> dict[str, Any]:
+    """Each mixing hook on a batch of each fit's shape, against the fit's median step."""
+    section: dict[str, Any] = {
+        "status": "ok",
+        "targets": {"per_batch": TARGET_PER_BATCH, "per_sample": TARGET_PER_SAMPLE},
+        "against": "the fastest precision's median step time at that size",
+        "sizes": {},
+    }
+    for size in s.sizes:
+        if clock.over_budget():
+            section["sizes"][size.name] = {"status": "skipped", "reason": "time budget spent"}
+            continue
+        steps = _step_ms(fits, size)
+        fastest = min(steps, key=steps.__getitem__) if steps else None
+        x, y = _pool(size, s)
+        x = x[: size.batch].clone()
+        y = y[: size.batch].clone()
+        rows: dict[str, Any] = {}
+        for name, factory in MIXERS.items():
+            for per_sample in (False, True):
+                for inplace in (False, True):
+                    key = f"{name} {'sample' if per_sample else 'batch'}"
+                    key += " inplace" if inplace else ""
+                    hook = functools.partial(_time_hook, factory, per_sample, inplace, x, y, s)
+                    _guarded(rows, key, clock, hook)
+                    row = rows[key]
+                    if row.get("status") != "ok":
+                        continue
+                    target = TARGET_PER_SAMPLE if per_sample else TARGET_PER_BATCH
+                    row["target"] = target
+                    row["fraction_of_step"] = {p: row["hook_ms"] / ms for p, ms in steps.items()}
+                    if fastest is not None:
+                        frac = row["fraction_of_step"][fastest]
+                        row["against_precision"] = fastest
+                        row["fraction"] = frac
+                        row["met"] = frac < target
+        section["sizes"][size.name] = {"step_ms_median": steps, "rows": rows}
+        clock.say(f"mixing hooks timed at {size.name}")
+        _free(s.device)
+    return section
+
+
+def _time_hook(
+    factory: Callable[..., Callback],
+    per_sample: bool,
+    inplace: bool,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    s: Settings,
+) -> dict[str, Any]:
+    """Median time of ``on_train_batch_start`` on a fresh ``[x, y]`` batch, the device idle before.
+
+    The device is synchronised before each call (outside the timed span), so a call's time is its
+    whole latency, the host's launches included: an upper bound on what it adds to a step,
+    where its launches may overlap the previous step's device work.
+    """
+    callback, trainer, module = _set_up(factory, per_sample=per_sample, inplace=inplace)
+    gpu_ms, host_ms = [], []
+    for call in range(s.mix_warmup_calls + s.mix_timed_calls):
+        batch = [x.clone(), y]  # a tensor of its own: in-place mixing writes into it
+        marks = _Marks(s.device)
+        _sync(s.device)
+        host_start = time.perf_counter()
+        marks.mark()
+        callback.on_train_batch_start(trainer, module, batch, call)  # type: ignore[arg-type]
+        marks.mark()
+        host = time.perf_counter() - host_start
+        (elapsed,) = marks.intervals_s()
+        if batch[1].shape != (x.shape[0], NUM_CLASSES):
+            raise RuntimeError(f"soft targets of shape {tuple(batch[1].shape)}")
+        if call >= s.mix_warmup_calls:
+            gpu_ms.append(1e3 * elapsed)
+            host_ms.append(1e3 * host)
+    return {
+        "status": "ok",
+        "hook_ms": statistics.median(gpu_ms),
+        "hook_ms_min": min(gpu_ms),
+        "host_launch_ms": statistics.median(host_ms),
+        "calls": len(gpu_ms),
+        "timer": "cuda events" if s.device == "cuda" else "perf_counter",
+    }
+
+
+def sync_check(s: Settings, clock: _Clock) -> dict[str, Any]:
+    """``set_sync_debug_mode("error")`` around each hook call after a first (checked) batch."""
+    if s.device != "cuda":
+        return {"status": "skipped", "reason": "no CUDA device: host-device syncs need one"}
+    size = s.sizes[0]
+    x, y = _pool(size, s)
+    x, y = x[: size.batch].clone(), y[: size.batch].clone()
+    rows: dict[str, Any] = {}
+    for name, factory in SYNC_MIXERS.items():
+        for per_sample in (False, True):
+            for inplace in (False, True):
+                key = f"{name} per_sample={per_sample} inplace={inplace}"
+                callback, trainer, module = _set_up(factory, per_sample=per_sample, inplace=inplace)
+                # The first batch checks the label range once, which syncs by design.
+                callback.on_train_batch_start(trainer, module, [x.clone(), y], 0)
+                batch = [x.clone(), y]
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+                try:
+                    callback.on_train_batch_start(trainer, module, batch, 1)
+                    rows[key] = {"passed": True, "error": None}
+                except RuntimeError as err:
+                    rows[key] = {"passed": False, "error": str(err)}
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+                rows[key]["mixed"] = tuple(batch[1].shape) == (size.batch, NUM_CLASSES)
+    failed = [k for k, r in rows.items() if not r["passed"]]
+    clock.say(f"sync check: {len(rows) - len(failed)}/{len(rows)} passed")
+    return {
+        "status": "ok",
+        "batch": size.name,
+        "all_passed": not failed,
+        "failed": failed,
+        "rows": rows,
+    }
+
+
+class _UpdateCounter(Callback):
+    """Counts real parameter updates (an optimizer step post hook) and the scale of each step.
+
+    ``GradScaler`` does not call ``optimizer.step()`` on a step whose gradients overflowed, so
+    the hook counts only real updates. The scale is read after each step (a sync per step; this
+    section is not timed).
+    """
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.scales: list[float] = []
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.optimizers[0].register_step_post_hook(self._count)
+
+    def _count(self, *args: Any) -> None:
+        self.updates += 1
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        self.scales.append(float(trainer.precision_plugin.scaler.get_scale()))  # type: ignore[attr-defined]
+
+
+def loss_scale(s: Settings, clock: _Clock) -> dict[str, Any]:
+    size = s.sizes[0]
+    x, y = _pool(size, s)
+    steps = s.loss_scale_steps
+    monitor, counter = LossScaleMonitor(), _UpdateCounter()
+    model = _model(size, s, on_skipped_step="hold")
+    trainer = _trainer(
+        s, steps, [monitor, counter], **_precision("16-mixed", s, init_scale=s.init_scale)
+    )
+    with _quiet() as record:
+        trainer.fit(model, _loader(x, y, size.batch, steps))
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    skipped = monitor.skipped_steps
+    scaler = trainer.precision_plugin.scaler  # type: ignore[attr-defined]
+    out = {
+        "status": "ok",
+        "batch": size.name,
+        "precision": "16-mixed",
+        "on_skipped_step": "hold",
+        "init_scale": s.init_scale,
+        "init_scale_note": "set large on purpose, so that the first steps overflow and are skipped",
+        "growth_interval": scaler.get_growth_interval(),
+        "steps": trainer.global_step,
+        "scale_start": s.init_scale,
+        "scale_min": min(counter.scales),
+        "scale_end": counter.scales[-1],
+        "scale_after_each_step": counter.scales,
+        "skipped_steps": skipped,
+        "real_updates": counter.updates,
+        "scheduler_last_epoch": scheduler.last_epoch,
+        "scheduler_step_count": scheduler._step_count,
+        "scheduler_steps_equal_real_updates": scheduler.last_epoch == counter.updates,
+        "real_updates_equal_steps_minus_skipped": counter.updates == trainer.global_step - skipped,
+        "skips_provoked": skipped > 0,
+        "scheduler_before_optimizer_warnings": sum(
+            SCHEDULER_FIRST in str(w.message) for w in record
+        ),
+        "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+    }
+    clock.say(
+        f"loss scale: {skipped} of {trainer.global_step} steps skipped, scale"
+        f" {s.init_scale:g} -> {out['scale_end']:g}; scheduler steps {scheduler.last_epoch},"
+        f" real updates {counter.updates}"
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    env = results.get("environment", {})
+    lines.append(
+        f"{env.get('device')} | torch {env.get('torch')} | lightning {env.get('lightning')}"
+        f" | torchvision {env.get('torchvision')} | {env.get('date_utc')}"
+    )
+    fits = results.get("throughput", {})
+    lines.append("")
+    lines.append("Throughput (steady-state steps of Trainer.fit, ImageClassifier channels-last)")
+    header = f"{'model and batch':<28} {'precision':<11} {'img/s':>9} {'vs 32':>6}"
+    header += f" {'median ms':>10} {'peak MiB':>9}"
+    lines.append(header)
+    for name, entry in fits.get("sizes", {}).items():
+        for precision, run in entry["runs"].items():
+            if run.get("status") != "ok":
+                lines.append(f"{name:<28} {precision:<11} {run.get('status')}")
+                continue
+            lines.append(
+                f"{name:<28} {precision:<11} {run['images_per_s']:>9.0f}"
+                f" {_fmt(run.get('speedup_vs_32_true'), '.2f'):>6}"
+                f" {run['step_ms_median']:>10.2f} {_fmt(run.get('peak_mib'), '.0f'):>9}"
+            )
+    mix = results.get("mixing_cost", {})
+    lines.append("")
+    lines.append(
+        "Mixing hook / training step (targets: per batch < 1%, per sample < 3%;"
+        " against the fastest precision)"
+    )
+    lines.append(f"{'model and batch':<28} {'callback':<26} {'hook ms':>8} {'share':>7}  met")
+    for name, entry in mix.get("sizes", {}).items():
+        for key, row in entry.get("rows", {}).items():
+            if row.get("status") != "ok":
+                lines.append(f"{name:<28} {key:<26} {row.get('status')}")
+                continue
+            share = row.get("fraction")
+            met = {True: "met", False: "MISSED", None: "-"}[row.get("met")]
+            lines.append(
+                f"{name:<28} {key:<26} {row['hook_ms']:>8.3f}"
+                f" {_fmt(None if share is None else 100 * share, '.2f'):>6}%  {met}"
+            )
+    sync = results.get("sync_check", {})
+    lines.append("")
+    if sync.get("status") == "ok":
+        passed = sum(r["passed"] for r in sync["rows"].values())
+        lines.append(
+            f"Sync check (set_sync_debug_mode('error')): {passed}/{len(sync['rows'])} pass"
+        )
+        lines.extend(f"  FAILED {key}" for key in sync["failed"])
+    else:
+        lines.append(f"Sync check: {sync.get('status')} ({sync.get('reason', sync.get('error'))})")
+    ls = results.get("loss_scale", {})
+    lines.append("")
+    if ls.get("status") == "ok":
+        lines.append(
+            f"Loss scale, 16-mixed, {ls['batch']}, {ls['steps']} steps, init_scale"
+            f" {ls['init_scale']:g} (large on purpose, to provoke skips)"
+        )
+        lines.append(
+            f"  scale start {ls['scale_start']:g}, min {ls['scale_min']:g}, end"
+            f" {ls['scale_end']:g}; skipped steps {ls['skipped_steps']}"
+        )
+        ok = "yes" if ls["scheduler_steps_equal_real_updates"] else "NO"
+        lines.append(
+            f"  scheduler steps (last_epoch) {ls['scheduler_last_epoch']} == real updates"
+            f" {ls['real_updates']}: {ok}"
+        )
+    else:
+        lines.append(f"Loss scale: {ls.get('status')} ({ls.get('reason', ls.get('error'))})")
+    errors = [k for k, v in results.items() if isinstance(v, dict) and v.get("status") == "error"]
+    if errors:
+        lines.append("")
+        lines.append(f"Sections that failed (see the JSON): {', '.join(errors)}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="gpu_check.json", help="JSON file to write")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the same code paths on the CPU, tiny sizes"
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=270.0,
+        help="start no new part after this many seconds (default 270)",
+    )
+    args = parser.parse_args(argv)
+    # Lightning's per-fit banners ("GPU available: ...") would bury the progress lines.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if not args.dry_run and not torch.cuda.is_available():
+        parser.error("no CUDA device: run on a GPU, or pass --dry-run for the CPU code paths")
+    s = dry_run_settings(args.budget_s) if args.dry_run else gpu_settings(args.budget_s)
+    clock = _Clock(s.budget_s)
+    if s.device == "cuda":
+        # cuDNN picks the fastest convolution algorithm per shape during the warm-up steps.
+        torch.backends.cudnn.benchmark = s.cudnn_benchmark
+    s.notes = [
+        "Timed: steady-state steps only, from one on_train_batch_start to the next"
+        f" ({s.warmup_steps} warm-up steps untimed); "
+        + ("CUDA events." if s.device == "cuda" else "time.perf_counter (no CUDA)."),
+        "Data: random tensors on the device, sliced into batches (no loader cost).",
+        "ImageClassifier(channels_last=True): weights and inputs in channels-last format.",
+        f"cudnn.benchmark = {s.cudnn_benchmark}" if s.device == "cuda" else "CPU: no cuDNN.",
+    ]
+    results: dict[str, Any] = {"settings": asdict(s), "dry_run": args.dry_run}
+    clock.say(f"gpu_check on {s.device}: {', '.join(z.name for z in s.sizes)}")
+    _guarded(results, "environment", clock, lambda: environment(s))
+    fits = _guarded(results, "throughput", clock, lambda: throughput(s, clock)) or {}
+    _guarded(results, "memory", clock, lambda: memory(s, fits))
+    _guarded(results, "mixing_cost", clock, lambda: mixing_cost(s, fits, clock))
+    _guarded(results, "sync_check", clock, lambda: sync_check(s, clock))
+    _guarded(results, "loss_scale", clock, lambda: loss_scale(s, clock))
+    results["elapsed_s"] = clock.elapsed()
+    text = table(results)
+    results["table"] = text
+    print(text, flush=True)
+    Path(args.output).write_text(json.dumps(results, indent=2, default=str))
+    clock.say(f"wrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
