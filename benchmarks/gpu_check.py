@@ -303,7 +303,7 @@ class _StepTimer(Callback):
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[list[warnings.WarningMessage]]:
-    """Record warnings instead of printing them (they go to the JSON where they matter)."""
+    """Record warnings instead of printing them (the loss-scale section counts one kind)."""
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         yield record
@@ -827,7 +827,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ImageClassifier(channels_last=True): weights and inputs in channels-last format.",
         f"cudnn.benchmark = {s.cudnn_benchmark}" if s.device == "cuda" else "CPU: no cuDNN.",
     ]
-    results: dict[str, Any] = {"settings": asdict(s), "dry_run": args.dry_run}
+    results: dict[str, Any] = {
+        "settings": asdict(s),
+        "dry_run": args.dry_run,
+        "argv": sys.argv[1:] if argv is None else argv,
+    }
     clock.say(f"gpu_check on {s.device}: {', '.join(z.name for z in s.sizes)}")
     _guarded(results, "environment", clock, lambda: environment(s))
     fits = _guarded(results, "throughput", clock, lambda: throughput(s, clock)) or {}
