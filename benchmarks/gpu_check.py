@@ -10,7 +10,8 @@ On one CUDA GPU, for torchvision ResNets (random weights, nothing downloaded) in
    fraction of a training step (targets: under 1% per batch, under 3% per sample);
 3. that no mixing callback synchronises the host with the device
    (``torch.cuda.set_sync_debug_mode("error")`` around the hook);
-4. the peak GPU memory of each precision;
+4. the peak GPU memory of each precision, and the syncs of one whole training step (with
+   ``MixUp`` in the fit) and where they come from;
 5. under ``"16-mixed"`` with a large initial loss scale (to provoke overflow skips), the loss-scale
    trajectory, the skipped steps (``LossScaleMonitor``) and that the OneCycle scheduler stepped
    exactly once per real parameter update (``on_skipped_step="hold"``).
@@ -25,6 +26,7 @@ section (and each fit) runs on its own: a failure is recorded and the rest still
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import datetime
 import functools
@@ -301,7 +303,7 @@ class _StepTimer(Callback):
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[list[warnings.WarningMessage]]:
-    """Record warnings instead of printing them (they go to the JSON where they matter)."""
+    """Record warnings instead of printing them (the loss-scale section counts one kind)."""
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         yield record
@@ -558,6 +560,79 @@ def sync_check(s: Settings, clock: _Clock) -> dict[str, Any]:
     }
 
 
+class _SyncCounter(Callback):
+    """Records the host-device syncs of one steady-state training step (sync debug ``"warn"``).
+
+    The window runs from batch ``step``'s ``on_train_batch_start`` to the next one's: the
+    step's forward, backward, optimizer and scheduler steps, Lightning's loop and logging, and
+    the hooks of the other callbacks.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        self.syncs: list[str] = []
+        self._catch: warnings.catch_warnings | None = None
+        self._record: list[warnings.WarningMessage] = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == self.step:
+            torch.cuda.synchronize()
+            self._catch = warnings.catch_warnings(record=True)
+            self._record = self._catch.__enter__()
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+        elif batch_idx == self.step + 1:
+            self.stop()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Leave sync debugging; also called after a fit that failed inside the window."""
+        if self._catch is None:
+            return
+        torch.cuda.set_sync_debug_mode("default")
+        self._catch.__exit__(None, None, None)
+        self._catch = None
+        self.syncs = [
+            f"{w.filename}:{w.lineno}"
+            for w in self._record
+            if "synchronizing" in str(w.message).lower()
+        ]
+
+
+def step_syncs(s: Settings, clock: _Clock) -> dict[str, Any]:
+    """Where a whole training step of ``ImageClassifier`` with ``MixUp`` synchronises."""
+    if s.device != "cuda":
+        return {"status": "skipped", "reason": "no CUDA device: host-device syncs need one"}
+    size = s.sizes[0]
+    x, y = _pool(size, s)
+    out: dict[str, Any] = {
+        "status": "ok",
+        "batch": size.name,
+        "callbacks": ["MixUp()"],
+        "window": "one steady-state step, on_train_batch_start to the next",
+        "precisions": {},
+    }
+    step = 5
+    for precision in ("32-true", "16-mixed"):
+        counter = _SyncCounter(step)
+        trainer = _trainer(s, step + 2, [MixUp(seed=0), counter], **_precision(precision, s))
+        with _quiet():
+            try:
+                trainer.fit(_model(size, s), _loader(x, y, size.batch, step + 2))
+            finally:
+                counter.stop()
+        out["precisions"][precision] = {
+            "syncs": len(counter.syncs),
+            "where": dict(collections.Counter(counter.syncs)),
+        }
+        clock.say(f"syncs in one {precision} training step: {len(counter.syncs)}")
+    return out
+
+
 class _UpdateCounter(Callback):
     """Counts real parameter updates (an optimizer step post hook) and the scale of each step.
 
@@ -687,6 +762,16 @@ def table(results: dict[str, Any]) -> str:
         lines.extend(f"  FAILED {key}" for key in sync["failed"])
     else:
         lines.append(f"Sync check: {sync.get('status')} ({sync.get('reason', sync.get('error'))})")
+    steps = results.get("step_syncs", {})
+    if steps.get("status") == "ok":
+        lines.append(f"Syncs in one training step of ImageClassifier + MixUp, {steps['batch']}:")
+        for precision, entry in steps["precisions"].items():
+            where = ", ".join(f"{k} x{n}" for k, n in entry["where"].items())
+            lines.append(f"  {precision}: {entry['syncs']}" + (f" ({where})" if where else ""))
+    else:
+        lines.append(
+            f"Step syncs: {steps.get('status')} ({steps.get('reason', steps.get('error'))})"
+        )
     ls = results.get("loss_scale", {})
     lines.append("")
     if ls.get("status") == "ok":
@@ -742,13 +827,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ImageClassifier(channels_last=True): weights and inputs in channels-last format.",
         f"cudnn.benchmark = {s.cudnn_benchmark}" if s.device == "cuda" else "CPU: no cuDNN.",
     ]
-    results: dict[str, Any] = {"settings": asdict(s), "dry_run": args.dry_run}
+    results: dict[str, Any] = {
+        "settings": asdict(s),
+        "dry_run": args.dry_run,
+        "argv": sys.argv[1:] if argv is None else argv,
+    }
     clock.say(f"gpu_check on {s.device}: {', '.join(z.name for z in s.sizes)}")
     _guarded(results, "environment", clock, lambda: environment(s))
     fits = _guarded(results, "throughput", clock, lambda: throughput(s, clock)) or {}
     _guarded(results, "memory", clock, lambda: memory(s, fits))
     _guarded(results, "mixing_cost", clock, lambda: mixing_cost(s, fits, clock))
     _guarded(results, "sync_check", clock, lambda: sync_check(s, clock))
+    _guarded(results, "step_syncs", clock, lambda: step_syncs(s, clock))
     _guarded(results, "loss_scale", clock, lambda: loss_scale(s, clock))
     results["elapsed_s"] = clock.elapsed()
     text = table(results)

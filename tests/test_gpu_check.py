@@ -36,7 +36,8 @@ def test_dry_run_reports_every_section(
     assert json.loads(output.read_text()) == json.loads(json.dumps(results, default=str))
     assert results["dry_run"] is True and settings["device"] == "cpu"
 
-    for section in ("environment", "throughput", "memory", "mixing_cost", "sync_check"):
+    sections = ("environment", "throughput", "memory", "mixing_cost", "sync_check", "step_syncs")
+    for section in sections:
         assert results[section].get("status") != "error", results[section]
     assert results["environment"]["torch"]
 
@@ -55,8 +56,8 @@ def test_dry_run_reports_every_section(
 
     # No CUDA: no GPU memory and no sync check, each with its reason.
     assert results["memory"]["status"] == "skipped" and "CUDA" in results["memory"]["reason"]
-    assert results["sync_check"]["status"] == "skipped"
-    assert "CUDA" in results["sync_check"]["reason"]
+    for section in ("sync_check", "step_syncs"):
+        assert results[section]["status"] == "skipped" and "CUDA" in results[section]["reason"]
 
     rows = results["mixing_cost"]["sizes"][name]["rows"]
     assert len(rows) == len(gpu_check.MIXERS) * 4  # per batch / per sample, default / inplace
@@ -82,5 +83,12 @@ def test_dry_run_reports_every_section(
 
     printed = capsys.readouterr().out
     assert results["table"] in printed
-    for text in ("Throughput", "Mixing hook", "Sync check: skipped", "Loss scale", *runs):
+    for text in (
+        "Throughput",
+        "Mixing hook",
+        "Sync check: skipped",
+        "Step syncs: skipped",
+        "Loss scale",
+        *runs,
+    ):
         assert text in printed
