@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import StochasticWeightAveraging as _SWA
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
@@ -39,7 +40,12 @@ class OneCycleModule(pl.LightningModule):
     :class:`~lightning_recipes.scheduler.GuardedOneCycleLR` with ``"interval": "step"`` whose
     ``total_steps`` is ``trainer.estimated_stepping_batches``, so the schedule ends on the last
     optimizer step for any ``max_epochs``, ``max_steps``, ``limit_train_batches``,
-    ``accumulate_grad_batches`` and device count.
+    ``accumulate_grad_batches`` and device count. The count (and the peak) are read when
+    training really starts, right before the first optimizer step, after callbacks that change
+    them in ``on_fit_start`` ran: ``BatchSizeFinder`` (another batch size, another step count)
+    and ``LearningRateFinder(attr_name="max_lr")`` (a new ``max_lr``; every group's peak,
+    ``param_group_max_lr`` included, scales by the same factor). ``StochasticWeightAveraging``,
+    which swaps the schedule for SWALR part-way and adds an epoch, is refused at fit start.
 
     No hook needs ``super()``: the schedule, the AMP skip handling and the resume check live in
     ``configure_optimizers`` and in the scheduler object, never in ``on_train_start``,
@@ -58,7 +64,10 @@ class OneCycleModule(pl.LightningModule):
             ``torch.optim.RAdam`` with its ``init_args``).
         weight_decay: Weight decay of the decayed groups.
         decay_norm_and_bias: If ``False`` (default), biases, normalisation-layer parameters
-            and other 0-d/1-d parameters get no weight decay.
+            and other 0-d/1-d parameters get no weight decay. If ``True``, normalisation
+            weights, biases and other 1-d parameters are decayed too; 0-d parameters never are.
+            Lazy parameters (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) not yet materialised
+            are grouped by what they become: weights decayed, biases and norm parameters not.
         param_group_max_lr: Per-group peak learning rates by parameter-name prefix, e.g.
             ``{"backbone.": 0.01}`` trains the backbone with a ten times smaller cycle than a
             head at ``max_lr=0.1``. The longest matching prefix wins.
@@ -164,14 +173,15 @@ class OneCycleModule(pl.LightningModule):
         """
         hp = self.hparams
         prefixes = sorted((hp.get("param_group_max_lr") or {}).items(), key=lambda kv: -len(kv[0]))
-        no_decay = set() if hp.get("decay_norm_and_bias") else _no_decay_names(self)
+        decay_all = bool(hp.get("decay_norm_and_bias"))
+        no_decay = _no_decay_names(self)
         groups: dict[tuple[str, bool], dict[str, Any]] = {}
         order = ["", *[p for p, _ in sorted((hp.get("param_group_max_lr") or {}).items())]]
         for name, param in named_parameters or self.named_parameters():
             if not param.requires_grad:
                 continue
             prefix = next((p for p, _ in prefixes if name.startswith(p)), "")
-            decay = name not in no_decay and param.ndim > 1
+            decay = _decays(name, param, no_decay, decay_all)
             key = (prefix, decay)
             if key not in groups:
                 lr = dict(prefixes).get(prefix, self.max_lr)
@@ -220,6 +230,13 @@ class OneCycleModule(pl.LightningModule):
         """
         hp = self.hparams
         trainer = self.trainer
+        swa = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, _SWA)]
+        if swa:
+            raise ValueError(
+                f"{swa[0]} replaces the OneCycle schedule with SWALR at `swa_epoch_start` and"
+                " adds an epoch, so a OneCycleModule's cycle cannot end where the fit does. Remove"
+                " the callback, or use SWA from a LightningModule with a constant or cyclic LR."
+            )
         total = check_total_steps(trainer.estimated_stepping_batches, trainer)
         if trainer.max_epochs == _LIGHTNING_DEFAULT_MAX_EPOCHS and trainer.max_steps == -1:
             rank_zero_warn(
@@ -235,9 +252,11 @@ class OneCycleModule(pl.LightningModule):
                 f"`cycle_momentum=True` needs an optimizer with momentum or betas, but"
                 f" {type(optimizer).__name__} has neither. Set `cycle_momentum=False`."
             )
+        peaks = [g.get("max_lr", self.max_lr) for g in optimizer.param_groups]
+        resolver = _Resolver(self, peaks, trainer.callbacks)
         scheduler = GuardedOneCycleLR(
             optimizer,
-            max_lr=[g.get("max_lr", self.max_lr) for g in optimizer.param_groups],
+            max_lr=peaks,
             total_steps=total,
             pct_start=hp.pct_start,
             div_factor=hp.div_factor,
@@ -249,7 +268,9 @@ class OneCycleModule(pl.LightningModule):
             max_momentum=hp.max_momentum,
             on_skipped_step=hp.on_skipped_step,
             on_schedule_mismatch=hp.on_schedule_mismatch,
+            resolver=resolver,
         )
+        resolver.scheduler = scheduler
         config: dict[str, Any] = {"scheduler": scheduler, "interval": "step", "frequency": 1}
         if name is not None:
             config["name"] = name
@@ -327,6 +348,51 @@ def _validate_schedulers(owner: str, result: Any) -> None:
             f"{owner}.configure_optimizers (a OneCycleModule) returned no OneCycle scheduler;"
             f" {fix}, or inherit from LightningModule if you want another schedule."
         )
+
+
+class _Resolver:
+    """The real total and peaks of a OneCycleModule's schedule, once training really starts.
+
+    ``configure_optimizers`` runs before the callbacks' ``on_fit_start``, where the tuners
+    change the batch size or ``max_lr``; the schedule asks this right before its first real
+    optimizer step instead.
+    """
+
+    def __init__(
+        self, module: OneCycleModule, peaks: list[float], callbacks: list[pl.Callback]
+    ) -> None:
+        self.module = module
+        self.peaks = peaks
+        self.built_max_lr = module.max_lr
+        self.callbacks = callbacks
+        self.scheduler: GuardedOneCycleLR | None = None
+
+    def __call__(self) -> tuple[int, list[float]] | None:
+        trainer = self.module._trainer
+        if trainer is None:
+            return None
+        # Tuner trials: LearningRateFinder swaps in its own scheduler, and both finders swap
+        # `trainer.callbacks` for their own list until they restore their checkpoint. Their
+        # steps must not fix the schedule.
+        active = any(c.scheduler is self.scheduler for c in trainer.lr_scheduler_configs)
+        if not active or trainer.callbacks is not self.callbacks:
+            return None
+        total = check_total_steps(trainer.estimated_stepping_batches, trainer)
+        # LearningRateFinder(attr_name="max_lr") writes the suggestion to `max_lr`: every
+        # group's peak moves by the same factor, so per-group ratios hold.
+        factor = self.module.max_lr / self.built_max_lr
+        return total, [peak * factor for peak in self.peaks]
+
+
+def _decays(name: str, param: nn.Parameter, no_decay: set[str], decay_all: bool) -> bool:
+    """Whether ``param`` gets weight decay; lazy parameters by what they will become."""
+    if isinstance(param, nn.parameter.UninitializedParameter):
+        # A lazy layer's weight is a matrix or a kernel once materialised (>= 2-d); its bias
+        # and a lazy norm layer's parameters are 1-d.
+        return decay_all or name not in no_decay
+    if decay_all:
+        return param.ndim >= 1
+    return name not in no_decay and param.ndim > 1
 
 
 def _no_decay_names(module: nn.Module) -> set[str]:

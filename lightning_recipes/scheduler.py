@@ -10,13 +10,20 @@ torch's :class:`~torch.optim.lr_scheduler.OneCycleLR` has two traps under Lightn
   the step count (more epochs, another device count) silently restores the old total, and the
   run dies later with ``Tried to step N times``.
 
-:class:`GuardedOneCycleLR` fixes both inside the scheduler itself, so no LightningModule hook
-(which a user may override without calling ``super()``) is needed for either.
+A third comes from the order of a fit: ``configure_optimizers`` runs before the callbacks'
+``on_fit_start``, where ``BatchSizeFinder`` changes the batch size (so the step count) and
+``LearningRateFinder`` the peak learning rate. Given a ``resolver``, :class:`GuardedOneCycleLR`
+fixes its length and peak right before the first real optimizer step instead.
+
+:class:`GuardedOneCycleLR` handles all three inside the scheduler itself, so no LightningModule
+hook (which a user may override without calling ``super()``) is needed for any.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -24,7 +31,18 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 from typing_extensions import override
 
-__all__ = ["GuardedOneCycleLR"]
+__all__ = [
+    "GuardedOneCycleLR",
+    "ScheduleMismatchError",
+    "ScheduleProgress",
+    "check_total_steps",
+    "schedule_progress",
+]
+
+#: What a resolver returns: the schedule's total number of optimizer steps and the peak LR of
+#: each param group, or ``None`` when the schedule cannot be fixed yet.
+ScheduleTarget = tuple[int, list[float]]
+Resolver = Callable[[], "ScheduleTarget | None"]
 
 _SKIP_MODES = ("hold", "advance")
 _MISMATCH_MODES = ("error", "rescale")
@@ -52,7 +70,20 @@ class GuardedOneCycleLR(OneCycleLR):
             :class:`ScheduleMismatchError` naming both counts. ``"rescale"`` keeps the progress
             fraction reached in the checkpoint and squeezes or stretches the rest of the schedule
             so that it ends exactly at this scheduler's ``total_steps``.
+        resolver: A callable returning ``(total_steps, max_lrs)`` (one peak per param group), or
+            ``None`` while they cannot be known yet. With a resolver the schedule is
+            *unresolved* at first: it holds at its first step, and right before the first
+            optimizer step after which the resolver answers (and when a checkpoint of a
+            resolved schedule is loaded) it takes the resolver's total and peaks.
+            :class:`~lightning_recipes.OneCycleModule` passes one that reads
+            ``trainer.estimated_stepping_batches`` and ``max_lr`` once training really starts,
+            after ``BatchSizeFinder`` and ``LearningRateFinder`` ran. The callable is not part
+            of :meth:`state_dict`; the ``resolved`` flag is.
         **kwargs: Any other ``OneCycleLR`` argument (``pct_start``, ``div_factor``, ...).
+
+    A phase of zero length (``pct_start * total_steps == 1``, e.g. 4 steps at
+    ``pct_start=0.25``), where torch divides by zero, is passed at once: the step that both
+    starts and ends it takes the phase's end value.
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
@@ -74,6 +105,7 @@ class GuardedOneCycleLR(OneCycleLR):
         *,
         on_skipped_step: Literal["hold", "advance"] = "hold",
         on_schedule_mismatch: Literal["error", "rescale"] = "error",
+        resolver: Resolver | None = None,
         **kwargs: Any,
     ) -> None:
         if on_skipped_step not in _SKIP_MODES:
@@ -94,7 +126,79 @@ class GuardedOneCycleLR(OneCycleLR):
         self._pending_updates = 0
         self._fused_found_inf: torch.Tensor | None = None
         self._hook = optimizer.register_step_post_hook(self._on_optimizer_step)
+        # torch's defaults; kept to rebuild the phases and the group LRs when resolving.
+        self._pct_start = float(kwargs.get("pct_start", 0.3))
+        self._three_phase = bool(kwargs.get("three_phase", False))
+        self._div_factor = float(kwargs.get("div_factor", 25.0))
+        self._final_div_factor = float(kwargs.get("final_div_factor", 1e4))
+        self._resolver = resolver
+        #: False until the resolver fixed the total and the peaks (always True without one).
+        self.resolved = resolver is None
         super().__init__(optimizer, max_lr=max_lr, total_steps=total_steps, **kwargs)
+        self._pre_hook = optimizer.register_step_pre_hook(self._before_optimizer_step)
+
+    def resolve(self) -> bool:
+        """Fix ``total_steps`` and the peaks from the resolver now, unless already done.
+
+        Only an unresolved schedule, which has not left its first step, is changed: its phases,
+        each group's ``max_lr``, ``initial_lr``, ``min_lr`` and its current LR and momentum
+        follow the resolver's answer.
+
+        Returns:
+            Whether the schedule is resolved (False while the resolver answers ``None``).
+        """
+        if self.resolved:
+            return True
+        assert self._resolver is not None  # unresolved only with a resolver
+        target = self._resolver()
+        if target is None:
+            return False
+        total, peaks = target
+        groups = self.optimizer.param_groups
+        if len(peaks) != len(groups):
+            raise ValueError(
+                f"The OneCycle resolver returned {len(peaks)} peak LRs for an optimizer with"
+                f" {len(groups)} param groups; return one `max_lr` per param group."
+            )
+        self.total_steps = total
+        self._schedule_phases = _phases(total, self._pct_start, self._three_phase)  # type: ignore[assignment]
+        default_lr, old_peak = self.optimizer.defaults.get("lr"), groups[0].get("max_lr")
+        if isinstance(default_lr, (int, float)) and old_peak and peaks[0] != old_peak:
+            # The optimizer's own lr (used by groups added later) moves with the peaks.
+            scaled = peaks[0] if default_lr == old_peak else default_lr * peaks[0] / old_peak
+            self.optimizer.defaults["lr"] = scaled
+        for group, peak in zip(groups, peaks, strict=True):
+            group["max_lr"] = peak
+            group["initial_lr"] = peak / self._div_factor
+            group["min_lr"] = group["initial_lr"] / self._final_div_factor
+        self.base_lrs = [group["initial_lr"] for group in groups]
+        self.resolved = True
+        self._refresh()
+        return True
+
+    @property
+    def progress(self) -> ScheduleProgress:
+        """How far the schedule got: see :func:`schedule_progress`."""
+        return schedule_progress(self)
+
+    def _before_optimizer_step(
+        self, optimizer: Optimizer, args: Any, kwargs: dict[str, Any]
+    ) -> None:
+        # A pre hook, so that the step's own LR (at step 0: max_lr / div_factor) already uses
+        # the resolved peak.
+        if not self.resolved:
+            self.resolve()
+
+    def _refresh(self) -> None:
+        """Write the LR (and momentum) of the current position into the param groups."""
+        self._get_lr_called_within_step = True
+        try:
+            lrs = self.get_lr()
+        finally:
+            self._get_lr_called_within_step = False
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def _on_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: dict[str, Any]) -> None:
         self._pending_updates += 1
@@ -114,6 +218,12 @@ class GuardedOneCycleLR(OneCycleLR):
     @override
     def step(self, epoch: int | None = None) -> None:
         # `_initial_step` in `LRScheduler.__init__` (step count 0) precedes any update.
+        if self._step_count > 0 and epoch is None and not self.resolved:
+            # Steps before the schedule is resolved are a tuner's trials (BatchSizeFinder), which
+            # restores the checkpoint it saved before them: hold at the first step meanwhile.
+            self._pending_updates = 0
+            self._fused_found_inf = None
+            return
         if (
             self._step_count > 0
             and epoch is None
@@ -127,32 +237,70 @@ class GuardedOneCycleLR(OneCycleLR):
 
     @override
     def get_lr(self) -> list[float | torch.Tensor]:
-        if self.rescale_anchor is None:
-            return super().get_lr()
+        # torch's `OneCycleLR.get_lr`, with a rescaled position after a rescaled resume and
+        # zero-length phases passed at once instead of dividing by zero.
         real = self.last_epoch
         if real > self.total_steps:
             raise ValueError(
                 f"Tried to step {real} times. The specified number of total steps is"
                 f" {self.total_steps}"
             )
-        self.last_epoch = _position(self.rescale_anchor, real, self.total_steps)  # type: ignore[assignment]
-        try:
-            return super().get_lr()
-        finally:
-            self.last_epoch = real
+        position = (
+            float(real)
+            if self.rescale_anchor is None
+            else _position(self.rescale_anchor, real, self.total_steps)
+        )
+        phases = self._schedule_phases
+        lrs: list[float | torch.Tensor] = []
+        for group in self.optimizer.param_groups:
+            start = 0.0
+            for i, phase in enumerate(phases):
+                end = phase["end_step"]
+                if position <= end or i == len(phases) - 1:
+                    span = end - start
+                    pct = (position - start) / span if span > 0 else 1.0
+                    lrs.append(
+                        self._anneal_func(group[phase["start_lr"]], group[phase["end_lr"]], pct)
+                    )
+                    if self.cycle_momentum:
+                        momentum = self._anneal_func(
+                            group[phase["start_momentum"]], group[phase["end_momentum"]], pct
+                        )
+                        if self.use_beta1:
+                            group["betas"] = (momentum, *group["betas"][1:])
+                        else:
+                            group["momentum"] = momentum
+                    break
+                start = end
+        return lrs
 
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        for key in ("_hook", "_pending_updates", "_fused_found_inf"):
+        # The hooks and the resolver are bound to this run's objects; checkpoints stay plain.
+        for key in ("_hook", "_pre_hook", "_resolver", "_pending_updates", "_fused_found_inf"):
             state.pop(key, None)
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # A checkpoint saved before the schedule was resolved (a tuner's, before its trials)
+        # restores the unresolved schedule; one of a resolved schedule (checkpoints of earlier
+        # versions have no flag and were resolved at build time) is compared with this run's
+        # real total, so resolve first.
+        saved_resolved = bool(state_dict.get("resolved", True))
+        if not saved_resolved:
+            state = dict(state_dict)
+            if self._resolver is None:  # no way to resolve later: keep this run's own plan
+                state["resolved"] = True
+            super().load_state_dict(state)
+            return
+        self.resolve()
         saved_total = state_dict.get("total_steps")
         if saved_total is None or saved_total == self.total_steps:
-            super().load_state_dict(state_dict)
+            super().load_state_dict({**state_dict, "resolved": self.resolved})
+            # Resolving wrote the first step's LR into the groups; restore the saved position's.
+            self._refresh()
             return
         done = int(state_dict["last_epoch"])
         anchor = state_dict.get("rescale_anchor")
@@ -178,20 +326,110 @@ class GuardedOneCycleLR(OneCycleLR):
         keep = {
             key: value
             for key, value in state_dict.items()
-            if key not in ("total_steps", "_schedule_phases", "rescale_anchor")
+            if key not in ("total_steps", "_schedule_phases", "rescale_anchor", "resolved")
             and key not in ("on_schedule_mismatch", "on_skipped_step")
         }
         self.__dict__.update(keep)
         self.rescale_anchor = (done, fraction * (self.total_steps - 1))
         # Recompute the current LR and momentum at the new position, as a fresh step would.
-        self._get_lr_called_within_step = True
-        try:
-            lrs = self.get_lr()
-        finally:
-            self._get_lr_called_within_step = False
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        self._refresh()
+
+
+def _phases(total: int, pct_start: float, three_phase: bool) -> list[dict[str, Any]]:
+    """torch's ``OneCycleLR`` phases for ``total`` steps (its ``_schedule_phases``)."""
+    up = {"start_lr": "initial_lr", "end_lr": "max_lr"}
+    up_momentum = {"start_momentum": "max_momentum", "end_momentum": "base_momentum"}
+    if three_phase:
+        return [
+            {"end_step": float(pct_start * total) - 1, **up, **up_momentum},
+            {
+                "end_step": float(2 * pct_start * total) - 2,
+                "start_lr": "max_lr",
+                "end_lr": "initial_lr",
+                "start_momentum": "base_momentum",
+                "end_momentum": "max_momentum",
+            },
+            {
+                "end_step": total - 1,
+                "start_lr": "initial_lr",
+                "end_lr": "min_lr",
+                "start_momentum": "max_momentum",
+                "end_momentum": "max_momentum",
+            },
+        ]
+    return [
+        {"end_step": float(pct_start * total) - 1, **up, **up_momentum},
+        {
+            "end_step": total - 1,
+            "start_lr": "max_lr",
+            "end_lr": "min_lr",
+            "start_momentum": "base_momentum",
+            "end_momentum": "max_momentum",
+        },
+    ]
+
+
+@dataclass(frozen=True)
+class ScheduleProgress:
+    """How far a OneCycle schedule got: ``step`` optimizer steps of ``total``.
+
+    Attributes:
+        step: Optimizer steps the schedule advanced (its ``last_epoch``).
+        total: The schedule's ``total_steps``.
+        lr: The current learning rate of param group 0 (the next step's).
+        min_lr: Where the schedule of param group 0 ends.
+
+    Example:
+        >>> ScheduleProgress(step=57, total=380, lr=0.066, min_lr=4e-7)
+        ScheduleProgress(step=57, total=380, lr=0.066, min_lr=4e-07)
+        >>> str(ScheduleProgress(step=57, total=380, lr=0.066, min_lr=4e-7))
+        'step 57 of 380 (15.0%), lr=0.066 (min_lr=4e-07)'
+    """
+
+    step: int
+    total: int
+    lr: float
+    min_lr: float
+
+    @property
+    def fraction(self) -> float:
+        """``step / total``."""
+        return self.step / self.total
+
+    @property
+    def finished(self) -> bool:
+        """Whether the schedule reached its last step (its LR annealed to ``min_lr``)."""
+        return self.step >= self.total
+
+    def __str__(self) -> str:
+        return (
+            f"step {self.step} of {self.total} ({self.fraction:.1%}), lr={self.lr:.3g}"
+            f" (min_lr={self.min_lr:.3g})"
+        )
+
+
+def schedule_progress(scheduler: OneCycleLR) -> ScheduleProgress:
+    """How far a ``OneCycleLR`` (torch's or :class:`GuardedOneCycleLR`) got.
+
+    For a summary at the end of a fit: ``schedule_progress(trainer.lr_scheduler_configs[0]
+    .scheduler)``. A fit that stopped early (``EarlyStopping``, ``max_time``, an interruption)
+    has ``finished == False`` and an LR above ``min_lr``.
+
+    Example:
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1, momentum=0.9)
+        >>> sched = GuardedOneCycleLR(opt, max_lr=0.1, total_steps=10)
+        >>> opt.step(); sched.step()
+        >>> progress = schedule_progress(sched)
+        >>> progress.step, progress.total, progress.finished
+        (1, 10, False)
+    """
+    group = scheduler.optimizer.param_groups[0]
+    return ScheduleProgress(
+        step=int(scheduler.last_epoch),
+        total=int(scheduler.total_steps),
+        lr=float(group["lr"]),
+        min_lr=float(group.get("min_lr", float("nan"))),
+    )
 
 
 def _position(anchor: tuple[int, float], step: int, total: int) -> float:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_recipes import GuardedOneCycleLR, OneCycleModule, ScheduleMismatchError
+from lightning_recipes import scheduler as scheduler_module
 
 N_SAMPLES = 40
 
@@ -164,15 +167,94 @@ def test_no_decay_groups():
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
 
 
-def test_decay_norm_and_bias_and_frozen_parameters():
+def test_frozen_parameters_are_left_out():
     model = Net(weight_decay=0.1, decay_norm_and_bias=False)
     model.head.weight.requires_grad_(False)
     all_params = [p for g in model.onecycle_param_groups() for p in g["params"]]
     assert all(p is not model.head.weight for p in all_params)
-    model = Net(weight_decay=0.1, decay_norm_and_bias=True)
-    groups = model.onecycle_param_groups()
-    # 1-d parameters still get no decay (as in timm), but norm layers' are no longer special.
-    assert [g["name"] for g in groups] == ["default", "default/no_decay"]
+    assert len(all_params) == len(list(model.parameters())) - 1
+
+
+class WithScalar(Net):
+    """Net plus a 0-d parameter (a learned temperature)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = nn.Parameter(torch.tensor(1.0))
+
+
+def _group_names(model):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {g["name"]: {names[id(p)] for p in g["params"]} for g in model.onecycle_param_groups()}
+
+
+@pytest.mark.parametrize(
+    ("decay_norm_and_bias", "decayed", "plain"),
+    [
+        (
+            False,
+            {"body.0.weight", "head.weight"},
+            {"body.0.bias", "body.1.weight", "body.1.bias", "head.bias", "temperature"},
+        ),
+        (
+            True,
+            {"body.0.weight", "body.0.bias", "body.1.weight", "body.1.bias", "head.weight"}
+            | {"head.bias"},
+            {"temperature"},
+        ),
+    ],
+    ids=["norm_and_bias_plain", "norm_and_bias_decayed"],
+)
+def test_decay_norm_and_bias(decay_norm_and_bias, decayed, plain):
+    groups = _group_names(WithScalar(weight_decay=0.1, decay_norm_and_bias=decay_norm_and_bias))
+    assert groups == {"default": decayed, "default/no_decay": plain}
+
+
+class Lazy(OneCycleModule):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = nn.LazyConv2d(4, 3)
+        self.norm = nn.LazyBatchNorm2d()
+        self.fc = nn.LazyLinear(2)
+
+    def forward(self, x):
+        return self.fc(self.norm(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize(
+    ("decay_norm_and_bias", "decayed", "plain"),
+    [
+        (False, {"conv.weight", "fc.weight"}, {"conv.bias", "norm.weight", "norm.bias", "fc.bias"}),
+        (
+            True,
+            {"conv.weight", "conv.bias", "norm.weight", "norm.bias", "fc.weight", "fc.bias"},
+            set(),
+        ),
+    ],
+    ids=["default", "norm_and_bias_decayed"],
+)
+def test_lazy_parameters_are_grouped_by_what_they_become(decay_norm_and_bias, decayed, plain):
+    model = Lazy(decay_norm_and_bias=decay_norm_and_bias)
+    assert isinstance(model.fc.weight, nn.parameter.UninitializedParameter)  # the scenario
+    expected = {"default": decayed} | ({"default/no_decay": plain} if plain else {})
+    assert _group_names(model) == expected
+    # The same grouping as for the materialised module.
+    model(torch.randn(2, 1, 5, 5))
+    assert not isinstance(model.fc.weight, nn.parameter.UninitializedParameter)
+    assert _group_names(model) == expected
+
+
+def test_readme_example_1_keeps_weight_decay():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "MyModel" in b)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    groups = {g["name"]: g for g in model.onecycle_param_groups()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in groups["net.0"]["params"]} == {"net.0.weight"}
+    assert groups["net.0"]["weight_decay"] == model.hparams.weight_decay > 0
+    assert {names[id(p)] for p in groups["default"]["params"]} == {"net.2.weight"}
 
 
 def test_per_group_max_lr_longest_prefix_wins():
@@ -498,3 +580,100 @@ def test_rescale_cannot_shrink_below_steps_done(tmp_path):
             loader(),
             ckpt_path=tmp_path / "ckpt" / "epoch=2.ckpt",
         )
+
+
+# --------------------------------------------------------------------------- resolver
+def _sgd(n_groups=1):
+    params = [nn.Parameter(torch.zeros(1)) for _ in range(n_groups)]
+    return torch.optim.SGD([{"params": [p]} for p in params], lr=1.0, momentum=0.9)
+
+
+def test_resolver_fixes_total_and_peak_before_the_first_step():
+    opt = _sgd(2)
+    answer = []
+    sched = GuardedOneCycleLR(
+        opt, max_lr=[0.1, 0.01], total_steps=20, pct_start=0.25, resolver=lambda: answer[0]
+    )
+    answer.append(None)
+    sched.step()  # no update yet, and the resolver cannot answer: hold at the start
+    assert not sched.resolved and sched.last_epoch == 0
+    opt.step()
+    sched.step()  # a tuner's trial step: the schedule holds
+    assert not sched.resolved and sched.last_epoch == 0
+    answer[0] = (8, [0.4, 0.04])
+    lrs, moms = [], []
+    for _ in range(8):
+        opt.step()  # the pre hook resolves before the first of these updates
+        lrs.append([g["lr"] for g in opt.param_groups])
+        moms.append([g["momentum"] for g in opt.param_groups])
+        sched.step()
+    assert sched.resolved and sched.total_steps == 8
+    ref_lrs, ref_moms = reference(8, [0.4, 0.04], 2, pct_start=0.25)
+    # Read after each update, before the scheduler steps: the LR that update used.
+    assert_close(lrs, ref_lrs, rtol=1e-12)
+    assert_close(moms, ref_moms, rtol=1e-12)
+    assert sched.progress.step == 8 and sched.progress.finished
+
+
+def test_resolved_state_dict_is_plain_and_loads_with_weights_only(tmp_path):
+    opt = _sgd()
+    sched = GuardedOneCycleLR(opt, max_lr=0.1, total_steps=20, resolver=lambda: (10, [0.2]))
+    opt.step()
+    sched.step()
+    state = sched.state_dict()
+    assert state["resolved"] is True and state["total_steps"] == 10
+    assert not {"_resolver", "_hook", "_pre_hook"} & set(state)
+    pickle.dumps(state)
+    torch.save(state, tmp_path / "s.pt")
+    loaded = torch.load(tmp_path / "s.pt", weights_only=True)
+    fresh = GuardedOneCycleLR(_sgd(), max_lr=0.1, total_steps=20, resolver=lambda: (10, [0.2]))
+    fresh.load_state_dict(loaded)
+    assert fresh.resolved and fresh.total_steps == 10 and fresh.last_epoch == 1
+
+
+def test_unresolved_checkpoint_restores_an_unresolved_schedule():
+    opt = _sgd()
+    sched = GuardedOneCycleLR(opt, max_lr=0.1, total_steps=20, resolver=lambda: (10, [0.2]))
+    saved = sched.state_dict()  # a tuner saves this before its trials
+    opt.step()
+    sched.step()
+    assert sched.resolved and sched.total_steps == 10
+    sched.load_state_dict(saved)
+    assert not sched.resolved and sched.total_steps == 20 and sched.last_epoch == 0
+
+
+def _onecycle_zero_safe(k, total, max_lr, pct_start, momenta=(0.95, 0.85)):
+    """Two-phase cosine OneCycle (LR, momentum); a zero-length warm-up is passed at once."""
+    initial, low = max_lr / 25, max_lr / 25 / 1e4
+    end_up = pct_start * total - 1
+
+    def cos(a, b, pct):
+        return b + (a - b) / 2 * (1 + math.cos(math.pi * pct))
+
+    if k <= end_up:
+        pct = k / end_up if end_up > 0 else 1.0
+        return cos(initial, max_lr, pct), cos(momenta[0], momenta[1], pct)
+    pct = (k - end_up) / (total - 1 - end_up)
+    return cos(max_lr, low, pct), cos(momenta[1], momenta[0], pct)
+
+
+@pytest.mark.parametrize(("total", "pct_start"), [(4, 0.25), (2, 0.5), (10, 0.1), (5, 0.25)])
+def test_zero_length_warm_up_does_not_divide_by_zero(total, pct_start):
+    opt = _sgd()
+    sched = GuardedOneCycleLR(opt, max_lr=0.3, total_steps=total, pct_start=pct_start)
+    seen = []
+    for _ in range(total):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+        opt.step()
+        sched.step()
+    expected = [_onecycle_zero_safe(k, total, 0.3, pct_start) for k in range(total)]
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert seen[-1][0] == pytest.approx(0.3 / 25 / 1e4, rel=1e-12)
+
+
+def test_scheduler_module_exports():
+    assert {"check_total_steps", "ScheduleMismatchError", "GuardedOneCycleLR"} <= set(
+        scheduler_module.__all__
+    )
+    for name in scheduler_module.__all__:
+        assert hasattr(scheduler_module, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,7 @@ def _fit(
     checks: TrainingSanityChecks | None = None,
     loader: DataLoader | None = None,
     val: bool = False,
+    callbacks: list[pl.Callback] | None = None,
     **kwargs: Any,
 ) -> pl.Trainer:
     defaults: dict[str, Any] = {
@@ -52,7 +54,8 @@ def _fit(
         "enable_checkpointing": False,
         "num_sanity_val_steps": 0,
     }
-    trainer = pl.Trainer(callbacks=[checks or TrainingSanityChecks()], **{**defaults, **kwargs})
+    callbacks = [*(callbacks or []), checks or TrainingSanityChecks()]
+    trainer = pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
     trainer.fit(model, loader or _loader(), _loader(8) if val else None)
     return trainer
 
@@ -379,6 +382,17 @@ def test_onecycle_total_steps_too_small() -> None:
         _fit(Net(_onecycle(total_steps=3)))
 
 
+def test_onecycle_total_steps_fix_names_the_total_needed() -> None:
+    # The suggested fix is the count the fit needs, and the cause when a callback changed it.
+    with pytest.raises(
+        TrainingSanityError,
+        match=r"Fix: the schedule needs total_steps=4\. If `total_steps=self.trainer"
+        r".estimated_stepping_batches` gave another count, a callback changed it after"
+        r" configure_optimizers \(BatchSizeFinder does, in on_fit_start\)",
+    ):
+        _fit(Net(_onecycle(total_steps=3)))
+
+
 def test_onecycle_total_steps_too_large_warns() -> None:
     # Epochs * batches, forgetting accumulate_grad_batches=2: twice the real step count.
     with pytest.warns(
@@ -456,6 +470,78 @@ def test_batch_of_one_with_frozen_batchnorm_passes() -> None:
             self.norm.eval()
 
     _fit(FrozenNorm(), TrainingSanityChecks(**ALL_RAISE), loader=_loader(9))
+
+
+# ---------------------------------------------------------------- rule 7: schedule_end
+class StopAfter(pl.Callback):
+    """Stops the fit after ``n`` training batches, as EarlyStopping or max_time would."""
+
+    def __init__(self, n: int, interrupt: bool = False) -> None:
+        self.n, self.interrupt = n, interrupt
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.n:
+            if self.interrupt:
+                raise KeyboardInterrupt
+            trainer.should_stop = True
+
+
+STOPPED = (
+    r"\[schedule_end\]: the fit stopped at global step 2: OneCycleLR stopped after optimizer"
+    r" step 2 of 8 \(25.0%\) of its OneCycle schedule, at lr=0.0\d+ \(it anneals to"
+    r" min_lr=4e-07 at the end\)"
+)
+
+
+def test_fit_stopped_before_the_schedule_ends_warns() -> None:
+    with pytest.warns(TrainingSanityWarning, match=STOPPED):
+        trainer = _fit(Net(_onecycle(total_steps=8)), max_epochs=2, callbacks=[StopAfter(2)])
+    assert trainer.global_step == 2  # the scenario: stopped early
+
+
+def test_fit_stopped_early_raises_in_raise_mode() -> None:
+    with pytest.raises(TrainingSanityError, match=STOPPED):
+        _fit(
+            Net(_onecycle(total_steps=8)),
+            TrainingSanityChecks(schedule_end="raise"),
+            max_epochs=2,
+            callbacks=[StopAfter(2)],
+        )
+
+
+def test_fit_stopped_early_is_silent_when_off() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingSanityWarning)
+        trainer = _fit(
+            Net(_onecycle(total_steps=8)),
+            TrainingSanityChecks(schedule_end="off"),
+            max_epochs=2,
+            callbacks=[StopAfter(2)],
+        )
+    assert trainer.global_step == 2
+
+
+def test_interrupted_fit_says_how_far_the_schedule_got() -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with (
+            pytest.warns(TrainingSanityWarning, match=r"the fit was interrupted at global step 2"),
+            pytest.raises(SystemExit),
+        ):
+            _fit(
+                Net(_onecycle(total_steps=8)),
+                max_epochs=2,
+                callbacks=[StopAfter(2, interrupt=True)],
+            )
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl+C after an interrupt
+
+
+def test_fit_that_ends_its_schedule_does_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrainingSanityWarning)
+        trainer = _fit(Net(_onecycle(total_steps=8)), max_epochs=2)
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 8
 
 
 # ---------------------------------------------------------------- arguments

@@ -23,6 +23,8 @@ rule (argument)                 checked                                         
 ``onecycle_lr``                 OneCycle starts below its peak, and ``max_lr`` is  warn
                                 not below the optimizer's own ``lr``
 ``batchnorm_batch``             no BatchNorm trains on a per-device batch of 1    raise
+``schedule_end``                a fit that stops before its OneCycle schedule     warn
+                                ends says how far the schedule got
 ==============================  ================================================  ========
 """
 
@@ -41,6 +43,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from typing_extensions import override
+
+from lightning_recipes.scheduler import GuardedOneCycleLR, schedule_progress
 
 __all__ = ["TrainingSanityChecks", "TrainingSanityError", "TrainingSanityWarning"]
 
@@ -90,16 +94,20 @@ class TrainingSanityChecks(Callback):
             peak ``max_lr``, or whose ``max_lr`` is below the optimizer's own ``lr``.
         batchnorm_batch: A training batch of one sample per device while a BatchNorm layer is
             in training mode, reported before the step.
+        schedule_end: A fit that ends (``EarlyStopping``, ``max_time``, ``should_stop``, a
+            ``KeyboardInterrupt``) before its ``OneCycleLR`` reached the last step: names the
+            step reached, the total, the fraction and the current LR against ``min_lr``. The
+            same figures come from :func:`~lightning_recipes.scheduler.schedule_progress`.
 
     Cost: rules ``param_groups``, ``scheduler_interval`` and ``onecycle_lr`` run once at train
-    start. Per training batch, ``batchnorm_batch`` reads the batch size (no device work) and
-    ``eval_mode`` reads the ``training`` flag of each Dropout/BatchNorm layer; per evaluation
-    batch, ``eval_mode`` reads those flags twice. ``zero_grad`` looks at the gradients once per
-    accumulation window and at the optimizer step: a Python pass over the optimizer's
-    parameters and, only where gradients exist, one ``torch._foreach_norm`` and one host-device
-    synchronisation. With Lightning's default ``zero_grad(set_to_none=True)`` the window start
-    finds None and costs no device work, so automatic optimization syncs once per epoch and
-    manual optimization once per optimizer step.
+    start, ``schedule_end`` once at train end. Per training batch, ``batchnorm_batch`` reads the
+    batch size (no device work) and ``eval_mode`` reads the ``training`` flag of each
+    Dropout/BatchNorm layer; per evaluation batch, ``eval_mode`` reads those flags twice.
+    ``zero_grad`` looks at the gradients once per accumulation window and at the optimizer step:
+    a Python pass over the optimizer's parameters and, only where gradients exist, one
+    ``torch._foreach_norm`` and one host-device synchronisation. With Lightning's default
+    ``zero_grad(set_to_none=True)`` the window start finds None and costs no device work, so
+    automatic optimization syncs once per epoch and manual optimization once per optimizer step.
 
     Raises:
         TrainingSanityError: A rule in ``"raise"`` mode is broken.
@@ -119,6 +127,7 @@ class TrainingSanityChecks(Callback):
         scheduler_interval: Mode = "raise",
         onecycle_lr: Mode = "warn",
         batchnorm_batch: Mode = "raise",
+        schedule_end: Mode = "warn",
     ) -> None:
         modes = {
             "param_groups": param_groups,
@@ -127,6 +136,7 @@ class TrainingSanityChecks(Callback):
             "scheduler_interval": scheduler_interval,
             "onecycle_lr": onecycle_lr,
             "batchnorm_batch": batchnorm_batch,
+            "schedule_end": schedule_end,
         }
         for rule, mode in modes.items():
             if mode not in _MODES:
@@ -505,6 +515,17 @@ class TrainingSanityChecks(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._on("scheduler_interval") and not pl_module.automatic_optimization:
             self._check_cyclic_progress(trainer)
+        if self._on("schedule_end"):
+            self._check_schedule_end(trainer, "the fit stopped")
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        # Lightning ends an interrupted fit quietly (no `on_train_end`); another error speaks
+        # for itself.
+        if isinstance(exception, KeyboardInterrupt) and self._on("schedule_end"):
+            self._check_schedule_end(trainer, "the fit was interrupted")
 
     # ------------------------------------------------------------------ rule: batchnorm_batch
     def _check_batchnorm_batch(self, trainer: pl.Trainer, batch_idx: int) -> None:
@@ -552,6 +573,9 @@ class TrainingSanityChecks(Callback):
                 self._check_total_steps(trainer, scheduler, label)
 
     def _check_total_steps(self, trainer: pl.Trainer, scheduler: OneCycleLR, label: str) -> None:
+        if isinstance(scheduler, GuardedOneCycleLR):
+            # Fixes its total now, after the callbacks that change it ran in `on_fit_start`.
+            scheduler.resolve()
         expected = trainer.estimated_stepping_batches
         if math.isinf(expected):
             return  # an infinite fit: nothing to compare with
@@ -560,6 +584,7 @@ class TrainingSanityChecks(Callback):
         schedule_left = scheduler.total_steps - int(scheduler.last_epoch)
         if schedule_left == steps_left:
             return
+        needed = int(scheduler.last_epoch) + steps_left
         if schedule_left < steps_left:
             effect = (
                 f"torch raises 'Tried to step {scheduler.total_steps + 1} times' at optimizer"
@@ -577,8 +602,12 @@ class TrainingSanityChecks(Callback):
             f" trainer will take {steps_left} more optimizer steps"
             f" (trainer.estimated_stepping_batches={int(expected)}): {effect}. Optimizer"
             " steps are batches / accumulate_grad_batches per epoch, times epochs, capped by"
-            " max_steps and limit_train_batches. Fix:"
-            " `total_steps=self.trainer.estimated_stepping_batches` in configure_optimizers.",
+            " max_steps and limit_train_batches. Fix: the schedule needs"
+            f" total_steps={needed}. If `total_steps=self.trainer.estimated_stepping_batches`"
+            " gave another count, a callback changed it after configure_optimizers"
+            " (BatchSizeFinder does, in on_fit_start): build the schedule with"
+            " `OneCycleModule.onecycle_scheduler`, or `GuardedOneCycleLR(..., resolver=...)`"
+            " which reads the count when training starts.",
         )
 
     def _check_cyclic_progress(self, trainer: pl.Trainer) -> None:
@@ -607,6 +636,28 @@ class TrainingSanityChecks(Callback):
                     " optimizer step. Fix: call `self.lr_schedulers().step()` right after each"
                     " `optimizer.step()` in `training_step`.",
                 )
+
+    # ------------------------------------------------------------------ rule: schedule_end
+    def _check_schedule_end(self, trainer: pl.Trainer, how: str) -> None:
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if not isinstance(scheduler, OneCycleLR):
+                continue
+            progress = schedule_progress(scheduler)
+            if progress.finished:
+                continue
+            label = f"OneCycleLR '{config.name}'" if config.name else "OneCycleLR"
+            self._report(
+                "schedule_end",
+                f"end:{id(scheduler)}",
+                f"{how} at global step {trainer.global_step}: {label} stopped after optimizer"
+                f" step {progress.step} of {progress.total} ({progress.fraction:.1%}) of its"
+                f" OneCycle schedule, at lr={progress.lr:.3g} (it anneals to"
+                f" min_lr={progress.min_lr:.3g} at the end). The final weights were trained at"
+                " a high LR and were never annealed. If the stop was intended (EarlyStopping,"
+                " max_time), set max_epochs/max_steps to the length you will train, or evaluate"
+                " the best checkpoint rather than the last.",
+            )
 
     # ------------------------------------------------------------------ rule: onecycle_lr
     def _check_onecycle_lr(self, trainer: pl.Trainer) -> None:
