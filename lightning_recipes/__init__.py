@@ -15,6 +15,7 @@ from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule
 from lightning_recipes.lr_find import LRFindResult, lr_find, suggest_lrs
 from lightning_recipes.module import OneCycleModule
+from lightning_recipes.preview import SchedulePreview, preview_schedule
 from lightning_recipes.scheduler import GuardedOneCycleLR, ScheduleMismatchError
 
 __version__ = "0.1.0"
@@ -34,9 +35,11 @@ __all__ = [
     "OneCycleModule",
     "RandomMix",
     "ScheduleMismatchError",
+    "SchedulePreview",
     "TrainingSanityChecks",
     "TrainingSanityError",
     "TrainingSanityWarning",
     "lr_find",
+    "preview_schedule",
     "suggest_lrs",
 ]

@@ -14,7 +14,9 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
 from lightning_recipes.classifier import ImageClassifier
+from lightning_recipes.lr_find import LRFindResult
 from lightning_recipes.module import OneCycleModule
+from lightning_recipes.trainer import RecipesTrainer
 
 __all__ = ["RecipesCLI", "main"]
 
@@ -33,6 +35,14 @@ class RecipesCLI(LightningCLI):
     end of the OneCycle) are tested when the data module has a test set, and a summary names the
     test accuracy, the log folder, the last and best checkpoints and the saved config.
     """
+
+    @staticmethod
+    @override
+    def subcommands() -> dict[str, set[str]]:
+        # `lr_find` and `preview` are RecipesTrainer methods: LightningCLI makes a subcommand of
+        # each, with the same config as `fit`.
+        fit_like = {"model", "train_dataloaders", "datamodule"}
+        return {**LightningCLI.subcommands(), "lr_find": fit_like, "preview": fit_like}
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -102,6 +112,31 @@ class RecipesCLI(LightningCLI):
         if trainer.is_global_zero:
             print("\n".join(lines))
 
+    def lr_find(self, **kwargs: Any) -> LRFindResult:
+        """``lightning-recipes lr_find``: the range test, then the fit config with its ``max_lr``.
+
+        LightningCLI calls a CLI method of the subcommand's name instead of the trainer's; this
+        one also writes ``lr_find_config.yaml`` so that the fit at the suggestion can be run
+        (and repeated) with ``lightning-recipes fit --config``.
+        """
+        result = self.trainer.lr_find(**kwargs)
+        config = self.config["lr_find"].clone()
+        for name in self._subcommand_method_arguments["lr_find"]:
+            config.pop(name, None)
+        config["model.init_args.max_lr"] = result.suggestion
+        groups = self.model.hparams.get("param_group_max_lr")
+        if groups:
+            config["model.init_args.param_group_max_lr"] = dict(groups)
+        path = Path(self.trainer.default_root_dir) / "lr_find_config.yaml"
+        if self.trainer.is_global_zero:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._subcommand_parsers["fit"].save(
+                config, path, skip_check=True, overwrite=True, multifile=False
+            )
+            print(f"config with max_lr={result.suggestion:.4g}: {path}")
+            print(f"train with: lightning-recipes fit --config {path}")
+        return result
+
 
 def _import(class_path: str | None) -> type | None:
     if not class_path:
@@ -119,5 +154,6 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        trainer_class=RecipesTrainer,
         auto_configure_optimizers=False,
     )
