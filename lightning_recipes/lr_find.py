@@ -224,6 +224,12 @@ def lr_find(
         )
 
     states = _rng_states()
+    # Lightning's sweep also stops at `max_epochs`: a 1-epoch trainer would end a 100-step
+    # sweep after one epoch's batches. Every epoch has at least one step, so this many is enough.
+    loop = trainer.fit_loop
+    max_epochs = loop.max_epochs
+    if max_epochs is not None and max_epochs != -1:
+        loop.max_epochs = max(max_epochs, num_training)
     try:
         finder = Tuner(trainer).lr_find(
             model,
@@ -236,6 +242,7 @@ def lr_find(
             update_attr=False,
         )
     finally:
+        loop.max_epochs = max_epochs
         _set_rng_states(states)
     if finder is None:  # Lightning returns None when the trainer runs in `fast_dev_run`
         raise ValueError("The LR range test cannot run with `Trainer(fast_dev_run=...)`.")

@@ -179,3 +179,20 @@ def test_range_test_sets_the_peak_and_leaves_the_rest_as_it_was(tmp_path):
     assert record.lrs == pytest.approx(expected, rel=1e-12)
     assert record.lrs[0] == pytest.approx(result.suggestion / 25)
     assert mixup.state_dict()["batches"] == total
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_step_on_a_one_epoch_trainer(tmp_path):
+    # Lightning's sweep also stops at max_epochs; one epoch has 19 steps at batch 64 here.
+    model = ImageClassifier(num_classes=10, in_channels=1)
+    trainer = _trainer(tmp_path, max_epochs=1)
+    result = lr_find(
+        model,
+        trainer,
+        DigitsDataModule(batch_size=64),
+        min_lr=1e-3,
+        num_training=30,
+        early_stop_threshold=None,
+    )
+    assert len(result.lrs) == 30
+    assert trainer.max_epochs == 1
