@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
@@ -579,6 +579,16 @@ class TrainingSanityChecks(Callback):
         expected = trainer.estimated_stepping_batches
         if math.isinf(expected):
             return  # an infinite fit: nothing to compare with
+        source = f"trainer.estimated_stepping_batches={int(expected)}"
+        swa = _steps_before_swa(trainer)
+        if swa is not None:
+            # SWA swaps the scheduler for SWALR (and adds an epoch with BatchNorm): the
+            # OneCycle only runs until then.
+            expected, swa_epoch = swa
+            source = (
+                f"StochasticWeightAveraging replaces it with SWALR at epoch {swa_epoch}, after"
+                f" {expected} optimizer steps"
+            )
         steps_left = int(expected) - trainer.global_step
         # `last_epoch` counts the scheduler's steps; torch raises once it exceeds total_steps.
         schedule_left = scheduler.total_steps - int(scheduler.last_epoch)
@@ -591,8 +601,9 @@ class TrainingSanityChecks(Callback):
                 f" step {schedule_left + 1} of {steps_left}"
             )
         else:
+            who = "SWALR takes over" if swa is not None else "the fit ends"
             effect = (
-                f"the fit ends {schedule_left - steps_left} steps before the schedule does, so"
+                f"{who} {schedule_left - steps_left} steps before the schedule ends, so"
                 " the learning rate never anneals to min_lr"
             )
         self._report(
@@ -600,7 +611,7 @@ class TrainingSanityChecks(Callback):
             f"total:{id(scheduler)}",
             f"{label} has total_steps={scheduler.total_steps} ({schedule_left} left), but the"
             f" trainer will take {steps_left} more optimizer steps"
-            f" (trainer.estimated_stepping_batches={int(expected)}): {effect}. Optimizer"
+            f" ({source}): {effect}. Optimizer"
             " steps are batches / accumulate_grad_batches per epoch, times epochs, capped by"
             " max_steps and limit_train_batches. Fix: the schedule needs"
             f" total_steps={needed}. If `total_steps=self.trainer.estimated_stepping_batches`"
@@ -699,6 +710,18 @@ class TrainingSanityChecks(Callback):
                     " from an LR finder or a tuned run, pass it as max_lr: the peak, not the"
                     " start, is what OneCycle's max_lr sets.",
                 )
+
+
+def _steps_before_swa(trainer: pl.Trainer) -> tuple[int, int] | None:
+    """Optimizer steps before ``StochasticWeightAveraging`` swaps in SWALR, and that epoch."""
+    swa = next((cb for cb in trainer.callbacks if isinstance(cb, StochasticWeightAveraging)), None)
+    batches = trainer.num_training_batches
+    if swa is None or trainer.max_epochs == -1 or math.isinf(batches):
+        return None
+    steps = math.ceil(batches / trainer.accumulate_grad_batches) * swa.swa_start
+    if trainer.max_steps != -1:
+        steps = min(steps, trainer.max_steps)
+    return steps, swa.swa_start
 
 
 def _optimizer_params(optimizer: Optimizer) -> list[Tensor]:
