@@ -447,6 +447,30 @@ def _position(anchor: tuple[int, float], step: int, total: int) -> float:
     return pos0 + (last - pos0) * (step - real0) / (last - real0)
 
 
+def _steps_before_swa(trainer: Any) -> tuple[int, int] | None:
+    """Optimizer steps before ``StochasticWeightAveraging`` swaps in SWALR, and that epoch.
+
+    ``None`` without the callback, or before its ``on_fit_start`` turned a fractional
+    ``swa_epoch_start`` into an epoch, or when the epoch length is unknown.
+    """
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    swa = next((cb for cb in trainer.callbacks if isinstance(cb, StochasticWeightAveraging)), None)
+    if swa is None or trainer.max_epochs == -1:
+        return None
+    try:
+        start = swa.swa_start
+    except AssertionError:  # a fractional `swa_epoch_start` before its on_fit_start
+        return None
+    batches = trainer.num_training_batches
+    if not isinstance(start, int) or math.isinf(batches):
+        return None
+    steps = math.ceil(batches / trainer.accumulate_grad_batches) * start
+    if trainer.max_steps != -1:
+        steps = min(steps, trainer.max_steps)
+    return steps, start
+
+
 def check_total_steps(total: float, trainer: Any) -> int:
     """Validate ``trainer.estimated_stepping_batches`` for a OneCycle schedule.
 

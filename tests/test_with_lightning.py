@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.swa_utils import SWALR
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_recipes import OneCycleModule
@@ -174,12 +175,53 @@ def test_gradient_accumulation_with_mixup(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- SWA
-def test_stochastic_weight_averaging_is_refused_at_fit_start(tmp_path: Path) -> None:
-    rec = Recorder()
-    trainer = _trainer(tmp_path, [rec, StochasticWeightAveraging(swa_lrs=0.01)], max_epochs=3)
-    with pytest.raises(ValueError, match=r"StochasticWeightAveraging.*SWALR.*OneCycleModule"):
-        trainer.fit(Clf())
-    assert rec.lrs == []  # refused before any step
+class WithBatchNorm(Clf):
+    def __init__(self, **kwargs: Any):
+        body = nn.Sequential(
+            nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, N_CLASSES)
+        )
+        super().__init__(body=body, **kwargs)
+
+
+def test_stochastic_weight_averaging_takes_over_after_the_cycle(tmp_path: Path) -> None:
+    rec, model = Recorder(), WithBatchNorm(max_lr=0.2)
+    # SWA from epoch 2 of 4, then one more epoch to recompute the BatchNorm statistics.
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=3, annealing_epochs=1)
+    trainer = _trainer(
+        tmp_path,
+        [rec, swa, MixUp(alpha=1.0), TrainingSanityChecks(**ALL_RAISE)],
+        max_epochs=4,
+    )
+    trainer.fit(model)
+    assert trainer.current_epoch == 5 and swa.n_averaged == 2  # SWA ran, with its extra epoch
+    assert isinstance(trainer.lr_scheduler_configs[0].scheduler, SWALR)
+    # The cycle spans the 2 epochs before SWA and ends at min_lr; SWALR then reaches swa_lrs.
+    ref_lrs, ref_moms = reference(16, [0.2, 0.2])
+    assert_close(rec.lrs[:16], ref_lrs)
+    assert_close(rec.moms[:16], ref_moms)
+    assert rec.lrs[15][0] == pytest.approx(0.2 / 25 / 1e4, rel=1e-9)
+    swa_epoch_2 = [lrs[0] for lrs in rec.lrs[16:24]]  # one annealing epoch, per epoch
+    assert swa_epoch_2 == [swa_epoch_2[0]] * 8 and 0.2 / 25 / 1e4 < swa_epoch_2[0] < 0.01
+    assert [lrs[0] for lrs in rec.lrs[24:32]] == pytest.approx([0.01] * 8, rel=1e-12)
+    assert model.soft_target_batches >= 32  # mixing in every training epoch
+
+
+def test_stochastic_weight_averaging_from_the_first_epoch(tmp_path: Path) -> None:
+    rec, model = Recorder(), Clf(max_lr=0.2)
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1, annealing_epochs=1)
+    trainer = _trainer(tmp_path, [rec, swa, TrainingSanityChecks(**ALL_RAISE)])
+    scheduler = None
+
+    class Grab(Callback):
+        def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            nonlocal scheduler
+            scheduler = trainer.lr_scheduler_configs[0].scheduler
+
+    trainer.callbacks.append(Grab())
+    trainer.fit(model)
+    # SWALR replaced the cycle before its first step: the cycle never ran, SWALR did.
+    assert isinstance(scheduler, GuardedOneCycleLR) and scheduler.last_epoch == 0
+    assert [lrs[0] for lrs in rec.lrs[8:]] == pytest.approx([0.01] * 8, rel=1e-12)
 
 
 # --------------------------------------------------------------------------- compile

@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, StochasticWeightAveraging
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
@@ -44,7 +44,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from typing_extensions import override
 
-from lightning_recipes.scheduler import GuardedOneCycleLR, schedule_progress
+from lightning_recipes.scheduler import GuardedOneCycleLR, _steps_before_swa, schedule_progress
 
 __all__ = ["TrainingSanityChecks", "TrainingSanityError", "TrainingSanityWarning"]
 
@@ -573,9 +573,10 @@ class TrainingSanityChecks(Callback):
                 self._check_total_steps(trainer, scheduler, label)
 
     def _check_total_steps(self, trainer: pl.Trainer, scheduler: OneCycleLR, label: str) -> None:
-        if isinstance(scheduler, GuardedOneCycleLR):
-            # Fixes its total now, after the callbacks that change it ran in `on_fit_start`.
-            scheduler.resolve()
+        if isinstance(scheduler, GuardedOneCycleLR) and not scheduler.resolve():
+            # Fixes its total now, after the callbacks that change it ran in `on_fit_start`;
+            # one that cannot be resolved is never stepped (SWALR replaces it at epoch 0).
+            return
         expected = trainer.estimated_stepping_batches
         if math.isinf(expected):
             return  # an infinite fit: nothing to compare with
@@ -710,18 +711,6 @@ class TrainingSanityChecks(Callback):
                     " from an LR finder or a tuned run, pass it as max_lr: the peak, not the"
                     " start, is what OneCycle's max_lr sets.",
                 )
-
-
-def _steps_before_swa(trainer: pl.Trainer) -> tuple[int, int] | None:
-    """Optimizer steps before ``StochasticWeightAveraging`` swaps in SWALR, and that epoch."""
-    swa = next((cb for cb in trainer.callbacks if isinstance(cb, StochasticWeightAveraging)), None)
-    batches = trainer.num_training_batches
-    if swa is None or trainer.max_epochs == -1 or math.isinf(batches):
-        return None
-    steps = math.ceil(batches / trainer.accumulate_grad_batches) * swa.swa_start
-    if trainer.max_steps != -1:
-        steps = min(steps, trainer.max_steps)
-    return steps, swa.swa_start
 
 
 def _optimizer_params(optimizer: Optimizer) -> list[Tensor]:
