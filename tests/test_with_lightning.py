@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateFinder,
     LearningRateMonitor,
+    ModelCheckpoint,
     StochasticWeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -429,3 +430,20 @@ def test_early_stopping_says_how_far_the_schedule_got(tmp_path: Path) -> None:
     assert progress == ScheduleProgress(step=16, total=40, lr=lr, min_lr=0.2 / 25 / 1e4)
     assert not progress.finished and progress.fraction == 0.4
     assert_close(rec.lrs, reference(40, [0.2, 0.2])[0][:16])
+
+
+# --------------------------------------------------------------------------- resume
+def test_checkpoint_holds_the_resolved_schedule_and_resumes_exactly(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    full, model = Recorder(), Clf(batch_size=32)
+    finder = BatchSizeFinder(init_val=8, max_trials=1, steps_per_trial=1)
+    _trainer(tmp_path, [finder, full, ckpt], enable_checkpointing=True).fit(model)
+    assert model.batch_size == 8  # 16 steps, not the 4 of batch 32 at configure_optimizers
+    state = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=True)
+    assert state["lr_schedulers"][0]["resolved"] is True
+    assert state["lr_schedulers"][0]["total_steps"] == 16
+    resumed = Recorder()
+    _trainer(tmp_path / "r", [resumed]).fit(
+        Clf(batch_size=8), ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt"
+    )
+    assert resumed.lrs == full.lrs[8:] and resumed.moms == full.moms[8:]
