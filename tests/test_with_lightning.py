@@ -39,11 +39,7 @@ from lightning_recipes import OneCycleModule
 from lightning_recipes.callbacks import MixUp, TrainingSanityChecks, TrainingSanityWarning
 from lightning_recipes.scheduler import GuardedOneCycleLR, ScheduleProgress, schedule_progress
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
-]
+pytestmark = pytest.mark.slow
 
 N_SAMPLES = 64
 N_CLASSES = 3
@@ -372,6 +368,8 @@ def _tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 @pytest.mark.parametrize("kind", ["csv", "tensorboard"])
 def test_loggers_receive_the_schedule(tmp_path: Path, kind: str) -> None:
+    if kind == "tensorboard":
+        pytest.importorskip("tensorboardX")
     logger = CSVLogger(tmp_path) if kind == "csv" else TensorBoardLogger(tmp_path)
     rec, model = Recorder(), Clf(max_lr=0.2)
     trainer = _trainer(
