@@ -218,8 +218,10 @@ class GuardedOneCycleLR(OneCycleLR):
     @override
     def step(self, epoch: int | None = None) -> None:
         # `_initial_step` in `LRScheduler.__init__` (step count 0) precedes any update.
-        if self._step_count > 0 and epoch is None and not self.resolved:
-            # Steps before the schedule is resolved are a tuner's trials (BatchSizeFinder), which
+        # GradScaler skips `optimizer.step()` (and so the pre hook) on overflow: resolve here
+        # too, so that "advance" advances over a skipped first step of the real schedule.
+        if self._step_count > 0 and epoch is None and not self.resolve():
+            # Steps the resolver cannot place are a tuner's trials (BatchSizeFinder), which
             # restores the checkpoint it saved before them: hold at the first step meanwhile.
             self._pending_updates = 0
             self._fused_found_inf = None
