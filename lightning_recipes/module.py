@@ -361,8 +361,9 @@ class _Resolver:
         self.scheduler: GuardedOneCycleLR | None = None
 
     def __call__(self) -> tuple[int, list[float]] | None:
-        trainer = self.module._trainer
-        if trainer is None:
+        try:
+            trainer = self.module.trainer
+        except RuntimeError:  # the module left its trainer
             return None
         # Tuner trials: LearningRateFinder swaps in its own scheduler, and both finders swap
         # `trainer.callbacks` for their own list until they restore their checkpoint. Their
@@ -379,8 +380,11 @@ class _Resolver:
             return None  # SWALR replaces the schedule before its first step: it never runs
         # LearningRateFinder(attr_name="max_lr") writes the suggestion to `max_lr`: every
         # group's peak moves by the same factor, so per-group ratios hold.
-        factor = self.module.max_lr / self.built_max_lr
-        return total, [peak * factor for peak in self.peaks]
+        max_lr = self.module.max_lr
+        factor = max_lr / self.built_max_lr
+        return total, [
+            max_lr if peak == self.built_max_lr else peak * factor for peak in self.peaks
+        ]
 
 
 def _decays(name: str, param: nn.Parameter, no_decay: set[str], decay_all: bool) -> bool:
