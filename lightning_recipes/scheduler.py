@@ -147,9 +147,8 @@ class GuardedOneCycleLR(OneCycleLR):
         Returns:
             Whether the schedule is resolved (False while the resolver answers ``None``).
         """
-        if self.resolved:
+        if self.resolved or self._resolver is None:  # unresolved only with a resolver
             return True
-        assert self._resolver is not None  # unresolved only with a resolver
         target = self._resolver()
         if target is None:
             return False
