@@ -8,13 +8,12 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import StochasticWeightAveraging as _SWA
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
-from lightning_recipes.scheduler import GuardedOneCycleLR, check_total_steps
+from lightning_recipes.scheduler import GuardedOneCycleLR, _steps_before_swa, check_total_steps
 
 __all__ = ["OneCycleModule"]
 
@@ -44,8 +43,9 @@ class OneCycleModule(pl.LightningModule):
     training really starts, right before the first optimizer step, after callbacks that change
     them in ``on_fit_start`` ran: ``BatchSizeFinder`` (another batch size, another step count)
     and ``LearningRateFinder(attr_name="max_lr")`` (a new ``max_lr``; every group's peak,
-    ``param_group_max_lr`` included, scales by the same factor). ``StochasticWeightAveraging``,
-    which swaps the schedule for SWALR part-way and adds an epoch, is refused at fit start.
+    ``param_group_max_lr`` included, scales by the same factor). With
+    ``StochasticWeightAveraging`` the cycle spans the epochs before ``swa_epoch_start`` and
+    anneals to ``min_lr`` there; SWALR takes over from that epoch.
 
     No hook needs ``super()``: the schedule, the AMP skip handling and the resume check live in
     ``configure_optimizers`` and in the scheduler object, never in ``on_train_start``,
@@ -230,13 +230,6 @@ class OneCycleModule(pl.LightningModule):
         """
         hp = self.hparams
         trainer = self.trainer
-        swa = [type(cb).__name__ for cb in trainer.callbacks if isinstance(cb, _SWA)]
-        if swa:
-            raise ValueError(
-                f"{swa[0]} replaces the OneCycle schedule with SWALR at `swa_epoch_start` and"
-                " adds an epoch, so a OneCycleModule's cycle cannot end where the fit does. Remove"
-                " the callback, or use SWA from a LightningModule with a constant or cyclic LR."
-            )
         total = check_total_steps(trainer.estimated_stepping_batches, trainer)
         if trainer.max_epochs == _LIGHTNING_DEFAULT_MAX_EPOCHS and trainer.max_steps == -1:
             rank_zero_warn(
@@ -368,8 +361,9 @@ class _Resolver:
         self.scheduler: GuardedOneCycleLR | None = None
 
     def __call__(self) -> tuple[int, list[float]] | None:
-        trainer = self.module._trainer
-        if trainer is None:
+        try:
+            trainer = self.module.trainer
+        except RuntimeError:  # the module left its trainer
             return None
         # Tuner trials: LearningRateFinder swaps in its own scheduler, and both finders swap
         # `trainer.callbacks` for their own list until they restore their checkpoint. Their
@@ -377,11 +371,20 @@ class _Resolver:
         active = any(c.scheduler is self.scheduler for c in trainer.lr_scheduler_configs)
         if not active or trainer.callbacks is not self.callbacks:
             return None
-        total = check_total_steps(trainer.estimated_stepping_batches, trainer)
+        swa = _steps_before_swa(trainer)
+        if swa is None:
+            total = check_total_steps(trainer.estimated_stepping_batches, trainer)
+        elif swa[0] > 0:
+            total = swa[0]  # StochasticWeightAveraging's SWALR takes over from there
+        else:
+            return None  # SWALR replaces the schedule before its first step: it never runs
         # LearningRateFinder(attr_name="max_lr") writes the suggestion to `max_lr`: every
         # group's peak moves by the same factor, so per-group ratios hold.
-        factor = self.module.max_lr / self.built_max_lr
-        return total, [peak * factor for peak in self.peaks]
+        max_lr = self.module.max_lr
+        factor = max_lr / self.built_max_lr
+        return total, [
+            max_lr if peak == self.built_max_lr else peak * factor for peak in self.peaks
+        ]
 
 
 def _decays(name: str, param: nn.Parameter, no_decay: set[str], decay_all: bool) -> bool:

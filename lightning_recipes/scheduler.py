@@ -147,9 +147,8 @@ class GuardedOneCycleLR(OneCycleLR):
         Returns:
             Whether the schedule is resolved (False while the resolver answers ``None``).
         """
-        if self.resolved:
+        if self.resolved or self._resolver is None:  # unresolved only with a resolver
             return True
-        assert self._resolver is not None  # unresolved only with a resolver
         target = self._resolver()
         if target is None:
             return False
@@ -218,8 +217,10 @@ class GuardedOneCycleLR(OneCycleLR):
     @override
     def step(self, epoch: int | None = None) -> None:
         # `_initial_step` in `LRScheduler.__init__` (step count 0) precedes any update.
-        if self._step_count > 0 and epoch is None and not self.resolved:
-            # Steps before the schedule is resolved are a tuner's trials (BatchSizeFinder), which
+        # GradScaler skips `optimizer.step()` (and so the pre hook) on overflow: resolve here
+        # too, so that "advance" advances over a skipped first step of the real schedule.
+        if self._step_count > 0 and epoch is None and not self.resolve():
+            # Steps the resolver cannot place are a tuner's trials (BatchSizeFinder), which
             # restores the checkpoint it saved before them: hold at the first step meanwhile.
             self._pending_updates = 0
             self._fused_found_inf = None
@@ -445,6 +446,30 @@ def _position(anchor: tuple[int, float], step: int, total: int) -> float:
         # the final update stays there too.
         return float(last)
     return pos0 + (last - pos0) * (step - real0) / (last - real0)
+
+
+def _steps_before_swa(trainer: Any) -> tuple[int, int] | None:
+    """Optimizer steps before ``StochasticWeightAveraging`` swaps in SWALR, and that epoch.
+
+    ``None`` without the callback, or before its ``on_fit_start`` turned a fractional
+    ``swa_epoch_start`` into an epoch, or when the epoch length is unknown.
+    """
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    swa = next((cb for cb in trainer.callbacks if isinstance(cb, StochasticWeightAveraging)), None)
+    if swa is None or trainer.max_epochs == -1:
+        return None
+    try:
+        start = swa.swa_start
+    except AssertionError:  # a fractional `swa_epoch_start` before its on_fit_start
+        return None
+    batches = trainer.num_training_batches
+    if not isinstance(start, int) or math.isinf(batches):
+        return None
+    steps = math.ceil(batches / trainer.accumulate_grad_batches) * start
+    if trainer.max_steps != -1:
+        steps = min(steps, trainer.max_steps)
+    return steps, start
 
 
 def check_total_steps(total: float, trainer: Any) -> int:

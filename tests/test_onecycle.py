@@ -631,6 +631,26 @@ def test_resolved_state_dict_is_plain_and_loads_with_weights_only(tmp_path):
     assert fresh.resolved and fresh.total_steps == 10 and fresh.last_epoch == 1
 
 
+@pytest.mark.parametrize("real_total", [10, 12])
+def test_loading_a_resolved_checkpoint_compares_with_the_resolved_total(real_total):
+    opt = _sgd()
+    sched = GuardedOneCycleLR(opt, max_lr=0.1, total_steps=20, resolver=lambda: (10, [0.1]))
+    opt.step()
+    sched.step()
+    saved = sched.state_dict()
+    # The new run's schedule was built with 20 steps; training really takes `real_total`.
+    fresh = GuardedOneCycleLR(
+        _sgd(), max_lr=0.1, total_steps=20, resolver=lambda: (real_total, [0.1])
+    )
+    if real_total == 10:
+        fresh.load_state_dict(saved)
+        assert fresh.resolved and fresh.total_steps == 10 and fresh.last_epoch == 1
+        assert fresh.get_last_lr() == sched.get_last_lr()
+    else:
+        with pytest.raises(ScheduleMismatchError, match=r"total_steps=10 .*total_steps=12"):
+            fresh.load_state_dict(saved)
+
+
 def test_unresolved_checkpoint_restores_an_unresolved_schedule():
     opt = _sgd()
     sched = GuardedOneCycleLR(opt, max_lr=0.1, total_steps=20, resolver=lambda: (10, [0.2]))

@@ -12,9 +12,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import StochasticWeightAveraging
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
+from torch.optim.swa_utils import SWALR
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_recipes.callbacks.lr_monitor import LRMonitor
@@ -398,13 +400,44 @@ def test_onecycle_total_steps_too_large_warns() -> None:
     with pytest.warns(
         TrainingSanityWarning,
         match=r"total_steps=4 \(4 left\), but the trainer will take 2 more optimizer steps.*"
-        r"the fit ends 2 steps before the schedule does, so the learning rate never anneals",
+        r"the fit ends 2 steps before the schedule ends, so the learning rate never anneals",
     ):
         _fit(
             Net(_onecycle(total_steps=4)),
             TrainingSanityChecks(scheduler_interval="warn"),
             accumulate_grad_batches=2,
         )
+
+
+def _swa(swa_epoch_start: int) -> StochasticWeightAveraging:
+    return StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=swa_epoch_start)
+
+
+def test_onecycle_with_swa_spans_the_epochs_before_swa() -> None:
+    # 4 optimizer steps an epoch; SWA from epoch 2 of 4, plus a BatchNorm epoch (Net has one).
+    schedulers: list[OneCycleLR] = []
+
+    def configure(model: Net) -> Any:
+        config = _onecycle(total_steps=8)(model)
+        schedulers.append(config["lr_scheduler"]["scheduler"])
+        return config
+
+    trainer = _fit(
+        Net(configure), TrainingSanityChecks(**ALL_RAISE), max_epochs=4, callbacks=[_swa(3)]
+    )
+    assert isinstance(trainer.lr_scheduler_configs[0].scheduler, SWALR)  # SWA took over
+    assert schedulers[0].last_epoch == 8  # the OneCycle ran exactly to its end
+    assert trainer.current_epoch == 5  # 4 epochs and SWA's BatchNorm epoch
+
+
+def test_onecycle_with_swa_spanning_the_whole_fit_is_named() -> None:
+    with pytest.raises(
+        TrainingSanityError,
+        match=r"total_steps=16 \(16 left\), but the trainer will take 8 more optimizer steps"
+        r" \(StochasticWeightAveraging replaces it with SWALR at epoch 2, after 8 optimizer"
+        r" steps\): SWALR takes over 8 steps before the schedule ends.*needs total_steps=8\.",
+    ):
+        _fit(Net(_onecycle(total_steps=16)), max_epochs=4, callbacks=[_swa(3)])
 
 
 def test_manual_optimization_onecycle_stepped_per_epoch() -> None:

@@ -25,23 +25,21 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     LearningRateFinder,
     LearningRateMonitor,
+    ModelCheckpoint,
     StochasticWeightAveraging,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import MixedPrecision
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.swa_utils import SWALR
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_recipes import OneCycleModule
 from lightning_recipes.callbacks import MixUp, TrainingSanityChecks, TrainingSanityWarning
 from lightning_recipes.scheduler import GuardedOneCycleLR, ScheduleProgress, schedule_progress
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:The number of training batches"),
-]
+pytestmark = pytest.mark.slow
 
 N_SAMPLES = 64
 N_CLASSES = 3
@@ -174,12 +172,53 @@ def test_gradient_accumulation_with_mixup(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- SWA
-def test_stochastic_weight_averaging_is_refused_at_fit_start(tmp_path: Path) -> None:
-    rec = Recorder()
-    trainer = _trainer(tmp_path, [rec, StochasticWeightAveraging(swa_lrs=0.01)], max_epochs=3)
-    with pytest.raises(ValueError, match=r"StochasticWeightAveraging.*SWALR.*OneCycleModule"):
-        trainer.fit(Clf())
-    assert rec.lrs == []  # refused before any step
+class WithBatchNorm(Clf):
+    def __init__(self, **kwargs: Any):
+        body = nn.Sequential(
+            nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, N_CLASSES)
+        )
+        super().__init__(body=body, **kwargs)
+
+
+def test_stochastic_weight_averaging_takes_over_after_the_cycle(tmp_path: Path) -> None:
+    rec, model = Recorder(), WithBatchNorm(max_lr=0.2)
+    # SWA from epoch 2 of 4, then one more epoch to recompute the BatchNorm statistics.
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=3, annealing_epochs=1)
+    trainer = _trainer(
+        tmp_path,
+        [rec, swa, MixUp(alpha=1.0), TrainingSanityChecks(**ALL_RAISE)],
+        max_epochs=4,
+    )
+    trainer.fit(model)
+    assert trainer.current_epoch == 5 and swa.n_averaged == 2  # SWA ran, with its extra epoch
+    assert isinstance(trainer.lr_scheduler_configs[0].scheduler, SWALR)
+    # The cycle spans the 2 epochs before SWA and ends at min_lr; SWALR then reaches swa_lrs.
+    ref_lrs, ref_moms = reference(16, [0.2, 0.2])
+    assert_close(rec.lrs[:16], ref_lrs)
+    assert_close(rec.moms[:16], ref_moms)
+    assert rec.lrs[15][0] == pytest.approx(0.2 / 25 / 1e4, rel=1e-9)
+    swa_epoch_2 = [lrs[0] for lrs in rec.lrs[16:24]]  # one annealing epoch, per epoch
+    assert swa_epoch_2 == [swa_epoch_2[0]] * 8 and 0.2 / 25 / 1e4 < swa_epoch_2[0] < 0.01
+    assert [lrs[0] for lrs in rec.lrs[24:32]] == pytest.approx([0.01] * 8, rel=1e-12)
+    assert model.soft_target_batches >= 32  # mixing in every training epoch
+
+
+def test_stochastic_weight_averaging_from_the_first_epoch(tmp_path: Path) -> None:
+    rec, model = Recorder(), Clf(max_lr=0.2)
+    swa = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1, annealing_epochs=1)
+    trainer = _trainer(tmp_path, [rec, swa, TrainingSanityChecks(**ALL_RAISE)])
+    scheduler = None
+
+    class Grab(Callback):
+        def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+            nonlocal scheduler
+            scheduler = trainer.lr_scheduler_configs[0].scheduler
+
+    trainer.callbacks.append(Grab())
+    trainer.fit(model)
+    # SWALR replaced the cycle before its first step: the cycle never ran, SWALR did.
+    assert isinstance(scheduler, GuardedOneCycleLR) and scheduler.last_epoch == 0
+    assert [lrs[0] for lrs in rec.lrs[8:]] == pytest.approx([0.01] * 8, rel=1e-12)
 
 
 # --------------------------------------------------------------------------- compile
@@ -224,9 +263,11 @@ def test_learning_rate_finder_sets_the_peak(tmp_path: Path) -> None:
     total = steps(8)
     # Every group's peak scales by the same factor: the head keeps its tenth of max_lr.
     peaks = [g["max_lr"] for g in trainer.optimizers[0].param_groups]
-    assert peaks == pytest.approx([suggestion, suggestion, suggestion / 10, suggestion / 10])
+    assert peaks[:2] == [suggestion, suggestion]
+    assert peaks[2:] == pytest.approx([suggestion / 10, suggestion / 10], rel=1e-12)
     _assert_matches_standalone(rec, model, total)
-    assert max(lrs[0] for lrs in rec.lrs) == pytest.approx(suggestion, rel=1e-3)
+    # The peak, at step pct_start * total - 1 = 3, is the suggestion.
+    assert max(lrs[0] for lrs in rec.lrs) == rec.lrs[3][0] == pytest.approx(suggestion, rel=1e-12)
     assert rec.lrs[0][0] == pytest.approx(suggestion / 25, rel=1e-12)  # step 0 too
 
 
@@ -329,6 +370,8 @@ def _tensorboard_scalars(log_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 @pytest.mark.parametrize("kind", ["csv", "tensorboard"])
 def test_loggers_receive_the_schedule(tmp_path: Path, kind: str) -> None:
+    if kind == "tensorboard":
+        pytest.importorskip("tensorboardX")
     logger = CSVLogger(tmp_path) if kind == "csv" else TensorBoardLogger(tmp_path)
     rec, model = Recorder(), Clf(max_lr=0.2)
     trainer = _trainer(
@@ -387,3 +430,20 @@ def test_early_stopping_says_how_far_the_schedule_got(tmp_path: Path) -> None:
     assert progress == ScheduleProgress(step=16, total=40, lr=lr, min_lr=0.2 / 25 / 1e4)
     assert not progress.finished and progress.fraction == 0.4
     assert_close(rec.lrs, reference(40, [0.2, 0.2])[0][:16])
+
+
+# --------------------------------------------------------------------------- resume
+def test_checkpoint_holds_the_resolved_schedule_and_resumes_exactly(tmp_path: Path) -> None:
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    full, model = Recorder(), Clf(batch_size=32)
+    finder = BatchSizeFinder(init_val=8, max_trials=1, steps_per_trial=1)
+    _trainer(tmp_path, [finder, full, ckpt], enable_checkpointing=True).fit(model)
+    assert model.batch_size == 8  # 16 steps, not the 4 of batch 32 at configure_optimizers
+    state = torch.load(tmp_path / "ckpt" / "epoch=0.ckpt", weights_only=True)
+    assert state["lr_schedulers"][0]["resolved"] is True
+    assert state["lr_schedulers"][0]["total_steps"] == 16
+    resumed = Recorder()
+    _trainer(tmp_path / "r", [resumed]).fit(
+        Clf(batch_size=8), ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt"
+    )
+    assert resumed.lrs == full.lrs[8:] and resumed.moms == full.moms[8:]

@@ -44,7 +44,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from typing_extensions import override
 
-from lightning_recipes.scheduler import GuardedOneCycleLR, schedule_progress
+from lightning_recipes.scheduler import GuardedOneCycleLR, _steps_before_swa, schedule_progress
 
 __all__ = ["TrainingSanityChecks", "TrainingSanityError", "TrainingSanityWarning"]
 
@@ -573,12 +573,23 @@ class TrainingSanityChecks(Callback):
                 self._check_total_steps(trainer, scheduler, label)
 
     def _check_total_steps(self, trainer: pl.Trainer, scheduler: OneCycleLR, label: str) -> None:
-        if isinstance(scheduler, GuardedOneCycleLR):
-            # Fixes its total now, after the callbacks that change it ran in `on_fit_start`.
-            scheduler.resolve()
+        if isinstance(scheduler, GuardedOneCycleLR) and not scheduler.resolve():
+            # Fixes its total now, after the callbacks that change it ran in `on_fit_start`;
+            # one that cannot be resolved is never stepped (SWALR replaces it at epoch 0).
+            return
         expected = trainer.estimated_stepping_batches
         if math.isinf(expected):
             return  # an infinite fit: nothing to compare with
+        source = f"trainer.estimated_stepping_batches={int(expected)}"
+        swa = _steps_before_swa(trainer)
+        if swa is not None:
+            # SWA swaps the scheduler for SWALR (and adds an epoch with BatchNorm): the
+            # OneCycle only runs until then.
+            expected, swa_epoch = swa
+            source = (
+                f"StochasticWeightAveraging replaces it with SWALR at epoch {swa_epoch}, after"
+                f" {expected} optimizer steps"
+            )
         steps_left = int(expected) - trainer.global_step
         # `last_epoch` counts the scheduler's steps; torch raises once it exceeds total_steps.
         schedule_left = scheduler.total_steps - int(scheduler.last_epoch)
@@ -591,8 +602,9 @@ class TrainingSanityChecks(Callback):
                 f" step {schedule_left + 1} of {steps_left}"
             )
         else:
+            who = "SWALR takes over" if swa is not None else "the fit ends"
             effect = (
-                f"the fit ends {schedule_left - steps_left} steps before the schedule does, so"
+                f"{who} {schedule_left - steps_left} steps before the schedule ends, so"
                 " the learning rate never anneals to min_lr"
             )
         self._report(
@@ -600,7 +612,7 @@ class TrainingSanityChecks(Callback):
             f"total:{id(scheduler)}",
             f"{label} has total_steps={scheduler.total_steps} ({schedule_left} left), but the"
             f" trainer will take {steps_left} more optimizer steps"
-            f" (trainer.estimated_stepping_batches={int(expected)}): {effect}. Optimizer"
+            f" ({source}): {effect}. Optimizer"
             " steps are batches / accumulate_grad_batches per epoch, times epochs, capped by"
             " max_steps and limit_train_batches. Fix: the schedule needs"
             f" total_steps={needed}. If `total_steps=self.trainer.estimated_stepping_batches`"
