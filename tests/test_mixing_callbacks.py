@@ -388,6 +388,36 @@ def test_constructor_errors_name_the_argument() -> None:
         RandomMix({"mixup": "half"})  # type: ignore[dict-item]
 
 
+@pytest.mark.parametrize(
+    ("factory", "error", "match"),
+    [
+        (lambda: MixUp(alpha=0), ValueError, r"^MixUp: `alpha` must be > 0, got 0.0$"),
+        (lambda: CutMix(alpha=-1), ValueError, r"^CutMix: `alpha` must be > 0, got -1.0$"),
+        (lambda: FMix(p=1.5), ValueError, r"^FMix: `p` must be in \[0, 1\], got 1.5$"),
+        (lambda: FMix(decay_power=0), ValueError, r"^FMix: `decay_power` must be > 0"),
+        (lambda: CutMix(spatial_dims=4), ValueError, r"^CutMix: `spatial_dims` must be None"),
+        (lambda: MixUp(per_sample=1), TypeError, r"^MixUp: `per_sample` must be a bool, got 1$"),
+        (lambda: RandomMix({"mixup": 0.5}), ValueError, r"^RandomMix: `probs` must sum to 1"),
+        (lambda: RandomMix(alpha={"fmix": 0}), ValueError, r"^RandomMix: `alpha\['fmix'\]`"),
+        (lambda: MixUp(alpha=float("nan")), TypeError, r"^MixUp: `alpha` must be a finite real"),
+        (lambda: MixUp(alpha="1"), TypeError, r"^MixUp: `alpha` must be a finite real number"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_constructor_errors_name_the_callback(factory: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        factory()
+
+
+def test_errors_of_a_subclass_name_it_once() -> None:
+    class MyMix(CutMix):
+        def __init__(self, alpha: float) -> None:
+            super().__init__(alpha)
+
+    with pytest.raises(ValueError, match=r"^MyMix: `alpha` must be > 0, got -1.0$"):
+        MyMix(-1.0)
+
+
 def _stub_trainer() -> SimpleNamespace:
     return SimpleNamespace(
         global_rank=0,
@@ -435,6 +465,19 @@ def test_batch_errors_name_the_item_and_the_fix() -> None:
         MixUp(stop_fraction=0.5).on_train_start(
             SimpleNamespace(estimated_stepping_batches=float("inf")), _stub_module()
         )
+
+
+@pytest.mark.parametrize(
+    ("callback", "batch", "match"),
+    [
+        (CutMix(), (torch.randn(4, 1, 6, 6), torch.zeros(4, dtype=torch.long)), r"^CutMix: "),
+        (FMix(), [torch.randn(4, 36), torch.zeros(4, dtype=torch.long)], r"^FMix: `batch\[0\]`"),
+        (MixUp(), [torch.randn(4, 3), torch.tensor([0, 1, 2, 5])], r"^MixUp: `batch\[1\]`"),
+    ],
+)
+def test_batch_errors_name_the_callback(callback: Any, batch: Any, match: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=match):
+        _step(callback, batch)
 
 
 INPLACE_CALLBACKS = {
