@@ -513,6 +513,27 @@ def test_inplace_errors_name_the_batch_item() -> None:
     assert torch.equal(stored, before)
 
 
+@pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_nan_image_leaves_every_other_image_finite(
+    name: str, per_sample: bool, inplace: bool
+) -> None:
+    x, y = (
+        torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(0)),
+        torch.arange(8) % 3,
+    )
+    x[5, 1] = float("nan")
+    batch = _step(INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace), [x.clone(), y])
+    finite = batch[0].flatten(1).isfinite().all(1)
+    assert finite.tolist() == [i != 5 for i in range(8)]
+    assert batch[1].isfinite().all()
+    torch.testing.assert_close(batch[1].sum(1), torch.ones(8))
+    # The sample that took image 5 as its partner is unmixed, with its own target.
+    kept = [i for i in range(8) if i != 5 and torch.equal(batch[0][i], x[i])]
+    assert kept and all(batch[1][i].tolist() == F.one_hot(y[i], 3).tolist() for i in kept)
+
+
 def test_float_targets_and_keys_by_name() -> None:
     x = torch.randn(4, 1, 6, 6)
     multi_hot = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])

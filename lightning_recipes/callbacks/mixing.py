@@ -48,7 +48,7 @@ from lightning_recipes.functional._validation import (
     check_targets,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional.blend import _blend
+from lightning_recipes.functional.blend import _blend_finite
 from lightning_recipes.functional.cutmix import _cutmix_mask, _paste_box, cutmix
 from lightning_recipes.functional.fmix import _fmix_mask, fmix
 from lightning_recipes.functional.mixup import _mixup_weight, mixup
@@ -776,7 +776,7 @@ class RandomMix(_MixCallback):
                 )
                 return _Mixed(mixed, weights, perm)
             weight_map, weights = self._weight_map(method, x, lam, generator)
-            return _Mixed(_blend(x, perm, weight_map, self.inplace), weights, perm)
+            return _Mixed(*_blend_finite(x, perm, weight_map, weights, self.inplace), perm)
 
         gen = generator.device
         u = torch.rand(batch_size, generator=gen, device=x.device)
@@ -803,7 +803,7 @@ class RandomMix(_MixCallback):
             maps.append(method_map)
             weights.append(method_weights)
         weight_map, weight = functools.reduce(torch.mul, maps), functools.reduce(torch.mul, weights)
-        return _Mixed(_blend(x, perm, weight_map, self.inplace), weight, perm)
+        return _Mixed(*_blend_finite(x, perm, weight_map, weight, self.inplace), perm)
 
     def _weight_map(
         self, method: str, x: Tensor, lam: float | Tensor, generator: _Generators
