@@ -7,7 +7,11 @@ range, empty data folders.
 
 from __future__ import annotations
 
+import re
 import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +95,162 @@ def test_labels_out_of_range_in_a_fit(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"label 10 at position 5 of the training batch"):
         trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=16))
     assert trainer.global_step == 1  # the first batch trained; the second was refused
+
+
+# ------------------------------------------------------------------ NaN / inf in images
+class NonFiniteDigits(DigitsDataModule):
+    """The digits with ``value`` in one pixel of every ``every``-th image of ``split``."""
+
+    def __init__(self, value: float = float("nan"), split: str = "train", every: int = 40) -> None:
+        super().__init__(batch_size=32)
+        self.value, self.split, self.every = value, split, every
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        images = self._splits[self.split].tensors[0]
+        images[:: self.every, 0, 3, 3] = self.value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("value", "split", "match"),
+    [
+        (float("nan"), "train", r"training batch \d+ of epoch 0: `batch\[0\]` holds NaN in"),
+        (float("inf"), "train", r"training batch \d+ of epoch 0: `batch\[0\]` holds inf in"),
+        (float("nan"), "val", r"validation batch 0: `batch\[0\]` holds NaN in samples \[0\]"),
+        (-float("inf"), "test", r"test batch 0: `batch\[0\]` holds inf in samples \[0\]"),
+    ],
+)
+def test_non_finite_images_stop_the_run_with_the_samples_named(
+    tmp_path: Path, value: float, split: str, match: str
+) -> None:
+    """The shipped callbacks (MixUp before TrainingSanityChecks): no silent NaN training."""
+    pl.seed_everything(0)
+    model = ImageClassifier(num_classes=10, in_channels=1)
+    trainer = _trainer(
+        tmp_path,
+        [MixUp(alpha=0.2, per_sample=True), TrainingSanityChecks()],
+        limit_train_batches=8,
+        limit_val_batches=2,
+        limit_test_batches=2,
+    )
+    data = NonFiniteDigits(value, split)
+    with pytest.raises(TrainingSanityError, match=match) as info:
+        trainer.fit(model, data)
+        trainer.test(model, data)
+    assert "TrainingSanityChecks[finite_inputs]" in str(info.value) and "Fix:" in str(info.value)
+    if split == "train":
+        assert trainer.global_step < 8  # stopped before the end of the epoch
+    # Nothing trained on a NaN: every weight is finite.
+    assert all(p.isfinite().all() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ the command line
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "configs" / "digits.yaml"
+
+
+@pytest.fixture
+def cli_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty working folder for an in-process CLI run, with global state isolated."""
+    monkeypatch.setattr(sys, "argv", ["lightning-recipes"])  # not pytest's arguments
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    state = torch.random.get_rng_state()
+    yield folder
+    torch.random.set_rng_state(state)
+
+
+def _yaml(text: str) -> str:
+    """A second config file, as a user layers one over ``configs/digits.yaml``."""
+    path = Path(tempfile.mkdtemp()) / "override.yaml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+CLI_CASES = [
+    # (extra arguments, error, pattern) -- SystemExit: jsonargparse's own message on stderr.
+    (["--model.init_args.max_lr", "-1"], ValueError, r"`max_lr` must be a number > 0, got -1"),
+    (["--model.init_args.max_lr", "abc"], SystemExit, r'"max_lr":\s+Expected a .*float.*abc'),
+    (["--model.init_args.max_lr", "nan"], SystemExit, r'"max_lr":\s+Expected a .*float.*nan'),
+    (["--model.init_args.pct_start", "2"], ValueError, r"`pct_start` must be in \(0, 1\)"),
+    (["--model.init_args.weight_decay", "-1"], ValueError, r"`weight_decay` must be >= 0"),
+    (["--model.init_args.label_smoothing", "1.5"], ValueError, r"`label_smoothing` must be in"),
+    (["--model.init_args.optimizer", "adamx"], ValueError, r"`optimizer` must be one of"),
+    (["--model.init_args.backbone", "resnet999"], ValueError, r"`backbone` must be 'small_cnn'"),
+    (["--model.init_args.num_classes", "5"], ValueError, r"`model.init_args.num_classes` is 5"),
+    (["--data.init_args.batch_size", "0"], ValueError, r"`batch_size` must be an integer >= 1"),
+    (["--data.init_args.batch_size", "1.5"], SystemExit, r'"batch_size":\s+Expected a .*int'),
+    (["--data.init_args.num_workers", "-1"], ValueError, r"`num_workers` must be an integer >= 0"),
+    (["--data.init_args.image_size", "-3"], ValueError, r"`image_size` must be None or an int"),
+    (
+        ["--data.init_args.val_fraction", "0.5", "--data.init_args.test_fraction", "0.5"],
+        ValueError,
+        r"`val_fraction \+ test_fraction` must leave at least 10% for training",
+    ),
+    (["--trainer.max_epochs", "-2"], Exception, r"`max_epochs` must be a non-negative integer"),
+    (["--seed_everything", "x"], SystemExit, r'Parser key "seed_everything"'),
+    (
+        ["--trainer.callbacks+=lightning_recipes.CutMix", "--trainer.callbacks.alpha", "-1"],
+        ValueError,
+        r"CutMix: `alpha` must be > 0, got -1.0",
+    ),
+    (
+        ["--trainer.callbacks+=lightning_recipes.LRMonitor", "--trainer.callbacks.rtol", "-1"],
+        ValueError,
+        r"LRMonitor: `rtol` must be a number >= 0",
+    ),
+    (
+        [
+            "--trainer.callbacks+=lightning_recipes.TrainingSanityChecks",
+            "--trainer.callbacks.finite_inputs",
+            "loud",
+        ],
+        SystemExit,
+        r'"finite_inputs":\s+Expected a typing.Literal',
+    ),
+    (
+        ["--config", "model: {init_args: {max_lr: fast}}"],
+        SystemExit,
+        r'"max_lr":\s+Expected a .*float.*fast',
+    ),
+    (
+        ["--config", "data: {init_args: {val_fraction: 1.5}}"],
+        ValueError,
+        r"`val_fraction` must be in \(0, 1\), got 1.5",
+    ),
+    (
+        [
+            "--config",
+            "trainer: {callbacks: [{class_path: lightning_recipes.FMix, init_args: {p: 2}}]}",
+        ],
+        ValueError,
+        r"FMix: `p` must be in \[0, 1\], got 2.0",
+    ),
+]
+
+
+@pytest.mark.parametrize(("extra", "error", "match"), CLI_CASES, ids=lambda v: str(v)[:60])
+def test_cli_refuses_bad_values_and_writes_nothing(
+    cli_folder: Path, capsys: pytest.CaptureFixture, extra: list[str], error: type, match: str
+) -> None:
+    from lightning_recipes.cli import main
+
+    if extra[0] == "--config":  # YAML text: layered over the digits config as a file
+        extra = ["--config", _yaml(extra[1])]
+    run = cli_folder / "run"
+    args = ["fit", "--config", str(DIGITS), "--trainer.default_root_dir", str(run)]
+    args += ["--trainer.logger.init_args.save_dir", str(run), *extra]
+    with pytest.raises(error) as info:
+        main(args)
+    if error is SystemExit:
+        assert info.value.code == 2
+        text = capsys.readouterr().err
+    else:
+        text = str(info.value)
+    assert re.search(match, text), text
+    # A run that fails validation leaves no run folder, checkpoint or log behind.
+    assert list(cli_folder.iterdir()) == []

@@ -304,7 +304,7 @@ def test_duplicate_param_group_names_are_an_error(tmp_path: Any) -> None:
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^LRMonitor: {match}"):
         LRMonitor(**kwargs)
 
 

@@ -145,14 +145,16 @@ class LRMonitor(Callback):
             or log_every_n_steps < 1
         ):
             raise ValueError(
-                f"`log_every_n_steps` must be None or an integer >= 1, got {log_every_n_steps!r}"
+                "LRMonitor: `log_every_n_steps` must be None or an integer >= 1, got"
+                f" {log_every_n_steps!r}"
             )
         for name, value in (("rtol", rtol), ("atol", atol)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}")
+                raise ValueError(f"LRMonitor: `{name}` must be a number >= 0, got {value!r}")
         if not isinstance(plot_filename, str) or not plot_filename.endswith(".png"):
             raise ValueError(
-                f"`plot_filename` must be a file name ending in .png, got {plot_filename!r}"
+                "LRMonitor: `plot_filename` must be a file name ending in .png, got"
+                f" {plot_filename!r}"
             )
         self.log_every_n_steps = log_every_n_steps
         self.log_momentum = log_momentum
