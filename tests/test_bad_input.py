@@ -254,3 +254,79 @@ def test_cli_refuses_bad_values_and_writes_nothing(
     assert re.search(match, text), text
     # A run that fails validation leaves no run folder, checkpoint or log behind.
     assert list(cli_folder.iterdir()) == []
+
+
+# ------------------------------------------------------------------ empty data folders
+def _pngs(folder: Path, classes: tuple[str, ...], per_class: int = 1) -> None:
+    from PIL import Image
+
+    for name in classes:
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(folder / name / f"{i}.png")
+
+
+def _no_root(root: Path) -> None:
+    pass
+
+
+def _no_train(root: Path) -> None:
+    _pngs(root / "val", ("cat", "dog"))
+
+
+def _empty_train(root: Path) -> None:
+    (root / "train").mkdir(parents=True)
+    _pngs(root / "val", ("cat", "dog"))
+
+
+def _empty_class(root: Path) -> None:
+    _pngs(root / "train", ("cat",))
+    (root / "train" / "dog").mkdir()
+    _pngs(root / "val", ("cat", "dog"))
+
+
+def _empty_val(root: Path) -> None:
+    _pngs(root / "train", ("cat", "dog"))
+    (root / "val").mkdir()
+
+
+def _empty_test(root: Path) -> None:
+    _pngs(root / "train", ("cat", "dog"))
+    _pngs(root / "val", ("cat", "dog"))
+    (root / "test").mkdir()
+
+
+def _empty_test_class(root: Path) -> None:
+    _pngs(root / "train", ("cat", "dog"))
+    _pngs(root / "val", ("cat", "dog"))
+    _pngs(root / "test", ("cat",))
+    (root / "test" / "dog").mkdir()
+
+
+def _test_classes_differ(root: Path) -> None:
+    _pngs(root / "train", ("cat", "dog"))
+    _pngs(root / "val", ("cat", "dog"))
+    _pngs(root / "test", ("dog", "fox"))
+
+
+@pytest.mark.parametrize(
+    ("layout", "error", "match"),
+    [
+        (_no_root, FileNotFoundError, r"`root` must be an existing folder, got '.*images'"),
+        (_no_train, FileNotFoundError, r"class sub-folders at '.*train', but it does not exist"),
+        (_empty_train, FileNotFoundError, r"'.*train' holds no class sub-folder"),
+        (_empty_class, FileNotFoundError, r"Class folder '.*train/dog' holds no image"),
+        (_empty_val, FileNotFoundError, r"'.*val' holds no class sub-folder"),
+        (_empty_test, FileNotFoundError, r"'.*test' holds no class sub-folder"),
+        (_empty_test_class, FileNotFoundError, r"Class folder '.*test/dog' holds no image"),
+        (_test_classes_differ, ValueError, r"class folders of '.*test' \(\['dog', 'fox'\]\)"),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_image_folder_refuses_empty_or_inconsistent_folders(
+    tmp_path: Path, layout: Any, error: type, match: str
+) -> None:
+    root = tmp_path / "images"
+    layout(root)
+    with pytest.raises(error, match=match):
+        ImageFolderDataModule(root, image_size=8, num_workers=0)
