@@ -27,8 +27,9 @@ def blend(x: Tensor, perm: Tensor, weight: float | Tensor, *, inplace: bool = Fa
     where it is 0 exactly ``x[perm]``, so binary masks copy pixels bit for bit. A sample whose
     partner holds NaN or inf is returned unchanged (see the module docstring).
 
-    It costs one gather and one ``lerp`` pass and allocates a single new tensor (the gathered
-    partners), with or without ``inplace``: about twice the time of ``x.clone()`` on the CPU.
+    It costs one reduction (which samples are finite), one gather and one ``lerp`` pass and
+    allocates a single new tensor (the gathered partners), with or without ``inplace``: about
+    twice the time of ``x.clone()`` on the CPU.
 
     Args:
         x: Floating-point batch of shape ``(batch, ...)``.
