@@ -330,3 +330,22 @@ def test_image_folder_refuses_empty_or_inconsistent_folders(
     layout(root)
     with pytest.raises(error, match=match):
         ImageFolderDataModule(root, image_size=8, num_workers=0)
+
+
+# ------------------------------------------------------------------ on a CUDA device
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_nan_images_and_bad_labels_on_cuda(tmp_path: Path) -> None:
+    """The checks that wait for the device: NaN images, the first batch's labels."""
+    pl.seed_everything(0)
+    model = ImageClassifier(num_classes=10, in_channels=1)
+    callbacks = [MixUp(alpha=0.2, per_sample=True), TrainingSanityChecks()]
+    trainer = _trainer(tmp_path, callbacks, accelerator="cuda", devices=1, limit_train_batches=8)
+    with pytest.raises(TrainingSanityError, match=r"`batch\[0\]` holds NaN in samples"):
+        trainer.fit(model, NonFiniteDigits(float("nan"), "train"))
+    x, y = _images(32)
+    y[3] = 12
+    trainer = _trainer(tmp_path, [], accelerator="cuda", devices=1, num_sanity_val_steps=0)
+    model = ImageClassifier(num_classes=10, in_channels=1)
+    with pytest.raises(ValueError, match=r"label 12 at position 3 of the training batch"):
+        trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=16))

@@ -319,12 +319,29 @@ def _step_lr_per_epoch(module: pl.LightningModule) -> Any:
     return [opt], [StepLR(opt, step_size=1, gamma=0.5)]
 
 
-def test_early_stopping_monitors_the_learning_rate(tmp_path: Any) -> None:
+@pytest.mark.parametrize(
+    "accelerator",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_early_stopping_monitors_the_learning_rate(tmp_path: Any, accelerator: str) -> None:
     monitor = LRMonitor(plot=False)
     stopping = EarlyStopping(
         monitor="lr-SGD", mode="min", stopping_threshold=0.02, check_on_train_epoch_end=True
     )
-    trainer = csv_trainer(tmp_path, [monitor, stopping], max_epochs=5, limit_train_batches=2)
+    trainer = csv_trainer(
+        tmp_path,
+        [monitor, stopping],
+        max_epochs=5,
+        limit_train_batches=2,
+        accelerator=accelerator,
+        devices=1,
+    )
     trainer.fit(Net(_step_lr_per_epoch), _loader(2))
     # 0.1, 0.05, 0.025, 0.0125: the first value below 0.02 is that of epoch 3, so it stops there.
     steps, lrs = monitor.history["lr-SGD"]

@@ -560,6 +560,30 @@ def test_no_host_device_sync_on_cuda(name: str, per_sample: bool, inplace: bool)
     assert batch[1].shape == (8, 3)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_nan_image_is_not_spread_without_sync_on_cuda(
+    name: str, per_sample: bool, inplace: bool
+) -> None:
+    callback = INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace)
+    labels = torch.arange(8, device="cuda") % 3
+    _step(callback, [torch.randn(8, 3, 32, 32, device="cuda"), labels.clone()])
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    x[5, 1] = float("nan")
+    batch = [x.clone(), labels.clone()]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        callback.on_train_batch_start(_stub_trainer(), _stub_module(), batch, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    finite = batch[0].flatten(1).isfinite().all(1).tolist()
+    assert finite == [i != 5 for i in range(8)]
+    assert batch[1].isfinite().all()
+
+
 # --------------------------------------------------------------------------- integration
 
 
