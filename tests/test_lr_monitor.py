@@ -423,3 +423,17 @@ def test_alternating_optimizers_are_each_logged_at_steps_they_take(
         assert logged == sorted(windows.values())
         assert set(logged) <= set(took)
         assert values == [0.1 if key == "lr-SGD" else 0.01] * len(logged)
+
+
+def test_resumed_fit_logs_at_the_steps_of_the_uninterrupted_one(tmp_path: Any) -> None:
+    def configure(module: pl.LightningModule) -> Any:
+        return torch.optim.Adam(module.parameters(), lr=0.01)
+
+    first = csv_trainer(tmp_path / "a", [LRMonitor(3, plot=False)], max_steps=5, max_epochs=3)
+    first.fit(Net(configure), _loader(10))
+    first.save_checkpoint(tmp_path / "step5.ckpt")
+    assert series(csv_rows(first), "lr-Adam")[0] == [0, 3]
+    second = csv_trainer(tmp_path / "b", [LRMonitor(3, plot=False)], max_steps=10, max_epochs=3)
+    second.fit(Net(configure), _loader(10), ckpt_path=tmp_path / "step5.ckpt")
+    # Steps 5..9 of a fit logging every 3 steps: 6 and 9, as without the interruption.
+    assert series(csv_rows(second), "lr-Adam")[0] == [6, 9]
