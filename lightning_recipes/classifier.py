@@ -86,6 +86,7 @@ class ImageClassifier(OneCycleModule):
 
     @override
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self._train_labels_checked = False
 
     def _check_targets(self, x: Tensor, y: Tensor, stage: str) -> None:
