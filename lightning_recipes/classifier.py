@@ -22,8 +22,13 @@ class ImageClassifier(OneCycleModule):
     The loss takes integer labels of shape ``(batch,)`` *and* probability targets of shape
     ``(batch, num_classes)`` (what Mixup, CutMix and FMix produce), through
     ``F.cross_entropy``, which accepts both. Training accuracy is measured against each
-    sample's dominant target class. Top-5 accuracy is logged when there are more than 5
-    classes. ``predict_step`` returns class probabilities.
+    sample's dominant target class. Targets are checked: a label outside ``[0, num_classes)``
+    or targets of the wrong shape raise a ``ValueError`` naming ``num_classes`` and the bad
+    label, rather than ``F.cross_entropy``'s bare ``IndexError`` (or a device-side assert on
+    CUDA). Reading a label's value on an accelerator synchronises with the host, so there
+    training labels are checked on the first batch of each fit only; validation and test
+    labels, and labels on the CPU, on every batch. Top-5 accuracy is logged when there are
+    more than 5 classes. ``predict_step`` returns class probabilities.
 
     Logged keys: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``,
     ``test/acc`` (and ``*/acc_top5``).
@@ -71,6 +76,7 @@ class ImageClassifier(OneCycleModule):
                 metric = MulticlassAccuracy(num_classes, top_k=k, average="micro")
                 setattr(self, f"{stage}_acc{'' if k == 1 else f'_top{k}'}", metric)
         self._top_ks = top_ks
+        self._train_labels_checked = False
 
     @override
     def forward(self, x: Tensor) -> Tensor:
@@ -78,8 +84,45 @@ class ImageClassifier(OneCycleModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._train_labels_checked = False
+
+    def _check_targets(self, x: Tensor, y: Tensor, stage: str) -> None:
+        """Shape always (metadata); the label range where it costs no per-batch sync."""
+        batch, classes = x.shape[0], self.num_classes
+        if y.is_floating_point():
+            if y.shape != (batch, classes):
+                raise ValueError(
+                    f"ImageClassifier: the {_STAGES[stage]} targets must be integer labels of"
+                    f" shape ({batch},) or probabilities of shape ({batch}, {classes}) for"
+                    f" `num_classes`={classes} columns, got shape {tuple(y.shape)}"
+                )
+            return
+        if y.shape != (batch,):
+            raise ValueError(
+                f"ImageClassifier: the {_STAGES[stage]} targets must be integer labels of shape"
+                f" ({batch},), got shape {tuple(y.shape)} and dtype {y.dtype}"
+            )
+        if stage == "train" and y.device.type != "cpu":
+            if self._train_labels_checked:
+                return
+            self._train_labels_checked = True
+        bad = ((y < 0) | (y >= classes)).nonzero().flatten()
+        if bad.numel():
+            i = int(bad[0])
+            raise ValueError(
+                f"ImageClassifier: label {int(y[i])} at position {i} of the {_STAGES[stage]}"
+                f" batch is outside [0, {classes}) for `num_classes`={classes}"
+                f" ({bad.numel()} such label(s) in the batch). Fix: set `num_classes` to the"
+                " number of classes of the data (`lightning-recipes` takes it from the data"
+                " module), or map the labels to 0 .. num_classes - 1"
+            )
+
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
         x, y = _split_batch(batch)
+        self._check_targets(x, y, stage)
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         labels = y if y.ndim == 1 else y.argmax(dim=1)
@@ -107,6 +150,9 @@ class ImageClassifier(OneCycleModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         x = batch if isinstance(batch, Tensor) else _split_batch(batch)[0]
         return self(x).softmax(dim=1)
+
+
+_STAGES = {"train": "training", "val": "validation", "test": "test"}
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor]:

@@ -399,6 +399,48 @@ def test_every_method_mixes_pixels_and_targets_consistently(
     assert ((weights >= 0) & (weights <= 1)).all()
 
 
+# --------------------------------------------------------------------------- non-finite inputs
+
+
+def _mix_with(method: str, x: torch.Tensor, lam: object, perm: torch.Tensor, inplace: bool):
+    if method == "mixup":
+        return mixup(x, lam, perm, inplace=inplace)
+    if method == "blend":
+        weight = lam.view(-1, 1, 1, 1) if isinstance(lam, torch.Tensor) else lam
+        return blend(x, perm, weight, inplace=inplace), None
+    fn = cutmix if method == "cutmix" else fmix
+    return fn(x, lam, perm, generator=_gen(3), inplace=inplace)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("method", ["mixup", "cutmix", "fmix", "blend"])
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
+    bad: float, method: str, per_sample: bool, inplace: bool
+) -> None:
+    clean = _distinct_batch(6, 8, 8)
+    x = clean.clone()
+    x[2, 0] = bad  # one channel of image 2: any box or mask region reaches it
+    perm = torch.tensor([2, 0, 1, 4, 5, 3])  # sample 0 takes image 2 as its partner
+    lam = sample_lam(1.0, (6,), generator=_gen(2)) if per_sample else 0.35
+    expected, expected_weights = _mix_with(method, clean.clone(), lam, perm, inplace)
+    mixed, weights = _mix_with(method, x.clone(), lam, perm, inplace)
+    finite = mixed.flatten(1).isfinite().all(1)
+    assert finite.tolist() == [True, True, False, True, True, True]
+    # Sample 0 is left as it was and keeps its own target; the others mix as without NaN.
+    assert torch.equal(mixed[0], x[0])
+    others = [1, 3, 4, 5]
+    assert torch.equal(mixed[others], expected[others])
+    if weights is not None:
+        assert weights[0] == 1.0 and expected_weights[0] < 1.0
+        assert torch.equal(weights[others], expected_weights[others])
+        y = torch.tensor([0, 1, 2, 3, 0, 1])
+        targets = mix_targets(y, weights, perm, num_classes=4)
+        assert targets[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+        assert targets.isfinite().all()
+
+
 # --------------------------------------------------------------------------- errors
 
 

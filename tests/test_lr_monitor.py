@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _logs import csv_rows, csv_trainer, series
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR, StepLR
@@ -304,5 +304,136 @@ def test_duplicate_param_group_names_are_an_error(tmp_path: Any) -> None:
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"^LRMonitor: {match}"):
         LRMonitor(**kwargs)
+
+
+# ------------------------------------------------------------------ callback_metrics
+# Lightning's `LearningRateMonitor` writes its values into `trainer.callback_metrics`, so
+# `EarlyStopping` and `ModelCheckpoint` can monitor `lr-SGD` (Lightning's
+# `test_lr_monitor_update_callback_metrics`); LRMonitor must allow the same.
+
+
+def _step_lr_per_epoch(module: pl.LightningModule) -> Any:
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    return [opt], [StepLR(opt, step_size=1, gamma=0.5)]
+
+
+@pytest.mark.parametrize(
+    "accelerator",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ),
+    ],
+)
+def test_early_stopping_monitors_the_learning_rate(tmp_path: Any, accelerator: str) -> None:
+    monitor = LRMonitor(plot=False)
+    stopping = EarlyStopping(
+        monitor="lr-SGD", mode="min", stopping_threshold=0.02, check_on_train_epoch_end=True
+    )
+    trainer = csv_trainer(
+        tmp_path,
+        [monitor, stopping],
+        max_epochs=5,
+        limit_train_batches=2,
+        accelerator=accelerator,
+        devices=1,
+    )
+    trainer.fit(Net(_step_lr_per_epoch), _loader(2))
+    # 0.1, 0.05, 0.025, 0.0125: the first value below 0.02 is that of epoch 3, so it stops there.
+    steps, lrs = monitor.history["lr-SGD"]
+    assert steps == list(range(8))
+    assert lrs == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.0125, 0.0125])
+    assert stopping.stopped_epoch == 3
+    assert trainer.current_epoch == 4
+    assert float(trainer.callback_metrics["lr-SGD"]) == pytest.approx(0.0125)
+    for key in ("lr-SGD-momentum", "lr-SGD-weight_decay", "lr-SGD-scheduler"):
+        assert key in trainer.callback_metrics
+
+
+def test_model_checkpoint_monitors_the_learning_rate(tmp_path: Any) -> None:
+    checkpoint = ModelCheckpoint(
+        dirpath=tmp_path / "checkpoints", monitor="lr-SGD", mode="max", save_top_k=2
+    )
+    trainer = csv_trainer(
+        tmp_path,
+        [LRMonitor(plot=False), checkpoint],
+        max_epochs=3,
+        limit_train_batches=2,
+        enable_checkpointing=True,
+    )
+    trainer.fit(Net(_step_lr_per_epoch), _loader(2))
+    # The two epochs with the highest learning rate, 0.1 and 0.05, are kept.
+    scores = sorted(float(s) for s in checkpoint.best_k_models.values())
+    assert scores == pytest.approx([0.05, 0.1])
+    assert float(checkpoint.best_model_score) == pytest.approx(0.1)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch=0-step=2.ckpt",
+        "epoch=1-step=4.ckpt",
+    ]
+
+
+class Alternating(pl.LightningModule):
+    """Manual optimization: two optimizers taking turns, one step per batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.a, self.b = nn.Linear(4, 1), nn.Linear(4, 1)
+        self.took: dict[str, list[int]] = {"lr-SGD": [], "lr-Adam": []}
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        sgd, adam = self.optimizers()
+        opt, layer, key = (
+            (sgd, self.a, "lr-SGD") if batch_idx % 2 == 0 else (adam, self.b, "lr-Adam")
+        )
+        opt.zero_grad()
+        self.manual_backward(F.mse_loss(layer(x), y))
+        self.took[key].append(self.trainer.global_step)
+        opt.step()
+
+    def configure_optimizers(self) -> Any:
+        return [
+            torch.optim.SGD(self.a.parameters(), lr=0.1),
+            torch.optim.Adam(self.b.parameters(), lr=0.01),
+        ]
+
+
+@pytest.mark.parametrize("every_n", [2, 4, 50])
+def test_alternating_optimizers_are_each_logged_at_steps_they_take(
+    tmp_path: Any, every_n: int
+) -> None:
+    """An even `log_every_n_steps` must not hide the optimizer that steps on odd steps."""
+    model = Alternating()
+    trainer = csv_trainer(tmp_path, [LRMonitor(plot=False)], log_every_n_steps=every_n)
+    trainer.fit(model, _loader(12))
+    rows = csv_rows(trainer)
+    assert model.took == {"lr-SGD": list(range(0, 12, 2)), "lr-Adam": list(range(1, 12, 2))}
+    for key, took in model.took.items():
+        # Each optimizer is logged at the first step it takes in every window of `every_n`
+        # global steps: as often as one optimizer stepping every step would be.
+        windows: dict[int, int] = {}
+        for step in took:
+            windows.setdefault(step // every_n, step)
+        logged, values = series(rows, key)
+        assert logged == sorted(windows.values())
+        assert set(logged) <= set(took)
+        assert values == [0.1 if key == "lr-SGD" else 0.01] * len(logged)
+
+
+def test_resumed_fit_logs_at_the_steps_of_the_uninterrupted_one(tmp_path: Any) -> None:
+    def configure(module: pl.LightningModule) -> Any:
+        return torch.optim.Adam(module.parameters(), lr=0.01)
+
+    first = csv_trainer(tmp_path / "a", [LRMonitor(3, plot=False)], max_steps=5, max_epochs=3)
+    first.fit(Net(configure), _loader(10))
+    first.save_checkpoint(tmp_path / "step5.ckpt")
+    assert series(csv_rows(first), "lr-Adam")[0] == [0, 3]
+    second = csv_trainer(tmp_path / "b", [LRMonitor(3, plot=False)], max_steps=10, max_epochs=3)
+    second.fit(Net(configure), _loader(10), ckpt_path=tmp_path / "step5.ckpt")
+    # Steps 5..9 of a fit logging every 3 steps: 6 and 9, as without the interruption.
+    assert series(csv_rows(second), "lr-Adam")[0] == [6, 9]

@@ -388,6 +388,36 @@ def test_constructor_errors_name_the_argument() -> None:
         RandomMix({"mixup": "half"})  # type: ignore[dict-item]
 
 
+@pytest.mark.parametrize(
+    ("factory", "error", "match"),
+    [
+        (lambda: MixUp(alpha=0), ValueError, r"^MixUp: `alpha` must be > 0, got 0.0$"),
+        (lambda: CutMix(alpha=-1), ValueError, r"^CutMix: `alpha` must be > 0, got -1.0$"),
+        (lambda: FMix(p=1.5), ValueError, r"^FMix: `p` must be in \[0, 1\], got 1.5$"),
+        (lambda: FMix(decay_power=0), ValueError, r"^FMix: `decay_power` must be > 0"),
+        (lambda: CutMix(spatial_dims=4), ValueError, r"^CutMix: `spatial_dims` must be None"),
+        (lambda: MixUp(per_sample=1), TypeError, r"^MixUp: `per_sample` must be a bool, got 1$"),
+        (lambda: RandomMix({"mixup": 0.5}), ValueError, r"^RandomMix: `probs` must sum to 1"),
+        (lambda: RandomMix(alpha={"fmix": 0}), ValueError, r"^RandomMix: `alpha\['fmix'\]`"),
+        (lambda: MixUp(alpha=float("nan")), TypeError, r"^MixUp: `alpha` must be a finite real"),
+        (lambda: MixUp(alpha="1"), TypeError, r"^MixUp: `alpha` must be a finite real number"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_constructor_errors_name_the_callback(factory: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        factory()
+
+
+def test_errors_of_a_subclass_name_it_once() -> None:
+    class MyMix(CutMix):
+        def __init__(self, alpha: float) -> None:
+            super().__init__(alpha)
+
+    with pytest.raises(ValueError, match=r"^MyMix: `alpha` must be > 0, got -1.0$"):
+        MyMix(-1.0)
+
+
 def _stub_trainer() -> SimpleNamespace:
     return SimpleNamespace(
         global_rank=0,
@@ -437,6 +467,19 @@ def test_batch_errors_name_the_item_and_the_fix() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("callback", "batch", "match"),
+    [
+        (CutMix(), (torch.randn(4, 1, 6, 6), torch.zeros(4, dtype=torch.long)), r"^CutMix: "),
+        (FMix(), [torch.randn(4, 36), torch.zeros(4, dtype=torch.long)], r"^FMix: `batch\[0\]`"),
+        (MixUp(), [torch.randn(4, 3), torch.tensor([0, 1, 2, 5])], r"^MixUp: `batch\[1\]`"),
+    ],
+)
+def test_batch_errors_name_the_callback(callback: Any, batch: Any, match: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=match):
+        _step(callback, batch)
+
+
 INPLACE_CALLBACKS = {
     **CALLBACKS,
     # Per batch, RandomMix pastes a CutMix box in place: its own code path.
@@ -470,6 +513,27 @@ def test_inplace_errors_name_the_batch_item() -> None:
     assert torch.equal(stored, before)
 
 
+@pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_a_nan_image_leaves_every_other_image_finite(
+    name: str, per_sample: bool, inplace: bool
+) -> None:
+    x, y = (
+        torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(0)),
+        torch.arange(8) % 3,
+    )
+    x[5, 1] = float("nan")
+    batch = _step(INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace), [x.clone(), y])
+    finite = batch[0].flatten(1).isfinite().all(1)
+    assert finite.tolist() == [i != 5 for i in range(8)]
+    assert batch[1].isfinite().all()
+    torch.testing.assert_close(batch[1].sum(1), torch.ones(8))
+    # The sample that took image 5 as its partner is unmixed, with its own target.
+    kept = [i for i in range(8) if i != 5 and torch.equal(batch[0][i], x[i])]
+    assert kept and all(batch[1][i].tolist() == F.one_hot(y[i], 3).tolist() for i in kept)
+
+
 def test_float_targets_and_keys_by_name() -> None:
     x = torch.randn(4, 1, 6, 6)
     multi_hot = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
@@ -494,6 +558,30 @@ def test_no_host_device_sync_on_cuda(name: str, per_sample: bool, inplace: bool)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert batch[1].shape == (8, 3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
+@pytest.mark.parametrize("per_sample", [False, True])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_nan_image_is_not_spread_without_sync_on_cuda(
+    name: str, per_sample: bool, inplace: bool
+) -> None:
+    callback = INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace)
+    labels = torch.arange(8, device="cuda") % 3
+    _step(callback, [torch.randn(8, 3, 32, 32, device="cuda"), labels.clone()])
+    x = torch.randn(8, 3, 32, 32, device="cuda")
+    x[5, 1] = float("nan")
+    batch = [x.clone(), labels.clone()]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        callback.on_train_batch_start(_stub_trainer(), _stub_module(), batch, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    finite = batch[0].flatten(1).isfinite().all(1).tolist()
+    assert finite == [i != 5 for i in range(8)]
+    assert batch[1].isfinite().all()
 
 
 # --------------------------------------------------------------------------- integration

@@ -577,6 +577,64 @@ def test_fit_that_ends_its_schedule_does_not_warn() -> None:
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 8
 
 
+# ---------------------------------------------------------------- rule: finite_inputs
+def _broken_loader(bad: float, samples: tuple[int, ...], batch: int = 4) -> DataLoader:
+    """16 samples of 4 features; the given samples hold ``bad`` in one feature."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 4, generator=g)
+    x[list(samples), 1] = bad
+    return DataLoader(TensorDataset(x, torch.randn(16, 1, generator=g)), batch_size=batch)
+
+
+@pytest.mark.parametrize(
+    ("bad", "samples", "match"),
+    [
+        (float("nan"), (5,), r"training batch 1 of epoch 0: `batch\[0\]` holds NaN in sample"),
+        (float("inf"), (4, 6), r"`batch\[0\]` holds inf in samples \[0, 2\] of 4"),
+        (-float("inf"), (7,), r"`batch\[0\]` holds inf in samples \[3\] of 4"),
+    ],
+)
+def test_non_finite_training_inputs_are_named(bad: float, samples: tuple, match: str) -> None:
+    with pytest.raises(TrainingSanityError, match=r"TrainingSanityChecks\[finite_inputs\]") as info:
+        _fit(Net(), loader=_broken_loader(bad, samples))
+    assert re.search(match, str(info.value))
+    assert "Fix:" in str(info.value)
+
+
+def test_non_finite_validation_inputs_are_named() -> None:
+    model = Net()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[TrainingSanityChecks()],
+    )
+    with pytest.raises(TrainingSanityError, match=r"validation batch 1: `batch\[0\]` holds NaN"):
+        trainer.fit(model, _loader(), _broken_loader(float("nan"), (5,)))
+    assert trainer.global_step == 0  # found in Lightning's sanity check, before any step
+
+
+def test_non_finite_inputs_warn_once_and_train() -> None:
+    with pytest.warns(TrainingSanityWarning, match=r"\[finite_inputs\]") as record:
+        trainer = _fit(
+            Net(),
+            TrainingSanityChecks(finite_inputs="warn"),
+            loader=_broken_loader(float("nan"), (1, 9)),
+        )
+    assert sum("finite_inputs" in str(w.message) for w in record) == 1
+    assert trainer.global_step == 4
+
+
+def test_non_finite_inputs_off() -> None:
+    trainer = _fit(
+        Net(), TrainingSanityChecks(finite_inputs="off"), loader=_broken_loader(float("nan"), (1,))
+    )
+    assert trainer.global_step == 4
+
+
 # ---------------------------------------------------------------- arguments
 def test_invalid_mode() -> None:
     with pytest.raises(

@@ -11,7 +11,8 @@ edit of ``param_groups``, a second scheduler on the same optimizer, or code that
 :class:`LRMonitor` reads both in ``on_before_optimizer_step``, which Lightning calls exactly once
 per optimizer step (after the closure and the gradient unscaling, before the update) in automatic
 and in manual optimization, so the value logged at step ``k`` is the learning rate that update
-``k`` uses.
+``k`` uses. Like Lightning's monitor, it also puts its values into ``trainer.callback_metrics``,
+so ``EarlyStopping`` and ``ModelCheckpoint`` can monitor them.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -50,6 +52,8 @@ class _Tracked:
     scheduler: Any | None
     base: str
     names: list[str] = field(default_factory=list)
+    # The window of `log_every_n_steps` global steps in which this optimizer was last logged.
+    logged_window: int = -1
 
     def group_names(self) -> list[str]:
         # Param groups can be added during fit (e.g. BackboneFinetuning unfreezes a backbone).
@@ -89,13 +93,22 @@ class LRMonitor(Callback):
     optimizers each one appears at the steps it takes. At the end of training, a PNG of the
     learning rate and momentum per step is written to ``<trainer.log_dir>/lr_schedule.png``.
 
-    Reading the values costs a few Python float reads per param group and step, with no
-    host-device synchronisation unless a learning rate is itself a CUDA tensor.
+    Every value is also written to ``trainer.callback_metrics`` (as a CPU tensor, at every
+    optimizer step, logged or not), as Lightning's ``LearningRateMonitor`` does, so
+    ``EarlyStopping(monitor="lr-SGD")`` or ``ModelCheckpoint(monitor="lr-SGD")`` see the value of
+    the latest step.
+
+    Reading the values costs a few Python float reads per param group and step, and writing
+    them to ``callback_metrics`` one small CPU tensor per value, with no host-device
+    synchronisation unless a learning rate is itself a CUDA tensor.
 
     Args:
-        log_every_n_steps: Log every this many optimizer steps (steps ``0, n, 2n, ...``);
+        log_every_n_steps: Log each optimizer once in every window of this many global steps,
+            at the first step it takes in the window: with one optimizer, steps
+            ``0, n, 2n, ...``; with optimizers that take turns in manual optimization, each
+            one at its own steps (one stepping on odd steps is not lost to an even ``n``).
             ``None`` uses the trainer's ``log_every_n_steps`` (0 there: never). The disagreement
-            check and the plot's history use every step regardless.
+            check, ``callback_metrics`` and the plot's history use every step regardless.
         log_momentum: Log momentum / beta1 where the optimizer has one.
         log_weight_decay: Log weight decay where the optimizer has one.
         rtol: Relative tolerance of the scheduler/optimizer comparison.
@@ -132,14 +145,16 @@ class LRMonitor(Callback):
             or log_every_n_steps < 1
         ):
             raise ValueError(
-                f"`log_every_n_steps` must be None or an integer >= 1, got {log_every_n_steps!r}"
+                "LRMonitor: `log_every_n_steps` must be None or an integer >= 1, got"
+                f" {log_every_n_steps!r}"
             )
         for name, value in (("rtol", rtol), ("atol", atol)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}")
+                raise ValueError(f"LRMonitor: `{name}` must be a number >= 0, got {value!r}")
         if not isinstance(plot_filename, str) or not plot_filename.endswith(".png"):
             raise ValueError(
-                f"`plot_filename` must be a file name ending in .png, got {plot_filename!r}"
+                "LRMonitor: `plot_filename` must be a file name ending in .png, got"
+                f" {plot_filename!r}"
             )
         self.log_every_n_steps = log_every_n_steps
         self.log_momentum = log_momentum
@@ -183,6 +198,10 @@ class LRMonitor(Callback):
         self._every_n = self.log_every_n_steps or trainer.log_every_n_steps
         self._history = {}
         self._tracked = _tracked_optimizers(trainer)
+        if self._every_n and trainer.global_step:
+            # A resumed fit logs where the uninterrupted one would: from the next window on.
+            for entry in self._tracked:
+                entry.logged_window = (trainer.global_step - 1) // self._every_n
         self._by_optimizer = defaultdict(list)
         for entry in self._tracked:
             self._by_optimizer[id(entry.optimizer)].append(entry)
@@ -224,7 +243,19 @@ class LRMonitor(Callback):
                 steps, values = self._history.setdefault(key, (array("q"), array("d")))
                 steps.append(step)
                 values.append(value)
-        if self._every_n and step % self._every_n == 0:  # Trainer(log_every_n_steps=0): never
+        # CPU tensors, as `self.log` would store them but without a copy to the device (a
+        # host-device synchronisation); EarlyStopping and ModelCheckpoint accept them.
+        trainer.callback_metrics.update(
+            {key: torch.tensor(value, dtype=torch.float64) for key, value in metrics.items()}
+        )
+        if not self._every_n:  # Trainer(log_every_n_steps=0): never
+            return
+        # Each optimizer once per window of `_every_n` global steps, at its first step there:
+        # `step % n == 0` would never log an optimizer that steps only on odd steps.
+        window = step // self._every_n
+        if any(entry.logged_window != window for entry in entries):
+            for entry in entries:
+                entry.logged_window = window
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
 

@@ -16,12 +16,13 @@ reached the device, and replace the input and the targets inside the (list or di
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 import os
 import random
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -47,7 +48,7 @@ from lightning_recipes.functional._validation import (
     check_targets,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional.blend import _blend
+from lightning_recipes.functional.blend import _blend_finite
 from lightning_recipes.functional.cutmix import _cutmix_mask, _paste_box, cutmix
 from lightning_recipes.functional.fmix import _fmix_mask, fmix
 from lightning_recipes.functional.mixup import _mixup_weight, mixup
@@ -86,6 +87,29 @@ class _Mixed(NamedTuple):
     perm: Tensor
 
 
+@contextlib.contextmanager
+def _errors_named(name: str) -> Iterator[None]:
+    """Prefixes the message of a ``ValueError`` / ``TypeError`` raised inside with ``name``."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        if message.startswith(f"{name}: "):  # a subclass's __init__ around its parent's
+            raise
+        raise type(error)(f"{name}: {message}").with_traceback(error.__traceback__) from None
+
+
+def _naming_errors(init: Callable[..., None]) -> Callable[..., None]:
+    """``__init__`` whose argument errors start with the class name of the instance."""
+
+    @functools.wraps(init)  # keeps the signature that LightningCLI / jsonargparse read
+    def wrapped(self: _MixCallback, *args: Any, **kwargs: Any) -> None:
+        with _errors_named(type(self).__name__):
+            init(self, *args, **kwargs)
+
+    return wrapped
+
+
 class _MixCallback(Callback):
     """What the mixing callbacks share: batch access, randomness, schedule, logging.
 
@@ -93,6 +117,13 @@ class _MixCallback(Callback):
     """
 
     _LOG_NAME: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Argument errors name the callback ("CutMix: `alpha` must be > 0, got -1.0"): in a
+        # config with several callbacks a bare "`alpha` must be > 0" does not say whose.
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _naming_errors(cls.__dict__["__init__"])  # type: ignore[misc]
 
     def __init__(
         self,
@@ -188,8 +219,8 @@ class _MixCallback(Callback):
             total = trainer.estimated_stepping_batches
             if not math.isfinite(total):
                 raise ValueError(
-                    "`stop_fraction` needs a run of known length (set `max_epochs` or"
-                    f" `max_steps`), got estimated_stepping_batches={total}"
+                    f"{type(self).__name__}: `stop_fraction` needs a run of known length (set"
+                    f" `max_epochs` or `max_steps`), got estimated_stepping_batches={total}"
                 )
             self._stop_step = self.stop_fraction * total
 
@@ -197,7 +228,8 @@ class _MixCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        input_key, target_key, x, y, num_classes = self._read(batch)
+        with _errors_named(type(self).__name__):
+            input_key, target_key, x, y, num_classes = self._read(batch)
         generator = self._generator_for(x.device)
         self._batches += 1
         mixed = self._mix(x, generator) if x.shape[0] > 1 and self._active(trainer) else None
@@ -744,7 +776,7 @@ class RandomMix(_MixCallback):
                 )
                 return _Mixed(mixed, weights, perm)
             weight_map, weights = self._weight_map(method, x, lam, generator)
-            return _Mixed(_blend(x, perm, weight_map, self.inplace), weights, perm)
+            return _Mixed(*_blend_finite(x, perm, weight_map, weights, self.inplace), perm)
 
         gen = generator.device
         u = torch.rand(batch_size, generator=gen, device=x.device)
@@ -771,7 +803,7 @@ class RandomMix(_MixCallback):
             maps.append(method_map)
             weights.append(method_weights)
         weight_map, weight = functools.reduce(torch.mul, maps), functools.reduce(torch.mul, weights)
-        return _Mixed(_blend(x, perm, weight_map, self.inplace), weight, perm)
+        return _Mixed(*_blend_finite(x, perm, weight_map, weight, self.inplace), perm)
 
     def _weight_map(
         self, method: str, x: Tensor, lam: float | Tensor, generator: _Generators

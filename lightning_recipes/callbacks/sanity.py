@@ -25,6 +25,8 @@ rule (argument)                 checked                                         
 ``batchnorm_batch``             no BatchNorm trains on a per-device batch of 1    raise
 ``schedule_end``                a fit that stops before its OneCycle schedule     warn
                                 ends says how far the schedule got
+``finite_inputs``               no floating-point tensor of a training, valid-    raise
+                                ation, test or predict batch holds NaN or inf
 ==============================  ================================================  ========
 """
 
@@ -98,6 +100,12 @@ class TrainingSanityChecks(Callback):
             ``KeyboardInterrupt``) before its ``OneCycleLR`` reached the last step: names the
             step reached, the total, the fraction and the current LR against ``min_lr``. The
             same figures come from :func:`~lightning_recipes.scheduler.schedule_progress`.
+        finite_inputs: Every floating-point tensor of every training, validation, test and
+            predict batch (the inputs, float targets; in a list, tuple or dict batch) must be
+            finite. A NaN or inf input makes the loss and then every weight NaN, and training
+            goes on to the end without an error; the message names the batch, the tensor and
+            the samples. (The mixing callbacks never spread a broken image into its partner,
+            so the samples named are the broken ones.)
 
     Cost: rules ``param_groups``, ``scheduler_interval`` and ``onecycle_lr`` run once at train
     start, ``schedule_end`` once at train end. Per training batch, ``batchnorm_batch`` reads the
@@ -108,6 +116,10 @@ class TrainingSanityChecks(Callback):
     ``torch._foreach_norm`` and one host-device synchronisation. With Lightning's default
     ``zero_grad(set_to_none=True)`` the window start finds None and costs no device work, so
     automatic optimization syncs once per epoch and manual optimization once per optimizer step.
+    ``finite_inputs`` reads every floating-point tensor of each batch once
+    (``torch.isfinite(t).all()``) and, on an accelerator, waits for the answer: one host-device
+    synchronisation per batch, the one per-batch sync of this callback; set
+    ``finite_inputs="off"`` where inputs are known to be finite and that sync costs throughput.
 
     Raises:
         TrainingSanityError: A rule in ``"raise"`` mode is broken.
@@ -128,6 +140,7 @@ class TrainingSanityChecks(Callback):
         onecycle_lr: Mode = "warn",
         batchnorm_batch: Mode = "raise",
         schedule_end: Mode = "warn",
+        finite_inputs: Mode = "raise",
     ) -> None:
         modes = {
             "param_groups": param_groups,
@@ -137,6 +150,7 @@ class TrainingSanityChecks(Callback):
             "onecycle_lr": onecycle_lr,
             "batchnorm_batch": batchnorm_batch,
             "schedule_end": schedule_end,
+            "finite_inputs": finite_inputs,
         }
         for rule, mode in modes.items():
             if mode not in _MODES:
@@ -365,6 +379,11 @@ class TrainingSanityChecks(Callback):
         if self._on("eval_mode"):
             self._check_eval(trainer, stage)
 
+    def _eval_batch_start(self, trainer: pl.Trainer, stage: str, batch: Any, where: str) -> None:
+        self._eval_batch(trainer, stage)
+        if self._on("finite_inputs"):
+            self._check_finite_inputs(batch, where)
+
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.FITTING:
@@ -387,7 +406,8 @@ class TrainingSanityChecks(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_batch(trainer, "validation")
+        where = _eval_where("validation", batch_idx, dataloader_idx)
+        self._eval_batch_start(trainer, "validation", batch, where)
 
     @override
     def on_validation_batch_end(
@@ -410,7 +430,8 @@ class TrainingSanityChecks(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_batch(trainer, "test")
+        where = _eval_where("test", batch_idx, dataloader_idx)
+        self._eval_batch_start(trainer, "test", batch, where)
 
     @override
     def on_test_batch_end(
@@ -433,7 +454,8 @@ class TrainingSanityChecks(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._eval_batch(trainer, "predict")
+        where = _eval_where("predict", batch_idx, dataloader_idx)
+        self._eval_batch_start(trainer, "predict", batch, where)
 
     @override
     def on_predict_batch_end(
@@ -491,6 +513,9 @@ class TrainingSanityChecks(Callback):
             self._check_modes_restored()
         if self._batchnorms and self._on("batchnorm_batch") and _batch_size(batch) == 1:
             self._check_batchnorm_batch(trainer, batch_idx)
+        if self._on("finite_inputs"):
+            where = f"training batch {batch_idx} of epoch {trainer.current_epoch}"
+            self._check_finite_inputs(batch, where)
 
     @override
     def on_train_batch_end(
@@ -548,6 +573,20 @@ class TrainingSanityChecks(Callback):
                 " sample is the usual cause), a larger per-device batch size, or GroupNorm /"
                 " LayerNorm instead of BatchNorm.",
             )
+
+    # ------------------------------------------------------------------ rule: finite_inputs
+    def _check_finite_inputs(self, batch: Any, where: str) -> None:
+        tensors = list(_float_tensors(batch, "batch"))
+        if not tensors:
+            return
+        # One flag per tensor, read on the host at once: a single synchronisation.
+        device = tensors[0][1].device
+        flags = torch.stack([t.isfinite().all().to(device) for _, t in tensors]).cpu()
+        if bool(flags.all()):
+            return
+        for (name, t), finite in zip(tensors, flags.tolist(), strict=True):
+            if not finite:
+                self._report("finite_inputs", name, f"{where}: {_describe_non_finite(name, t)}")
 
     # ------------------------------------------------------------------ rule: scheduler_interval
     def _check_scheduler_interval(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -745,6 +784,42 @@ def _batch_size(batch: Any) -> int | None:
             if size is not None:
                 return size
     return None
+
+
+def _float_tensors(batch: Any, name: str) -> Iterable[tuple[str, Tensor]]:
+    """The floating-point tensors of a (nested) list, tuple or dict batch, with their names."""
+    if isinstance(batch, Tensor):
+        if batch.is_floating_point() and batch.numel():
+            yield name, batch
+    elif isinstance(batch, Mapping):
+        for key, item in batch.items():
+            yield from _float_tensors(item, f"{name}[{key!r}]")
+    elif isinstance(batch, (list, tuple)):
+        for i, item in enumerate(batch):
+            yield from _float_tensors(item, f"{name}[{i}]")
+
+
+def _describe_non_finite(name: str, t: Tensor) -> str:
+    """Which samples of ``t`` hold NaN / inf, and the fix (only called on a broken tensor)."""
+    rows = t.detach().reshape(t.shape[0], -1) if t.ndim else t.detach().reshape(1, 1)
+    parts = []
+    for label, mask in (("NaN", rows.isnan().any(1)), ("inf", rows.isinf().any(1))):
+        samples = [str(i) for i in mask.nonzero().flatten().tolist()]
+        if samples:
+            parts.append(f"{label} in samples [{_listing(samples)}]")
+    return (
+        f"`{name}` holds {' and '.join(parts)} of {rows.shape[0]}. A non-finite input makes"
+        " the loss, then every weight, NaN while training goes on. Fix: find where it comes"
+        " from (a normalisation by a zero std, a corrupt file, a transform dividing by zero;"
+        " check `torch.isfinite(x).all()` in the Dataset's `__getitem__`), or drop such"
+        " samples in the Dataset or a `collate_fn`."
+    )
+
+
+def _eval_where(stage: str, batch_idx: int, dataloader_idx: int) -> str:
+    return f"{stage} batch {batch_idx}" + (
+        f" of dataloader {dataloader_idx}" if dataloader_idx else ""
+    )
 
 
 def _listing(items: Sequence[str]) -> str:

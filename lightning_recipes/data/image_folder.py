@@ -38,8 +38,10 @@ class ImageFolderDataModule(SplitDataModule):
         std: Per-channel normalisation standard deviation.
 
     Raises:
-        FileNotFoundError: ``root``, ``root/train`` or ``root/val`` is missing, or holds no
-            class folder with images; the message names the path.
+        FileNotFoundError: ``root``, ``root/train`` or ``root/val`` is missing, or one of them
+            or an existing ``root/test`` holds no class folder, or a class folder without
+            images; the message names the path.
+        ValueError: ``val/`` or ``test/`` has other class folders than ``train/``.
 
     Attributes:
         num_classes: Number of class folders in ``root/train``.
@@ -68,12 +70,18 @@ class ImageFolderDataModule(SplitDataModule):
         if not self.root.is_dir():
             raise FileNotFoundError(f"`root` must be an existing folder, got {str(self.root)!r}")
         self.classes = _class_folders(self.root / "train")
-        val_classes = _class_folders(self.root / "val")
-        if val_classes != self.classes:
-            raise ValueError(
-                f"The class folders of {str(self.root / 'val')!r} ({val_classes}) differ from"
-                f" those of {str(self.root / 'train')!r} ({self.classes})"
-            )
+        # ImageFolder numbers the classes of each split by its own sorted folder names, so a
+        # split with other folders would get other labels for the same class, silently.
+        splits = ("val", "test") if (self.root / "test").is_dir() else ("val",)
+        for split in splits:
+            split_classes = _class_folders(self.root / split)
+            if split_classes != self.classes:
+                raise ValueError(
+                    f"The class folders of {str(self.root / split)!r} ({split_classes}) differ"
+                    f" from those of {str(self.root / 'train')!r} ({self.classes}); ImageFolder"
+                    " would give the same class different labels. Fix: the same class"
+                    " sub-folders in every split"
+                )
         self.num_classes = len(self.classes)
         self.image_size = image_size
         self.batch_size = batch_size

@@ -2,6 +2,11 @@
 
 MixUp's ``m`` is a ratio per sample (or per batch); CutMix's and FMix's are masks. Applying
 them through the same kernel keeps dtype, memory format and exactness the same for all three.
+
+A sample whose partner holds NaN or inf is not mixed (it is paired with itself, which leaves it
+exactly as it was), so one broken image never spreads into a second one; the broken image
+itself stays non-finite, for a check that raises (``TrainingSanityChecks(finite_inputs=...)``).
+Finding such partners costs one reduction over the batch and no host-device synchronisation.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ def blend(x: Tensor, perm: Tensor, weight: float | Tensor, *, inplace: bool = Fa
 
     The result has the dtype and memory format of ``x`` (channels-last stays channels-last,
     fp16/bf16 stay fp16/bf16). Where ``weight`` is exactly 1 the result is exactly ``x``, and
-    where it is 0 exactly ``x[perm]``, so binary masks copy pixels bit for bit.
+    where it is 0 exactly ``x[perm]``, so binary masks copy pixels bit for bit. A sample whose
+    partner holds NaN or inf is returned unchanged (see the module docstring).
 
-    It costs one gather and one ``lerp`` pass and allocates a single new tensor (the gathered
-    partners), with or without ``inplace``: about twice the time of ``x.clone()`` on the CPU.
+    It costs one reduction (which samples are finite), one gather and one ``lerp`` pass and
+    allocates a single new tensor (the gathered partners), with or without ``inplace``: about
+    twice the time of ``x.clone()`` on the CPU.
 
     Args:
         x: Floating-point batch of shape ``(batch, ...)``.
@@ -41,7 +48,35 @@ def blend(x: Tensor, perm: Tensor, weight: float | Tensor, *, inplace: bool = Fa
     check_input(x)
     check_perm(perm, x.shape[0], x.device)
     check_inplace(x, inplace)
-    return _blend(x, perm, weight, inplace)
+    return _blend(x, _finite_partners(x, perm)[0], weight, inplace)
+
+
+def _blend_finite(
+    x: Tensor, perm: Tensor, weight: float | Tensor, weights: Tensor, inplace: bool
+) -> tuple[Tensor, Tensor]:
+    """:func:`_blend`, with the samples whose partner is non-finite left unmixed and their
+    ``weights`` (float32, ``(batch,)``) set to 1, so that their targets stay their own."""
+    perm, partner_finite = _finite_partners(x, perm)
+    return _blend(x, perm, weight, inplace), torch.where(partner_finite, weights, 1.0)
+
+
+def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """``perm`` with every sample whose partner holds NaN or inf paired with itself, and
+    whether each sample's partner is finite, ``(batch,)`` bool; on the device, no sync.
+
+    A NaN or inf anywhere in a sample makes its sum NaN or inf: one reduction pass, no
+    temporary of the input's size. The sum runs in float32 (float64 for float64 inputs), so a
+    finite sample would count as non-finite only if its sum overflowed float32 (values near
+    1e38), and it would then be left unmixed, never mixed wrongly.
+    """
+    if x.ndim == 1:
+        finite = x.isfinite()
+    else:
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        finite = x.sum(dim=tuple(range(1, x.ndim)), dtype=dtype).isfinite()
+    partner_finite = finite.index_select(0, perm)
+    own = torch.arange(perm.shape[0], device=perm.device)
+    return torch.where(partner_finite, perm, own), partner_finite
 
 
 def _blend(x: Tensor, perm: Tensor, weight: float | Tensor, inplace: bool) -> Tensor:

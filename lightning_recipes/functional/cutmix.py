@@ -28,7 +28,7 @@ from lightning_recipes.functional._validation import (
     check_spatial_size,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional.blend import _blend
+from lightning_recipes.functional.blend import _blend_finite, _finite_partners
 
 __all__ = ["box_mask", "cutmix", "sample_boxes"]
 
@@ -191,7 +191,9 @@ def cutmix(
 
     Returns:
         ``(mixed, weights)``: the mixed batch (dtype and memory format of ``x``) and the
-        float32 weight of each sample itself, shape ``(batch,)``.
+        float32 weight of each sample itself, shape ``(batch,)``. A sample whose partner holds
+        NaN or inf (with one box per batch and ``inplace``: inside the box) is not mixed
+        (weight 1).
 
     Example:
         >>> x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
@@ -211,7 +213,7 @@ def cutmix(
     mask, weights = _cutmix_mask(
         x, lam, generator=generator, correct_lam=correct_lam, spatial_dims=spatial_dims
     )
-    return _blend(x, perm, mask, inplace), weights
+    return _blend_finite(x, perm, mask, weights, inplace)
 
 
 def _paste_box(
@@ -232,8 +234,13 @@ def _paste_box(
     size = tuple(x.shape[-ndim:])
     box = _sample_box(size, lam, generator)
     region = (slice(None),) * (x.ndim - ndim) + tuple(slice(low, high) for low, high in box)
-    x[region] = x[region].index_select(0, perm)
-    return x, torch.full((x.shape[0],), _box_weight(box, size, lam, correct_lam), device=x.device)
+    boxes = x[region]
+    # Only the boxes are read, so only they are checked: a partner whose NaN lies outside
+    # its box gives finite pixels.
+    perm, partner_finite = _finite_partners(boxes, perm)
+    x[region] = boxes.index_select(0, perm)
+    weights = torch.full((x.shape[0],), _box_weight(box, size, lam, correct_lam), device=x.device)
+    return x, torch.where(partner_finite, weights, 1.0)
 
 
 def _box_weight(

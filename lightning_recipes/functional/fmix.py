@@ -36,7 +36,7 @@ from lightning_recipes.functional._validation import (
     check_spatial_size,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional.blend import _blend
+from lightning_recipes.functional.blend import _blend_finite
 
 __all__ = ["fmix", "sample_fmix_mask"]
 
@@ -148,7 +148,8 @@ def fmix(
     Returns:
         ``(mixed, weights)``: the mixed batch (dtype and memory format of ``x``) and the
         float32 weight of each sample itself, shape ``(batch,)``: the mean of its mask as
-        applied (in ``x.dtype``), not the sampled ``lam``.
+        applied (in ``x.dtype``), not the sampled ``lam``. A sample whose partner holds NaN or
+        inf is not mixed (weight 1).
 
     Example:
         >>> x = torch.stack([torch.zeros(3, 9, 9), torch.ones(3, 9, 9)])
@@ -170,7 +171,7 @@ def fmix(
         generator=check_generator(generator, x.device),
         spatial_dims=spatial_dims,
     )
-    return _blend(x, perm, mask, inplace), weights
+    return _blend_finite(x, perm, mask, weights, inplace)
 
 
 def _fmix_mask(

@@ -15,7 +15,7 @@ from lightning_recipes.functional._validation import (
     check_lam,
     check_perm,
 )
-from lightning_recipes.functional.blend import _blend
+from lightning_recipes.functional.blend import _blend_finite
 
 __all__ = ["mixup"]
 
@@ -39,7 +39,7 @@ def mixup(
         float32 weight of each sample itself, shape ``(batch,)``, for
         :func:`~lightning_recipes.functional.mix_targets`. A per-sample ``lam`` is applied in
         ``x.dtype``, so with fp16/bf16 inputs the weights are the rounded values that were
-        actually applied.
+        actually applied. A sample whose partner holds NaN or inf is not mixed (weight 1).
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [2.0]])
@@ -51,7 +51,7 @@ def mixup(
     check_perm(perm, x.shape[0], x.device)
     check_inplace(x, inplace)
     weight, weights = _mixup_weight(x, check_lam(lam, x.shape[0], x.device))
-    return _blend(x, perm, weight, inplace), weights
+    return _blend_finite(x, perm, weight, weights, inplace)
 
 
 def _mixup_weight(x: Tensor, lam: float | Tensor) -> tuple[float | Tensor, Tensor]:
