@@ -163,3 +163,50 @@ def test_fit_cost_skips_a_size_past_the_budget(monkeypatch: pytest.MonkeyPatch):
     out = gpu_check.fit_cost(s, {}, gpu_check._Clock(s.budget_s))
     (entry,) = out["sizes"].values()
     assert entry["status"] == "skipped" and "budget of 5.0 s" in entry["reason"]
+
+
+def test_table_reads_gpu_figures(monkeypatch: pytest.MonkeyPatch):
+    # The dry run has no GPU figures: the table is fed the shape the GPU run writes.
+    gpu_check = _load(monkeypatch)
+    keys = [key for key, *_ in gpu_check._mixer_keys()]
+    timed = {"status": "ok", "calls": 10, "cpu_ms": 0.3, "cpu_ms_min": 0.25, "gpu_ms": 0.05}
+    timed |= {"launches_hidden": 10, "workload_in_call_ms": 15.1, "gpu_share_of_step": 0.05 / 40}
+    big, small = "resnet50 128x3x224x224", "resnet18 256x3x32x32"
+    sizes = {name: {"status": "ok", "step_ms": 40.0, "rows": {}} for name in (big, small)}
+    for name in sizes:
+        sizes[name]["rows"] = {key: dict(timed) for key in keys}
+    sizes[big]["rows"]["FMix sample"]["launches_hidden"] = 9
+    gpu = {"status": "ok", "workload": "7 x 4096x4096 @ 4096x4096 float32"}
+    gpu |= {"workload_alone_ms": 15.0, "empty_window_ms": 0.002}
+    fit_rows = {key: {"status": "ok", "cost": 0.02, "met": False} for key in keys[::2]}
+    fit = {"status": "ok", "baseline_step_ms": 40.0, "baseline_window_spread": 0.004}
+    results = {
+        "mixing_cost": {"status": "ok", "gpu_time": gpu, "sizes": sizes},
+        "fit_cost": {
+            "status": "ok",
+            "precision": "bf16-mixed",
+            "sizes": {
+                big: {**fit, "rows": fit_rows},
+                small: {"status": "skipped", "reason": "its estimated 20 s would pass"},
+            },
+        },
+    }
+    lines = gpu_check.table(results).splitlines()
+
+    def cells(size: str, key: str) -> list[str]:
+        """The figures of one row: the words after the size and the key."""
+        head = [*size.split(), *key.split()]
+        rows = [line.split()[len(head) :] for line in lines if line.split()[: len(head)] == head]
+        (row,) = [row for row in rows if row[0] != "inplace"]
+        return row
+
+    assert cells(big, "MixUp batch") == ["0.050", "0.12%", "0.300", "+2.00%", "MISSED"]
+    assert cells(big, "MixUp batch inplace") == ["0.050", "0.12%", "0.300", "-", "-"]
+    assert cells(small, "MixUp batch") == ["0.050", "0.12%", "0.300", "-", "-"]
+    # One call returned after the GPU had finished the workload: an upper bound, marked.
+    assert cells(big, "FMix sample")[0] == "0.050*"
+    assert any(line.startswith("  * some calls") for line in lines)
+    assert f"{small}: fit cost skipped (its estimated 20 s would pass)" in lines
+    assert any("GPU still busy when the call returned: 319 of 320 calls" in line for line in lines)
+    assert any("15.10 ms (median) before the calls" in line for line in lines)
+    assert any("differ by up to 0.40%" in line for line in lines)
