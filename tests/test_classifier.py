@@ -78,6 +78,35 @@ def test_train_accuracy_uses_argmax_of_soft_targets():
     assert 0.0 < expected < 1.0
 
 
+@pytest.mark.parametrize("num_classes", [5, 10])  # top-1 only, and top-1 with top-5
+def test_training_step_counts_no_distinct_targets(monkeypatch, num_classes):
+    # `torch.unique` returns a tensor whose size depends on the data: on CUDA, a host-device
+    # sync on every training step. torchmetrics' argument check would count the distinct
+    # targets with it, but skips that count when the predictions are floating point (logits),
+    # so the accuracy metrics can keep `validate_args=True`. If this fails after a torchmetrics
+    # upgrade, build the training metrics with `validate_args=False`.
+    calls = []
+    unique = torch.unique
+
+    def counting_unique(*args, **kwargs):
+        calls.append(args[0].shape)
+        return unique(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "unique", counting_unique)
+    model = _model(num_classes=num_classes)
+    assert model.train_acc.validate_args is True
+    x, y, p = _batch(classes=num_classes)
+    model.training_step((x, y), 0)
+    model.training_step((x, p), 1)
+    assert calls == []
+    # The scenario happened: the metrics did update, and the counter sees a direct call.
+    assert model.train_acc.update_count == 2
+    if num_classes > 5:
+        assert model.train_acc_top5.update_count == 2
+    torch.unique(y)
+    assert calls == [y.shape]
+
+
 @pytest.mark.parametrize(("num_classes", "top5"), [(5, False), (6, True), (10, True)])
 def test_top5_accuracy_only_above_five_classes(num_classes, top5):
     model = _model(num_classes=num_classes)
