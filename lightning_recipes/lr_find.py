@@ -257,15 +257,17 @@ def lr_find(
 
 
 def set_max_lr(model: pl.LightningModule, value: float) -> None:
-    """Set OneCycle's peak to ``value``, scaling ``param_group_max_lr`` peaks by the same factor."""
-    factor = value / float(model.max_lr)
+    """Set OneCycle's peak to ``value``, scaling ``param_group_max_lr`` peaks by the same factor.
+
+    A :class:`~lightning_recipes.OneCycleModule` does this through its ``lr`` property; other
+    modules get ``max_lr`` (and ``hparams.max_lr``, where present) set.
+    """
+    if isinstance(getattr(type(model), "lr", None), property):
+        model.lr = value  # type: ignore[assignment]
+        return
     model.max_lr = value
-    hparams = model.hparams
-    if "max_lr" in hparams:
-        hparams["max_lr"] = value
-    groups = hparams.get("param_group_max_lr") if "param_group_max_lr" in hparams else None
-    if groups:
-        hparams["param_group_max_lr"] = {k: v * factor for k, v in groups.items()}
+    if "max_lr" in model.hparams:
+        model.hparams["max_lr"] = value
 
 
 def _rng_states() -> dict[str, Any]:

@@ -159,6 +159,26 @@ class OneCycleModule(pl.LightningModule):
         self.max_lr = max_lr
         self.optimizer_factory = optimizer
 
+    @property
+    def lr(self) -> float:
+        """``max_lr`` under the name Lightning's LR finder looks for.
+
+        ``Tuner(trainer).lr_find(model)`` and the ``LearningRateFinder`` callback write their
+        suggestion to ``lr`` (or ``learning_rate``); setting ``lr`` sets OneCycle's peak
+        ``max_lr`` and scales every ``param_group_max_lr`` peak by the same factor.
+        """
+        return float(self.max_lr)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        _check_positive("lr", value)
+        factor = value / float(self.max_lr)
+        self.max_lr = value
+        self.hparams["max_lr"] = value
+        groups = self.hparams.get("param_group_max_lr")
+        if groups:
+            self.hparams["param_group_max_lr"] = {k: v * factor for k, v in groups.items()}
+
     # ------------------------------------------------------------------ building blocks
     def onecycle_param_groups(
         self, named_parameters: Iterable[tuple[str, nn.Parameter]] | None = None

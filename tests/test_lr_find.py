@@ -196,3 +196,47 @@ def test_sweep_runs_every_step_on_a_one_epoch_trainer(tmp_path):
     )
     assert len(result.lrs) == 30
     assert trainer.max_epochs == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["tuner", "callback"])
+def test_lightnings_own_finder_sets_the_onecycle_peak(tmp_path, path):
+    # Lightning's finder writes its suggestion to `lr`: a OneCycleModule's peak follows it.
+    from lightning.pytorch.callbacks import LearningRateFinder
+    from lightning.pytorch.tuner import Tuner
+
+    pl.seed_everything(0)
+    dm = DigitsDataModule(batch_size=64)
+    model = ImageClassifier(num_classes=10, in_channels=1, max_lr=0.05)
+    model.hparams["param_group_max_lr"] = {"backbone.": 0.01}
+    record = _RecordLR()
+    finder_kwargs = {"min_lr": 1e-4, "max_lr": 1.0}
+    callbacks: list[Callback] = [record]
+    if path == "callback":
+        callbacks.insert(0, LearningRateFinder(num_training_steps=30, **finder_kwargs))
+    trainer = _trainer(tmp_path, callbacks=callbacks, max_epochs=2)
+    if path == "tuner":
+        finder = Tuner(trainer).lr_find(model, datamodule=dm, num_training=30, **finder_kwargs)
+        found = finder.suggestion()
+    trainer.fit(model, datamodule=dm)
+    if path == "callback":
+        found = callbacks[0].optimal_lr.suggestion()
+
+    assert model.max_lr == model.hparams.max_lr == model.lr == found
+    assert model.hparams.param_group_max_lr == {"backbone.": pytest.approx(0.01 * found / 0.05)}
+    total = trainer.estimated_stepping_batches
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0, momentum=0.9)
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=found, total_steps=total, pct_start=0.25)
+    expected = []
+    for _ in range(total):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    # param group 0 is the head ("default"); the backbone groups run a scaled cycle.
+    assert record.lrs == pytest.approx(expected, rel=1e-9)
+
+
+def test_lr_must_be_positive():
+    model = ImageClassifier(num_classes=10, in_channels=1)
+    with pytest.raises(ValueError, match="`lr`"):
+        model.lr = -1.0
