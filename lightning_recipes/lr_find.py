@@ -185,6 +185,10 @@ def lr_find(
     rule of :func:`suggest_lrs` is computed, and ``rule``'s value becomes ``model.max_lr`` and
     ``model.hparams.max_lr``; ``param_group_max_lr`` peaks are scaled by the same factor.
 
+    Under DDP (``strategy="ddp"``, where every process runs this function), the loss of each
+    sweep step is averaged over the processes, so every process computes the same suggestion
+    from the whole batch, and uses it.
+
     Args:
         model: The module to tune; it needs a ``max_lr`` attribute (every
             :class:`~lightning_recipes.OneCycleModule` has one).
@@ -197,7 +201,8 @@ def lr_find(
         num_training: Number of sweep steps.
         rule: ``"valley"`` (default), ``"steep"`` or ``"minimum"``; see :func:`suggest_lrs`.
         early_stop_threshold: Stop the sweep once the smoothed loss exceeds this many times its
-            best value; ``None`` runs every step.
+            best value; ``None`` runs every step. With several processes the sweep always runs
+            every step (Lightning would stop each process on its own loss, and hang).
         plot_path: Where to save the loss-against-LR PNG; ``None`` saves none.
 
     Returns:
@@ -230,6 +235,13 @@ def lr_find(
     max_epochs = loop.max_epochs
     if max_epochs is not None and max_epochs != -1:
         loop.max_epochs = max(max_epochs, num_training)
+    distributed = trainer.world_size > 1
+    if distributed:
+        _average_sweep_over_ranks(trainer.strategy)
+        # Lightning decides the early stop on each process's own loss, and nothing syncs that
+        # decision: a process stopping alone would leave the others waiting forever. Sweep
+        # every step instead; the suggestions stop at the first non-finite loss anyway.
+        early_stop_threshold = None
     try:
         finder = Tuner(trainer).lr_find(
             model,
@@ -244,8 +256,16 @@ def lr_find(
     finally:
         loop.max_epochs = max_epochs
         _set_rng_states(states)
-    if finder is None:  # Lightning returns None when the trainer runs in `fast_dev_run`
-        raise ValueError("The LR range test cannot run with `Trainer(fast_dev_run=...)`.")
+        if distributed:
+            del trainer.strategy.broadcast  # back to the class's method
+    if finder is None:
+        # Lightning returns None under `fast_dev_run`, and in the launching process of a
+        # spawned strategy, where the sweep ran in the children.
+        raise ValueError(
+            "The LR range test found nothing to return: it cannot run with `fast_dev_run` or a"
+            f" spawning strategy (got {type(trainer.strategy).__name__},"
+            f" fast_dev_run={trainer.fast_dev_run}); use `strategy='ddp'` for several devices."
+        )
     lrs = [float(v) for v in finder.results["lr"]]
     losses = [float(v) for v in finder.results["loss"]]
     suggestions = suggest_lrs(lrs, losses)
@@ -268,6 +288,27 @@ def set_max_lr(model: pl.LightningModule, value: float) -> None:
     model.max_lr = value
     if "max_lr" in model.hparams:
         model.hparams["max_lr"] = value
+
+
+def _average_sweep_over_ranks(strategy: Any) -> None:
+    """Make the sweep's losses the mean over processes, as every process then uses them.
+
+    Lightning's sweep records each process's own smoothed loss and then broadcasts rank 0's
+    (``strategy.broadcast(results)``), so the suggestion rests on one shard of the data. The
+    smoothing is linear, so the mean of the processes' smoothed losses is the smoothed mean
+    loss. Lightning has no hook there: the broadcast of this one strategy object is wrapped
+    (an instance attribute, removed again by :func:`lr_find`).
+    """
+    broadcast = strategy.broadcast
+
+    def mean_then_broadcast(obj: Any, src: int = 0) -> Any:
+        if isinstance(obj, dict) and {"lr", "loss"} <= obj.keys():
+            loss = torch.tensor(obj["loss"], dtype=torch.float64, device=strategy.root_device)
+            loss = strategy.reduce(loss, reduce_op="mean")
+            obj = {**obj, "loss": loss.cpu().tolist()}
+        return broadcast(obj, src)
+
+    strategy.broadcast = mean_then_broadcast
 
 
 def _rng_states() -> dict[str, Any]:

@@ -240,3 +240,23 @@ def test_lr_must_be_positive():
     model = ImageClassifier(num_classes=10, in_channels=1)
     with pytest.raises(ValueError, match="`lr`"):
         model.lr = -1.0
+
+
+@pytest.mark.slow
+def test_ddp_ranks_average_the_sweep_and_share_one_suggestion(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("_ddp_lr_find.py")
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], check=True, timeout=300, capture_output=True
+    )
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0["local"] != rank1["local"]  # each process swept its own shard
+    mean = [(a + b) / 2 for a, b in zip(rank0["local"], rank1["local"], strict=True)]
+    assert rank0["losses"] == rank1["losses"] == pytest.approx(mean, rel=1e-12)
+    assert len(mean) == 30  # no early stop under DDP
+    assert rank0["suggestion"] == rank1["suggestion"] == rank0["max_lr"] == rank1["max_lr"]
+    assert rank0["suggestion"] == suggest_lrs(rank0["lrs"], mean)["valley"]
