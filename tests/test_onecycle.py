@@ -570,6 +570,31 @@ def test_resume_rescale_keeps_fraction_and_ends_at_new_total(tmp_path, new_epoch
     assert_close(resumed.lrs[-1][0], 0.5 / 25 / 1e4, rtol=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["error", "rescale"])
+def test_resume_with_another_epoch_length_counts_the_steps_this_run_makes(tmp_path, mode):
+    # 10 steps an epoch (batch 4), resumed after 2 epochs at batch 8 (5 steps an epoch), as a
+    # change of device count does: the run makes 20 + 2 * 5 = 30 steps, not 4 * 5 = 20.
+    _fit_with_checkpoints(tmp_path, max_epochs=4)
+    resumed = Recorder()
+    fit = trainer(tmp_path / "r", [resumed], max_epochs=4).fit
+    model = Net(max_lr=0.5, on_schedule_mismatch=mode)
+    ckpt = tmp_path / "ckpt" / "epoch=1.ckpt"
+    if mode == "error":
+        with pytest.raises(ScheduleMismatchError, match=r"total_steps=40 .*total_steps=30"):
+            fit(model, loader(batch_size=8), ckpt_path=ckpt)
+        return
+    fit(model, loader(batch_size=8), ckpt_path=ckpt)
+    new_total, done = 30, 20
+    assert len(resumed.lrs) == new_total - done
+    start = done / (40 - 1) * (new_total - 1)
+    expected = [
+        _onecycle_lr(start + (new_total - 1 - start) * k / (new_total - 1 - done), new_total, 0.5)
+        for k in range(new_total - done)
+    ]
+    assert [lrs[0] for lrs in resumed.lrs] == pytest.approx(expected, rel=1e-9)
+    assert_close(resumed.lrs[-1][0], 0.5 / 25 / 1e4, rtol=1e-9)
+
+
 def test_rescale_cannot_shrink_below_steps_done(tmp_path):
     _fit_with_checkpoints(tmp_path, max_epochs=4)
     with pytest.raises(
