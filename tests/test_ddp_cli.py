@@ -7,9 +7,12 @@ so that a hang fails the test instead of stalling the suite. A ``RankRecorder`` 
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +108,197 @@ def test_a_pickled_mixer_draws_what_the_original_draws(tmp_path: Path, index: in
     clean = torch.arange(8 * 64, dtype=torch.float32).reshape(8, 1, 8, 8)[:4]
     assert not torch.equal(first[0], clean)
     assert not torch.equal(later[0], first[0])
+
+
+# ------------------------------------------------------------------- DDP through the CLI
+EPOCHS, BATCHES = 2, 6  # per process: 2 epochs of 6 batches, so 12 optimizer steps
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    # Each process on one intra-op thread: two processes share the machine's cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_recipes", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,  # a hang fails the test
+        check=False,
+    )
+
+
+def _fit_args(folder: Path, strategy: str, devices: int = 2) -> list[str]:
+    return [
+        "fit",
+        "--config",
+        str(DIGITS),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        str(devices),
+        "--trainer.strategy",
+        strategy,
+        "--trainer.max_epochs",
+        str(EPOCHS),
+        "--trainer.limit_train_batches",
+        str(BATCHES),
+        "--trainer.limit_val_batches",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(folder),
+        "--trainer.logger.init_args.save_dir",
+        str(folder),
+        "--trainer.callbacks+=_ddp_helpers.RankRecorder",
+        "--trainer.callbacks.out",
+        str(folder / "ranks"),
+    ]
+
+
+def _summary(stdout: str) -> dict[str, str]:
+    """The lines ``after_fit`` prints, as {key: value}."""
+    start = stdout.index("lightning-recipes fit finished")
+    summary = {}
+    for line in stdout[start:].splitlines()[1:]:
+        match = re.fullmatch(r"  (\S+):\s+(.*)", line)
+        if match is None:
+            break
+        summary[match[1]] = match[2]
+    return summary
+
+
+def _ranks(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads((folder / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def _csv(log_dir: Path) -> list[dict[str, float]]:
+    with open(log_dir / "metrics.csv") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("ddp")
+    args = [*_fit_args(folder, "ddp"), "--trainer.callbacks+=lightning_recipes.LossScaleMonitor"]
+    result = _run(args, folder)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return folder, result
+
+
+def _reference_onecycle(total: int) -> tuple[list[float], list[float]]:
+    """LR and momentum before each step of torch's OneCycleLR with the digits config's values."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.2, momentum=0.95, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.2, total_steps=total, pct_start=0.25
+    )
+    lrs, momentums = [], []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        momentums.append(optimizer.param_groups[0]["momentum"])
+        optimizer.step()
+        scheduler.step()
+    return lrs, momentums
+
+
+@pytest.mark.slow
+def test_ddp_ranks_follow_one_lr_schedule(ddp_run):
+    folder, _ = ddp_run
+    ranks = _ranks(folder)
+    lrs, momentums = _reference_onecycle(EPOCHS * BATCHES)
+    for rank, record in enumerate(ranks):
+        assert (record["rank"], record["world_size"]) == (rank, 2)
+        assert record["strategy"] == "DDPStrategy"
+        assert record["total_steps"] == record["estimated_stepping_batches"] == EPOCHS * BATCHES
+        assert record["global_step"] == EPOCHS * BATCHES
+        torch.testing.assert_close(record["lrs"], lrs, rtol=1e-12, atol=0)
+        torch.testing.assert_close(record["momentums"], momentums, rtol=1e-12, atol=0)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_mix_with_different_draws(ddp_run):
+    folder, _ = ddp_run
+    lam0, lam1 = (record["lams"] for record in _ranks(folder))
+    steps = EPOCHS * BATCHES
+    mixed = math.ceil(0.8 * steps)  # MixUp(stop_fraction=0.8) in the config
+    assert len(lam0) == len(lam1) == steps
+    # Both ranks mix the same steps, each with its own draws, and stop at the same step.
+    assert all(0 < lam < 1 for lam in lam0[:mixed] + lam1[:mixed])
+    assert all(a != b for a, b in zip(lam0[:mixed], lam1[:mixed], strict=True))
+    assert lam0[mixed:] == lam1[mixed:] == [1.0] * (steps - mixed)
+
+
+@pytest.mark.slow
+def test_ddp_logged_metrics_are_synced(ddp_run):
+    folder, result = ddp_run
+    rank0, rank1 = _ranks(folder)
+    log_dir = Path(_summary(result.stdout)["logs"])
+    rows = _csv(log_dir)
+    logged = [row["train/loss"] for row in rows if "train/loss" in row]
+    mean = [(a + b) / 2 for a, b in zip(rank0["losses"], rank1["losses"], strict=True)]
+    assert rank0["losses"] != rank1["losses"]  # each rank trains on its own shard
+    torch.testing.assert_close(logged, mean, rtol=1e-6, atol=0)
+    # Validation: both ranks hold the same synced values, the ones the logger wrote.
+    assert rank0["validation"] == rank1["validation"] and len(rank0["validation"]) == EPOCHS
+    val = [row for row in rows if "val/acc" in row]
+    for synced, row in zip(rank0["validation"], val, strict=True):
+        assert synced["val/acc"] == pytest.approx(row["val/acc"], abs=1e-7)
+        assert synced["val/loss"] == pytest.approx(row["val/loss"], abs=1e-7)
+        assert synced["train/loss"] == pytest.approx(
+            row_for_step(rows, row["step"])["train/loss"], abs=1e-7
+        )
+
+
+def row_for_step(rows: list[dict[str, float]], step: float) -> dict[str, float]:
+    return next(r for r in rows if r.get("step") == step and "train/loss" in r)
+
+
+@pytest.mark.slow
+def test_ddp_writes_one_set_of_outputs(ddp_run):
+    folder, result = ddp_run
+    summary = _summary(result.stdout)
+    log_dir = Path(summary["logs"])
+    assert log_dir == folder / "digits" / "version_0"
+    assert sorted(p.name for p in (folder / "digits").iterdir()) == ["version_0"]
+    assert all(Path(record["log_dir"]) == log_dir for record in _ranks(folder))
+    checkpoints = sorted(p.name for p in (log_dir / "checkpoints").iterdir())
+    assert checkpoints == [f"epoch{EPOCHS - 1:02d}.ckpt", "last.ckpt"]
+    assert summary["checkpoints"].startswith(str(log_dir / "checkpoints"))
+    assert [p.relative_to(folder) for p in folder.rglob("*.png")] == [
+        Path("digits/version_0/lr_schedule.png")
+    ]
+    assert [p.relative_to(folder) for p in folder.rglob("config.yaml")] == [
+        Path("digits/version_0/config.yaml")
+    ]
+    assert Path(summary["config"]) == log_dir / "config.yaml"
+    # One checkpoint for both ranks, saved at the end of the schedule.
+    state = torch.load(
+        log_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert state["global_step"] == EPOCHS * BATCHES
+    (scheduler,) = state["lr_schedulers"]
+    assert scheduler["total_steps"] == EPOCHS * BATCHES
+
+
+@pytest.mark.slow
+def test_ddp_monitors_and_checks_run_on_both_ranks(ddp_run):
+    folder, result = ddp_run
+    ranks = _ranks(folder)
+    for record in ranks:
+        # LRMonitor compared scheduler and optimizer at every step of every rank.
+        assert record["lr_mismatch_steps"] == [{"lr-SGD/default": 0, "lr-SGD/default/no_decay": 0}]
+        assert record["skipped_steps"] == [0]  # LossScaleMonitor, 32-bit: nothing to skip
+        assert record["sanity_checks"] == 1
+    rows = _csv(Path(_summary(result.stdout)["logs"]))
+    logged = [row["lr-SGD/default"] for row in rows if "lr-SGD/default" in row]
+    torch.testing.assert_close(logged, ranks[0]["lrs"], rtol=1e-12, atol=0)
+    output = result.stdout + result.stderr
+    # Said once for the run, not once per process.
+    assert output.count("LossScaleMonitor: precision='32-true' uses no GradScaler") == 1
+    assert "TrainingSanityChecks[" not in output
+    assert "LeafSpec" not in output and "litlogger" not in output
