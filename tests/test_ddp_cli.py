@@ -302,3 +302,33 @@ def test_ddp_monitors_and_checks_run_on_both_ranks(ddp_run):
     assert output.count("LossScaleMonitor: precision='32-true' uses no GradScaler") == 1
     assert "TrainingSanityChecks[" not in output
     assert "LeafSpec" not in output and "litlogger" not in output
+
+
+@pytest.mark.slow
+def test_ddp_spawn_runs_the_config_and_names_its_outputs(tmp_path):
+    # Every callback of configs/digits.yaml (MixUp included) crosses into the spawned
+    # processes; before, the child died unpickling MixUp and the parent waited forever.
+    args = _fit_args(tmp_path, "ddp_spawn")
+    args[args.index("--trainer.max_epochs") + 1] = "1"
+    args[args.index("--trainer.limit_train_batches") + 1] = "2"
+    result = _run(args, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ranks = _ranks(tmp_path)
+    assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
+    assert all(0 < lam < 1 for r in ranks for lam in r["lams"])  # MixUp ran in both
+    # The summary names the folder the spawned processes wrote, not a new empty one.
+    summary = _summary(result.stdout)
+    log_dir = tmp_path / "digits" / "version_0"
+    assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["version_0"]
+    assert Path(summary["logs"]) == log_dir
+    assert all(Path(r["log_dir"]) == log_dir for r in ranks)
+    assert summary["checkpoints"] == (
+        f"{log_dir / 'checkpoints'} (last: {log_dir / 'checkpoints' / 'last.ckpt'},"
+        f" best: {log_dir / 'checkpoints' / 'epoch00.ckpt'})"
+    )
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
+    assert Path(summary["config"]) == log_dir / "config.yaml"
+    assert (log_dir / "config.yaml").is_file()
+    # The test after fit logged into the same folder.
+    assert any("test/acc" in row for row in _csv(log_dir))
+    assert "LeafSpec" not in result.stdout + result.stderr
