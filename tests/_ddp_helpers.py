@@ -90,7 +90,18 @@ class RankRecorder(Callback):
 
 
 class TrainDuringValidation(Callback):
-    """Breaks a training-loop rule on purpose: validation runs with the model in train mode."""
+    """Breaks a training-loop rule on purpose: validation runs with the model in train mode.
+
+    Writes ``<out>/rank<global_rank>.error`` with the exception that ends the run.
+    """
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        folder = Path(self.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"rank{trainer.global_rank}.error").write_text(f"{exception!r}")
 
     def on_validation_batch_start(
         self,

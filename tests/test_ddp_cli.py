@@ -8,6 +8,7 @@ so that a hang fails the test instead of stalling the suite. A ``RankRecorder`` 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -22,10 +23,22 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _ddp_helpers import RankRecorder, TrainDuringValidation
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_recipes import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes import (
+    CutMix,
+    FMix,
+    LossScaleMonitor,
+    LRMonitor,
+    MixUp,
+    OneCycleModule,
+    RandomMix,
+    TrainingSanityChecks,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -190,12 +203,13 @@ def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return folder, result
 
 
-def _reference_onecycle(total: int) -> tuple[list[float], list[float]]:
-    """LR and momentum before each step of torch's OneCycleLR with the digits config's values."""
+def _reference_onecycle(total: int, max_lr: float = 0.2) -> tuple[list[float], list[float]]:
+    """LR and momentum before each step of torch's OneCycleLR stepped in a plain loop, with
+    OneCycleModule's defaults (and the digits config's ``max_lr``)."""
     param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=0.2, momentum=0.95, nesterov=True)
+    optimizer = torch.optim.SGD([param], lr=max_lr, momentum=0.95, nesterov=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=0.2, total_steps=total, pct_start=0.25
+        optimizer, max_lr=max_lr, total_steps=total, pct_start=0.25
     )
     lrs, momentums = [], []
     for _ in range(total):
@@ -332,3 +346,88 @@ def test_ddp_spawn_runs_the_config_and_names_its_outputs(tmp_path):
     # The test after fit logged into the same folder.
     assert any("test/acc" in row for row in _csv(log_dir))
     assert "LeafSpec" not in result.stdout + result.stderr
+
+
+# ------------------------------------------------- the other callbacks in two processes
+INIT_SCALE = 2.0**22  # float16 overflows at 65504: the first few steps are skipped
+
+
+class _Probe(OneCycleModule):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 4)
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.cross_entropy(self.net(x), y), sync_dist=True)
+
+
+def _probe_loader(batches: int = 24, batch: int = 8) -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batches * batch, 16, generator=g)
+    y = torch.randint(0, 4, (batches * batch,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch)
+
+
+def _fork_trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_fork",
+        max_epochs=1,
+        logger=CSVLogger(tmp_path),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+        **kwargs,
+    )
+
+
+@pytest.mark.slow
+def test_loss_scale_monitor_and_the_held_schedule_under_ddp(tmp_path):
+    # fp16 on the CPU with a large initial scale: the first steps overflow on both ranks (the
+    # gradients are all-reduced before the scaler looks at them), so both skip the same
+    # steps, and the OneCycle holds on exactly those.
+    scaler = torch.amp.GradScaler("cpu", init_scale=INIT_SCALE)
+    callbacks = [LossScaleMonitor(), LRMonitor(), RankRecorder(str(tmp_path / "ranks"))]
+    trainer = _fork_trainer(
+        tmp_path, callbacks, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)]
+    )
+    trainer.fit(_Probe(max_lr=0.1), _probe_loader())
+    rank0, rank1 = _ranks(tmp_path)
+    steps = rank0["total_steps"]
+    assert steps == 12  # 24 batches over 2 ranks
+    assert rank0["loss_scales"] == rank1["loss_scales"] and len(rank0["loss_scales"]) == steps
+    assert rank0["skipped_steps"] == rank1["skipped_steps"]
+    scales = [INIT_SCALE, *rank0["loss_scales"]]
+    skipped = [after < before for before, after in itertools.pairwise(scales)]
+    assert rank0["skipped_steps"] == [sum(skipped)] and 0 < sum(skipped) < steps
+    # The LR of each step: the reference schedule at the number of updates done so far.
+    reference, _ = _reference_onecycle(steps, max_lr=0.1)
+    applied = list(itertools.accumulate([0, *[not s for s in skipped]]))[:steps]
+    expected = [reference[n] for n in applied]
+    for record in (rank0, rank1):
+        torch.testing.assert_close(record["lrs"], expected, rtol=1e-12, atol=0)
+        assert record["lr_mismatch_steps"] == [{"lr-SGD/default": 0, "lr-SGD/default/no_decay": 0}]
+
+
+@pytest.mark.slow
+def test_a_sanity_check_ends_a_ddp_run(tmp_path):
+    # Every rank checks its own module; the first to fail ends the run (the launcher stops
+    # the other process), with the rule's message, instead of leaving a rank waiting.
+    out = tmp_path / "errors"
+    trainer = _fork_trainer(
+        tmp_path, [TrainingSanityChecks(), TrainDuringValidation(str(out))], limit_val_batches=2
+    )
+    with pytest.raises(Exception, match=r"TrainingSanityChecks\[eval_mode\]: .*Dropout"):
+        trainer.fit(_Probe(), _probe_loader(4), _probe_loader(4))
+    errors = list(out.iterdir())
+    assert errors and all("TrainingSanityError" in path.read_text() for path in errors)
