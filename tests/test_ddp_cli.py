@@ -431,3 +431,36 @@ def test_a_sanity_check_ends_a_ddp_run(tmp_path):
         trainer.fit(_Probe(), _probe_loader(4), _probe_loader(4))
     errors = list(out.iterdir())
     assert errors and all("TrainingSanityError" in path.read_text() for path in errors)
+
+
+# ------------------------------------------------------ the schedule follows devices x nodes
+@pytest.mark.parametrize(
+    ("devices", "num_nodes"), [(1, 1), (2, 1), (4, 1), (2, 2), (8, 4)], ids=lambda n: str(n)
+)
+def test_schedule_length_follows_devices_times_nodes(devices: int, num_nodes: int) -> None:
+    # The objects `lightning-recipes fit --trainer.devices D --trainer.num_nodes N` builds,
+    # without launching anything: the strategy's world size gives the DistributedSampler its
+    # number of replicas, as in Lightning's own estimated_stepping_batches tests.
+    samples, batch_size, epochs = 1000, 16, 3
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp" if devices * num_nodes > 1 else "auto",
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    assert trainer.world_size == devices * num_nodes
+    model = _Probe(max_lr=0.1)
+    model.trainer = trainer
+    loader = DataLoader(TensorDataset(torch.zeros(samples, 16), torch.zeros(samples).long()), 16)
+    trainer._data_connector.attach_data(model, train_dataloaders=loader)
+    trainer.strategy.connect(model)
+    per_process = math.ceil(samples / (devices * num_nodes))  # DistributedSampler pads
+    expected = epochs * math.ceil(per_process / batch_size)
+    assert trainer.estimated_stepping_batches == expected
+    scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.total_steps == expected
