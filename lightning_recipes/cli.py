@@ -33,6 +33,10 @@ __all__ = ["TRACEBACK_ENV", "RecipesCLI", "main"]
 
 # Data-module attributes copied into model arguments of the same name, when both exist.
 _LINKED = ("num_classes", "in_channels")
+# OneCycleModule arguments that say how to treat this run rather than what was trained: with
+# `--ckpt_path`, LightningCLI replaces the model's arguments by the checkpoint's, but for these
+# the value of this run (command line, config or default) is kept.
+_RUN_POLICY = ("on_schedule_mismatch", "on_skipped_step")
 
 #: Set this environment variable (to anything but ``0`` or empty) to see the full traceback of
 #: a configuration error instead of its short message.
@@ -148,6 +152,29 @@ class RecipesCLI(LightningCLI):
         )
         for name in _LINKED:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        config = self._subcommand_config()
+        self._run_policy = {
+            name: config.get(f"model.init_args.{name}")
+            for name in _RUN_POLICY
+            if config.get(f"model.init_args.{name}") is not None
+        }
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        # `_parse_ckpt_path` has merged the checkpoint's hyperparameters by now: without this,
+        # `--model.init_args.on_schedule_mismatch rescale` on a resume would be ignored.
+        config = self._subcommand_config()
+        for name, value in getattr(self, "_run_policy", {}).items():
+            if config.get("model.init_args") is not None:
+                config[f"model.init_args.{name}"] = value
+
+    def _subcommand_config(self) -> Any:
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
 
     @override
     def instantiate_classes(self) -> None:

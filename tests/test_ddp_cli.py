@@ -37,8 +37,10 @@ from lightning_recipes import (
     MixUp,
     OneCycleModule,
     RandomMix,
+    ScheduleMismatchError,
     TrainingSanityChecks,
 )
+from lightning_recipes.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -124,7 +126,16 @@ def test_a_pickled_mixer_draws_what_the_original_draws(tmp_path: Path, index: in
 
 
 # ------------------------------------------------------------------- DDP through the CLI
-EPOCHS, BATCHES = 2, 6  # per process: 2 epochs of 6 batches, so 12 optimizer steps
+EPOCHS, LIMIT = 2, 0.5
+
+
+def _batches(processes: int) -> int:
+    """Training batches per epoch and process: the digits train split (1257 images) shared by
+    the DistributedSampler, 64 a batch without the last partial one, half of them kept."""
+    return int(LIMIT * (math.ceil(1257 / processes) // 64))
+
+
+BATCHES = _batches(2)  # 4; one process has 9, so the OneCycle length depends on the count
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -156,7 +167,7 @@ def _fit_args(folder: Path, strategy: str, devices: int = 2) -> list[str]:
         "--trainer.max_epochs",
         str(EPOCHS),
         "--trainer.limit_train_batches",
-        str(BATCHES),
+        str(LIMIT),
         "--trainer.limit_val_batches",
         "2",
         "--trainer.log_every_n_steps",
@@ -197,7 +208,18 @@ def _csv(log_dir: Path) -> list[dict[str, float]]:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     folder = tmp_path_factory.mktemp("ddp")
-    args = [*_fit_args(folder, "ddp"), "--trainer.callbacks+=lightning_recipes.LossScaleMonitor"]
+    args = [
+        *_fit_args(folder, "ddp"),
+        "--trainer.callbacks+=lightning_recipes.LossScaleMonitor",
+        # A checkpoint at the end of every epoch, to resume from the middle of the schedule.
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.filename",
+        "end-{epoch}",
+        "--trainer.callbacks.save_top_k",
+        "-1",
+        "--trainer.callbacks.save_on_train_epoch_end",
+        "true",
+    ]
     result = _run(args, folder)
     assert result.returncode == 0, result.stdout + result.stderr
     return folder, result
@@ -281,7 +303,12 @@ def test_ddp_writes_one_set_of_outputs(ddp_run):
     assert sorted(p.name for p in (folder / "digits").iterdir()) == ["version_0"]
     assert all(Path(record["log_dir"]) == log_dir for record in _ranks(folder))
     checkpoints = sorted(p.name for p in (log_dir / "checkpoints").iterdir())
-    assert checkpoints == [f"epoch{EPOCHS - 1:02d}.ckpt", "last.ckpt"]
+    # The config's best and last, and the per-epoch ones added for the resume tests.
+    best = re.search(r"best: (\S+)\)", summary["checkpoints"])
+    assert best is not None and re.fullmatch(r"epoch0[01]\.ckpt", Path(best[1]).name)
+    assert checkpoints == sorted(
+        ["end-epoch=0.ckpt", "end-epoch=1.ckpt", "last.ckpt", Path(best[1]).name]
+    )
     assert summary["checkpoints"].startswith(str(log_dir / "checkpoints"))
     assert [p.relative_to(folder) for p in folder.rglob("*.png")] == [
         Path("digits/version_0/lr_schedule.png")
@@ -291,9 +318,8 @@ def test_ddp_writes_one_set_of_outputs(ddp_run):
     ]
     assert Path(summary["config"]) == log_dir / "config.yaml"
     # One checkpoint for both ranks, saved at the end of the schedule.
-    state = torch.load(
-        log_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
+    end = log_dir / "checkpoints" / f"end-epoch={EPOCHS - 1}.ckpt"
+    state = torch.load(end, map_location="cpu", weights_only=False)
     assert state["global_step"] == EPOCHS * BATCHES
     (scheduler,) = state["lr_schedulers"]
     assert scheduler["total_steps"] == EPOCHS * BATCHES
@@ -464,3 +490,89 @@ def test_schedule_length_follows_devices_times_nodes(devices: int, num_nodes: in
     assert trainer.estimated_stepping_batches == expected
     scheduler = model.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert scheduler.total_steps == expected
+
+
+# --------------------------------------------------- resuming with another number of devices
+@pytest.fixture
+def in_process(monkeypatch):
+    """``main`` in this process reads ``sys.argv`` and calls ``seed_everything``."""
+    monkeypatch.setattr(sys, "argv", ["lightning-recipes"])
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+    state = torch.random.get_rng_state()
+    yield
+    torch.random.set_rng_state(state)
+
+
+def _mid_run_checkpoint(folder: Path) -> Path:
+    """The 2-process run's checkpoint after its first epoch: half-way through the OneCycle."""
+    path = folder / "digits" / "version_0" / "checkpoints" / "end-epoch=0.ckpt"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    assert state["global_step"] == BATCHES
+    (scheduler,) = state["lr_schedulers"]
+    assert (scheduler["total_steps"], scheduler["last_epoch"]) == (EPOCHS * BATCHES, BATCHES)
+    return path
+
+
+@pytest.mark.slow
+def test_resume_on_one_device_is_a_clear_error(ddp_run, tmp_path, in_process):
+    folder, _ = ddp_run
+    args = [
+        *_fit_args(tmp_path, "auto", devices=1),
+        "--ckpt_path",
+        str(_mid_run_checkpoint(folder)),
+    ]
+    # One process sees all 1257 images: 9 batches an epoch instead of 4.
+    match = rf"total_steps={EPOCHS * BATCHES} .* total_steps={EPOCHS * _batches(1)}"
+    with pytest.raises(ScheduleMismatchError, match=match):
+        main(args)
+
+
+@pytest.fixture(scope="module")
+def rescaled_resume(ddp_run, tmp_path_factory) -> dict[str, Any]:
+    """The 2-process run's mid-run checkpoint resumed by one process with rescale."""
+    folder = tmp_path_factory.mktemp("rescaled")
+    args = [
+        *_fit_args(folder, "auto", devices=1),
+        "--ckpt_path",
+        str(_mid_run_checkpoint(ddp_run[0])),
+        "--model.init_args.on_schedule_mismatch",
+        "rescale",
+    ]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(sys, "argv", ["lightning-recipes"])
+        monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+        monkeypatch.delenv("PL_SEED_WORKERS", raising=False)
+        state = torch.random.get_rng_state()
+        try:
+            main(args)  # with the checkpoint's `on_schedule_mismatch="error"` this raised
+        finally:
+            torch.random.set_rng_state(state)
+    return json.loads((folder / "ranks" / "rank0.json").read_text())
+
+
+@pytest.mark.slow
+def test_resume_on_one_device_with_rescale_continues(rescaled_resume):
+    record = rescaled_resume
+    # The second epoch, now with one process: 9 optimizer steps after the checkpoint's 4.
+    assert record["world_size"] == 1
+    assert record["global_step"] == BATCHES + _batches(1)
+    assert len(record["lrs"]) == _batches(1)
+    # Rescaled to this run's estimate: 2 epochs of 9 batches.
+    assert record["total_steps"] == EPOCHS * _batches(1)
+    # The LR keeps annealing from the checkpoint's point (past the peak) downwards.
+    lrs = record["lrs"]
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert lrs[0] < 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the rescale targets trainer.estimated_stepping_batches (a fresh run's 18 steps),"
+    " but a run resumed after one 4-step epoch makes only 4 + 9 = 13",
+)
+def test_resume_on_one_device_with_rescale_ends_the_schedule(rescaled_resume):
+    # What `on_schedule_mismatch="rescale"` promises: the schedule ends on the run's last
+    # optimizer step, at min_lr = max_lr / div_factor / final_div_factor.
+    assert rescaled_resume["lrs"][-1] == pytest.approx(0.2 / 25 / 1e4, rel=1e-9)
