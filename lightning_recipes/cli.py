@@ -29,7 +29,7 @@ from typing_extensions import override
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.module import OneCycleModule
 
-__all__ = ["TRACEBACK_ENV", "RecipesCLI", "main"]
+__all__ = ["RecipesCLI", "TRACEBACK_ENV", "main"]
 
 # Data-module attributes copied into model arguments of the same name, when both exist.
 _LINKED = ("num_classes", "in_channels")
@@ -48,7 +48,7 @@ _CONFIG_ERROR_STATUS = 2
 # Upstream warnings that every run printed and that say nothing about the run, as
 # (message regex, category). Filtered in `main` only, never on import of the package.
 _HARMLESS_WARNINGS = (
-    # torch >= 2.10 deprecates `LeafSpec`, which Lightning's `_pytree` still instantiates.
+    # torch deprecates `LeafSpec`, which Lightning's `_pytree` still instantiates.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
 )
 # The same for the processes `strategy="ddp_spawn"` starts, which do not run `main`:
@@ -139,7 +139,12 @@ class RecipesCLI(LightningCLI):
     model takes them (``link_arguments``); a model value set in the config that contradicts the
     data module is an error rather than silently replaced. After ``fit``, the final weights (the
     end of the OneCycle) are tested when the data module has a test set, and a summary names the
-    test accuracy, the log folder, the last and best checkpoints and the saved config.
+    test accuracy, the log folder, the last and best checkpoints and the saved config (also
+    under ``strategy="ddp_spawn"``, where the fit runs in other processes).
+
+    With ``--ckpt_path``, LightningCLI takes the model's arguments from the checkpoint; the
+    run-policy arguments ``on_schedule_mismatch`` and ``on_skipped_step`` are the exception and
+    keep this run's value, so a resume can choose ``on_schedule_mismatch=rescale``.
     """
 
     @override
