@@ -29,7 +29,7 @@ from typing_extensions import override
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.module import OneCycleModule
 
-__all__ = ["RecipesCLI", "TRACEBACK_ENV", "main"]
+__all__ = ["TRACEBACK_ENV", "RecipesCLI", "main"]
 
 # Data-module attributes copied into model arguments of the same name, when both exist.
 _LINKED = ("num_classes", "in_channels")
