@@ -126,7 +126,10 @@ class ImageClassifier(OneCycleModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         labels = y if y.ndim == 1 else y.argmax(dim=1)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "train", sync_dist=stage != "train")
+        # Synced in every stage: under DDP each process has its own shard, and the logged
+        # value should be the mean over all of them, not the loss of rank 0's batch. (One
+        # all-reduce of a scalar per step; torchmetrics objects below sync themselves.)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "train", sync_dist=True)
         for k in self._top_ks:
             suffix = "" if k == 1 else f"_top{k}"
             metric = getattr(self, f"{stage}_acc{suffix}")

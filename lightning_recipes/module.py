@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -14,7 +13,12 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
-from lightning_recipes.scheduler import GuardedOneCycleLR, _steps_before_swa, check_total_steps
+from lightning_recipes.scheduler import (
+    GuardedOneCycleLR,
+    _steps_before_swa,
+    _steps_of_this_run,
+    check_total_steps,
+)
 
 __all__ = ["OneCycleModule"]
 
@@ -406,35 +410,6 @@ class _Resolver:
         return total, [
             max_lr if peak == self.built_max_lr else peak * factor for peak in self.peaks
         ]
-
-
-def _steps_of_this_run(trainer: pl.Trainer) -> int:
-    """The optimizer step at which this run will end: ``estimated_stepping_batches``, or for a
-    resumed run the steps already made plus what the rest of this run makes.
-
-    Lightning's estimate is ``max_epochs`` epochs at this run's epoch length; after a resume
-    with another device count or batch size the epochs already done had another length, and
-    the run ends elsewhere. The loops' state is
-    restored before the schedule's, so the resume point is known when the schedule loads.
-    """
-    total = check_total_steps(trainer.estimated_stepping_batches, trainer)
-    done = trainer.global_step
-    batches = trainer.num_training_batches
-    max_epochs = trainer.max_epochs
-    if done == 0 or math.isinf(batches) or max_epochs is None or max_epochs < 0:
-        return total
-    accumulate = trainer.accumulate_grad_batches
-    per_epoch = math.ceil(batches / accumulate)
-    progress = trainer.fit_loop.epoch_loop.batch_progress
-    if progress.is_last_batch:  # saved at the end of an epoch: that epoch is done
-        rest = per_epoch * (max_epochs - trainer.current_epoch - 1)
-    else:  # saved mid-epoch: the rest of this epoch (in its batches), then whole epochs
-        rest = (
-            per_epoch * (max_epochs - trainer.current_epoch)
-            - progress.current.processed // accumulate
-        )
-    steps = done + rest
-    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
 
 def _decays(name: str, param: nn.Parameter, no_decay: set[str], decay_all: bool) -> bool:

@@ -472,6 +472,33 @@ def _steps_before_swa(trainer: Any) -> tuple[int, int] | None:
     return steps, start
 
 
+def _steps_of_this_run(trainer: Any) -> int:
+    """The optimizer step at which this run will end: ``estimated_stepping_batches``, or for a
+    resumed run the steps already made plus what the rest of this run makes.
+
+    Lightning's estimate is ``max_epochs`` epochs at this run's epoch length; after a resume
+    with another device count or batch size the epochs already done had another length, and
+    the run ends elsewhere. The loops' state is restored before the schedule's, so the resume
+    point is known when the schedule loads.
+    """
+    total = check_total_steps(trainer.estimated_stepping_batches, trainer)
+    done = trainer.global_step
+    batches = trainer.num_training_batches
+    max_epochs = trainer.max_epochs
+    if done == 0 or math.isinf(batches) or max_epochs is None or max_epochs < 0:
+        return total
+    accumulate = trainer.accumulate_grad_batches
+    per_epoch = math.ceil(batches / accumulate)
+    # Epochs whose training batches all ran (counted before `on_train_epoch_end`, where
+    # checkpoints are saved), and the optimizer steps of the epoch in progress, if any.
+    epochs_done = trainer.fit_loop.epoch_progress.current.processed
+    batch_progress = trainer.fit_loop.epoch_loop.batch_progress
+    in_epoch = 0 if batch_progress.is_last_batch else batch_progress.current.processed // accumulate
+    rest = per_epoch * (max_epochs - epochs_done) - in_epoch
+    steps = done + rest
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+
+
 def check_total_steps(total: float, trainer: Any) -> int:
     """Validate ``trainer.estimated_stepping_batches`` for a OneCycle schedule.
 

@@ -265,6 +265,20 @@ class _MixCallback(Callback):
         self._seed = state_dict["seed"]
         self._batches = state_dict["batches"]
 
+    def __getstate__(self) -> dict[str, Any]:
+        # `strategy="ddp_spawn"` sends the callbacks to each process through torch's
+        # multiprocessing pickler, which cannot rebuild a `torch.Generator` there (the child
+        # dies unpickling it). The generators hold nothing worth keeping: `_generator_for`
+        # reseeds them from (seed, rank, batch count) before every batch.
+        state = self.__dict__.copy()
+        state["_cpu_generator"] = None
+        state["_device_generator"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cpu_generator = torch.Generator()
+
     # ------------------------------------------------------------------ mixing
 
     def _check_layout(self, x: Tensor, name: str) -> None:

@@ -46,7 +46,12 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from typing_extensions import override
 
-from lightning_recipes.scheduler import GuardedOneCycleLR, _steps_before_swa, schedule_progress
+from lightning_recipes.scheduler import (
+    GuardedOneCycleLR,
+    _steps_before_swa,
+    _steps_of_this_run,
+    schedule_progress,
+)
 
 __all__ = ["TrainingSanityChecks", "TrainingSanityError", "TrainingSanityWarning"]
 
@@ -616,10 +621,12 @@ class TrainingSanityChecks(Callback):
             # Fixes its total now, after the callbacks that change it ran in `on_fit_start`;
             # one that cannot be resolved is never stepped (SWALR replaces it at epoch 0).
             return
-        expected = trainer.estimated_stepping_batches
-        if math.isinf(expected):
+        if math.isinf(trainer.estimated_stepping_batches):
             return  # an infinite fit: nothing to compare with
-        source = f"trainer.estimated_stepping_batches={int(expected)}"
+        expected = _steps_of_this_run(trainer)
+        source = f"trainer.estimated_stepping_batches={trainer.estimated_stepping_batches}"
+        if trainer.global_step:
+            source = f"this resumed run ends at optimizer step {expected}"
         swa = _steps_before_swa(trainer)
         if swa is not None:
             # SWA swaps the scheduler for SWALR (and adds an epoch with BatchNorm): the
