@@ -11,6 +11,11 @@ from lightning_recipes.callbacks import (
     TrainingSanityError,
     TrainingSanityWarning,
 )
+from lightning_recipes.checkpointing import (
+    AtomicCheckpointIO,
+    InterruptCheckpoint,
+    find_last_checkpoint,
+)
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule
 from lightning_recipes.module import OneCycleModule
@@ -19,6 +24,7 @@ from lightning_recipes.scheduler import GuardedOneCycleLR, ScheduleMismatchError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtomicCheckpointIO",
     "CIFAR10DataModule",
     "CutMix",
     "DigitsDataModule",
@@ -26,6 +32,7 @@ __all__ = [
     "GuardedOneCycleLR",
     "ImageClassifier",
     "ImageFolderDataModule",
+    "InterruptCheckpoint",
     "LRMonitor",
     "LossScaleMonitor",
     "MixUp",
@@ -35,4 +42,5 @@ __all__ = [
     "TrainingSanityChecks",
     "TrainingSanityError",
     "TrainingSanityWarning",
+    "find_last_checkpoint",
 ]
