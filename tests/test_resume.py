@@ -575,6 +575,10 @@ class Flat(OneCycleModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         self.log("val/acc", (self(x).argmax(1) == y).float().mean())
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("test/acc", (self(x).argmax(1) == y).float().mean())
 """
 
 
