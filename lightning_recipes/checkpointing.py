@@ -252,7 +252,7 @@ def find_last_checkpoint(
         The path, or ``None`` when no such file exists.
 
     Example:
-        >>> import secrets
+        >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
         >>> find_last_checkpoint([folder / "version_0" / "checkpoints"]) is None
         True

@@ -224,6 +224,22 @@ def test_training_loader_order_is_seeded_per_epoch_and_resumes_part_way(monkeypa
     assert sum(1 for _ in fresh) == len(loader)
 
 
+def test_training_loader_under_ddp_takes_its_share_of_the_same_permutation(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "3")
+    dm = DigitsDataModule(batch_size=16, seed=0)
+    dm.trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    loader = dm.train_dataloader()
+    # A DistributedSampler already: Lightning keeps it instead of injecting its own.
+    assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)
+    assert (loader.sampler.num_replicas, loader.sampler.rank, loader.sampler.seed) == (2, 0, 3)
+    n = len(loader.dataset)
+    shares = [list(_EpochSampler(loader.dataset, 2, rank, seed=3)) for rank in (0, 1)]
+    assert shares[0] == list(loader.sampler)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3)).tolist()
+    padded = order + order[: n % 2]  # torch pads to a multiple of the process count
+    assert shares[0] == padded[0::2] and shares[1] == padded[1::2]
+
+
 def test_loader_with_another_batch_size_restarts_the_epoch():
     dm = DigitsDataModule(batch_size=50, seed=0)
     loader = dm.train_dataloader()
