@@ -169,6 +169,41 @@ def test_resumed_from_the_end_of_an_epoch_equals_uninterrupted(tmp_path):
     assert csv_rows(resumed_trainer) == [r for r in expected if r["step"] >= BATCHES]
 
 
+class SignalInValidation(SignalAt):
+    """SIGTERM after the first validation batch of epoch ``step``."""
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        pass
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.current_epoch == self.step and not trainer.sanity_checking and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.slow
+def test_killed_during_validation_resumes_training_exactly(tmp_path):
+    full_trainer, full = _fit(tmp_path / "full", per_sample=True)
+    stop = SignalInValidation(1)
+    with pytest.raises(SystemExit):
+        _fit(tmp_path / "cut", per_sample=True, stop=stop)
+    assert stop.sent
+    first = tmp_path / "cut" / "run" / "version_0"
+    interrupted = first / "checkpoints" / "interrupted.ckpt"
+    state = torch.load(interrupted, map_location="cpu", weights_only=False)
+    assert (state["epoch"], state["global_step"]) == (1, 2 * BATCHES)  # epoch 1 trained
+    resumed_trainer, resumed = _fit(tmp_path / "cut", per_sample=True, ckpt_path=interrupted)
+    for key, value in full.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    # Every training step is logged as in the uninterrupted run; Lightning does not repeat the
+    # interrupted validation, so that epoch's validation metrics are all that is missing.
+    expected = csv_rows(full_trainer)
+    got = _rows(first / "metrics.csv") + csv_rows(resumed_trainer)
+    missing = [r for r in expected if r not in got]
+    assert [r for r in got if r not in expected] == []
+    assert len(missing) == 1 and missing[0]["epoch"] == 1 and "val/acc" in missing[0]
+
+
 def _rows(metrics_csv: Path) -> list[dict[str, float]]:
     with open(metrics_csv) as f:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
