@@ -37,6 +37,7 @@ from lightning_recipes import (
     MixUp,
     find_last_checkpoint,
 )
+from lightning_recipes._compat import request_graceful_stop
 from lightning_recipes.cli import main
 from lightning_recipes.data._common import _EpochSampler, _ResumableLoader
 
@@ -224,6 +225,25 @@ def test_second_ctrl_c_stops_at_once_without_checkpoint(tmp_path):
     assert not (checkpoints / "interrupted.ckpt").exists()
 
 
+def test_graceful_stop_sets_lightnings_sigterm_flag_or_falls_back_to_keyboard_interrupt():
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False)
+    assert not trainer.received_sigterm
+    request_graceful_stop(trainer)
+    assert trainer.received_sigterm  # the loops now stop as on SIGTERM
+
+    class OtherTrainer:  # a Lightning without the flag
+        pass
+
+    with pytest.raises(KeyboardInterrupt):
+        request_graceful_stop(OtherTrainer())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("filename", ["", "a/b", 3])
+def test_interrupt_checkpoint_filename_checked(filename):
+    with pytest.raises(ValueError, match="filename"):
+        InterruptCheckpoint(filename=filename)  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------------ resumable loader
 def test_training_loader_order_is_seeded_per_epoch_and_resumes_part_way(monkeypatch):
     monkeypatch.setenv("PL_GLOBAL_SEED", "7")
@@ -239,6 +259,10 @@ def test_training_loader_order_is_seeded_per_epoch_and_resumes_part_way(monkeypa
         expected = [loader.dataset[i][1] for i in order[: len(loader) * 50].tolist()]
         labels = torch.cat([y for _, y in loader]).tolist()
         assert labels == [int(y) for y in expected]
+    # Iterated again without `set_epoch` (a plain loop), the next epoch's order comes.
+    again = torch.cat([y for _, y in loader])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(7 + 4))
+    assert again.tolist() == [int(loader.dataset[i][1]) for i in order[: len(again)].tolist()]
     # Two batches into epoch 3, the state says so; a new loader resumes at the 3rd batch.
     loader.sampler.set_epoch(3)
     iterator = iter(loader)

@@ -82,16 +82,33 @@ class _EpochSampler(DistributedSampler):
 
     It is what Lightning itself injects under DDP (``seed`` from ``PL_GLOBAL_SEED``, else 0),
     also used on one device, so that the order of any epoch can be rebuilt after a restart
-    without replaying the global random state. ``start`` indices of the next epoch are skipped
-    once, then ``start`` returns to 0.
+    without replaying the global random state. Lightning calls ``set_epoch`` before every
+    epoch; iterated again without it (a plain PyTorch loop), the sampler moves on to the next
+    epoch, so every pass is shuffled anew as with ``shuffle=True``. ``start`` indices of the
+    next epoch are skipped once, then ``start`` returns to 0.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.start = 0
+        self._ready = True  # `epoch` has not been iterated yet
+
+    @override
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self._ready = True
+
+    def begin_epoch(self) -> int:
+        """The epoch the next iteration draws: the one set, else the one after the last."""
+        if not self._ready:
+            self.epoch += 1
+            self._ready = True
+        return self.epoch
 
     @override
     def __iter__(self) -> Iterator[int]:
+        self.begin_epoch()
+        self._ready = False
         start, self.start = self.start, 0
         return itertools.islice(super().__iter__(), start, None)
 
@@ -118,7 +135,8 @@ class _ResumableLoader(DataLoader):
         resume, self._resume = self._resume, None
         self._yielded = 0
         sampler = self.sampler
-        if resume is not None and isinstance(sampler, _EpochSampler) and resume[0] == sampler.epoch:
+        epoch = sampler.begin_epoch() if isinstance(sampler, _EpochSampler) else None
+        if resume is not None and resume[0] == epoch:
             self._yielded = resume[1]
             sampler.start = resume[1] * self.batch_size  # type: ignore[operator]
         for batch in super().__iter__():
