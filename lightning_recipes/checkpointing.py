@@ -195,7 +195,7 @@ class InterruptCheckpoint(Callback):
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved_path = path
         rank_zero_info(
             f"{stopped_by.name} at epoch {trainer.current_epoch}, global step"
