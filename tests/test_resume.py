@@ -38,7 +38,7 @@ from lightning_recipes import (
     find_last_checkpoint,
 )
 from lightning_recipes._compat import request_graceful_stop
-from lightning_recipes.cli import main
+from lightning_recipes.cli import _checkpoint_folders, main
 from lightning_recipes.data._common import _EpochSampler, _ResumableLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -374,13 +374,14 @@ KILL_DURING_SAVE = """
 import builtins, os, signal, sys, shutil
 from pathlib import Path
 import torch
-from lightning_recipes.cli import RecipesCLI
 import lightning.pytorch as pl
-from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning_recipes import OneCycleModule
+from lightning_recipes.cli import RecipesCLI
 
 folder = Path(sys.argv[1])
+# The checkpoint IO the command gives its trainer.
 cli = RecipesCLI(
-    ImageClassifierBase := __import__("lightning_recipes").OneCycleModule,
+    OneCycleModule,
     pl.LightningDataModule,
     subclass_mode_model=True,
     subclass_mode_data=True,
@@ -493,6 +494,27 @@ def test_ckpt_path_last_without_any_checkpoint_starts_fresh_and_says_so(tmp_path
     assert "training starts from scratch" in out
     last = tmp_path / "digits" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
+
+
+def test_checkpoint_folders_of_a_run(tmp_path):
+    """Where ``--ckpt_path last`` looks: as ``ModelCheckpoint`` resolves its folder."""
+    for version in ("version_0", "version_3", "custom"):
+        (tmp_path / "logs" / "job" / version / "checkpoints").mkdir(parents=True)
+    (tmp_path / "logs" / "job" / "version_1").mkdir()  # a run that saved nothing
+    logged = pl.Trainer(
+        logger=CSVLogger(tmp_path / "logs", name="job"),
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "mine")],
+        default_root_dir=tmp_path,
+    )
+    assert _checkpoint_folders(logged) == [
+        tmp_path / "mine",
+        *(
+            tmp_path / "logs" / "job" / v / "checkpoints"
+            for v in ("custom", "version_0", "version_3")
+        ),
+    ]
+    no_logger = pl.Trainer(logger=False, default_root_dir=tmp_path)
+    assert _checkpoint_folders(no_logger) == [tmp_path / "checkpoints"]
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
@@ -679,6 +701,42 @@ def test_checkpoint_of_another_model_class_names_both_classes(
     # `load_from_checkpoint` (Lightning's own check) names both classes too.
     with pytest.raises(ValueError, match=r"other_model\.Flat.*ImageClassifier"):
         ImageClassifier.load_from_checkpoint(other_model_checkpoint)
+
+
+class _Failing(ImageClassifier):
+    def __init__(self, where: str) -> None:
+        super().__init__(num_classes=10, in_channels=1)
+        self.where = where
+
+    def training_step(self, batch, batch_idx):
+        if self.where == "training" and self.global_step == 3:
+            raise ValueError("a bug in training_step")
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        if self.where == "validation":
+            raise ValueError("a bug in validation_step")
+        return super().validation_step(batch, batch_idx)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["validation", "training"])
+def test_an_exception_is_not_an_interruption_and_saves_nothing(tmp_path, where):
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=BATCHES,
+        limit_val_batches=2,
+        logger=CSVLogger(tmp_path, name="run"),
+        callbacks=[InterruptCheckpoint()],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.raises(ValueError, match=f"a bug in {where}_step"):
+        trainer.fit(_Failing(where), datamodule=DigitsDataModule(seed=0))
+    assert trainer.global_step == (3 if where == "training" else 0)
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 @pytest.mark.slow
