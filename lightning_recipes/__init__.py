@@ -11,6 +11,11 @@ from lightning_recipes.callbacks import (
     TrainingSanityError,
     TrainingSanityWarning,
 )
+from lightning_recipes.checkpointing import (
+    AtomicCheckpointIO,
+    InterruptCheckpoint,
+    find_last_checkpoint,
+)
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule
 from lightning_recipes.lr_find import LRFindResult, lr_find, suggest_lrs
@@ -21,6 +26,7 @@ from lightning_recipes.scheduler import GuardedOneCycleLR, ScheduleMismatchError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AtomicCheckpointIO",
     "CIFAR10DataModule",
     "CutMix",
     "DigitsDataModule",
@@ -28,6 +34,7 @@ __all__ = [
     "GuardedOneCycleLR",
     "ImageClassifier",
     "ImageFolderDataModule",
+    "InterruptCheckpoint",
     "LRFindResult",
     "LRMonitor",
     "LossScaleMonitor",
@@ -39,6 +46,7 @@ __all__ = [
     "TrainingSanityChecks",
     "TrainingSanityError",
     "TrainingSanityWarning",
+    "find_last_checkpoint",
     "lr_find",
     "preview_schedule",
     "suggest_lrs",

@@ -9,6 +9,7 @@ import inspect
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 import warnings
@@ -19,6 +20,7 @@ from typing import Any, NoReturn
 import lightning.pytorch as pl
 import torch
 from jsonargparse import DefaultHelpFormatter
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -26,6 +28,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
+from lightning_recipes.checkpointing import (
+    AtomicCheckpointIO,
+    InterruptCheckpoint,
+    find_last_checkpoint,
+    read_checkpoint,
+)
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.lr_find import LRFindResult
 from lightning_recipes.module import OneCycleModule
@@ -147,6 +155,17 @@ class RecipesCLI(LightningCLI):
     With ``--ckpt_path``, LightningCLI takes the model's arguments from the checkpoint; the
     run-policy arguments ``on_schedule_mismatch`` and ``on_skipped_step`` are the exception and
     keep this run's value, so a resume can choose ``on_schedule_mismatch=rescale``.
+
+    Checkpoints are interrupt-safe: every checkpoint is written atomically
+    (:class:`~lightning_recipes.AtomicCheckpointIO`, unless another ``CheckpointIO`` plugin is
+    given), and SIGTERM or Ctrl-C during ``fit`` saves the state of that moment
+    (:class:`~lightning_recipes.InterruptCheckpoint`, added when the config has none and
+    checkpointing is on), prints where it went and exits with status 143 (SIGTERM) or 130
+    (Ctrl-C). ``--ckpt_path last`` resumes from the newest ``last``/``interrupted`` checkpoint
+    of the same run (logger ``save_dir``/``name``, across its ``version_N`` folders, or
+    ``default_root_dir``); when there is none, ``fit`` says so and starts from scratch and
+    ``validate``/``test``/``predict`` stop with an error. A checkpoint file that cannot be read,
+    or that was saved from another model class, is an error naming the file (and both classes).
     """
 
     @staticmethod
@@ -177,6 +196,17 @@ class RecipesCLI(LightningCLI):
             for name in _RUN_POLICY
             if config.get(f"model.init_args.{name}") is not None
         }
+        # LightningCLI reads an explicit `--ckpt_path` file right after parsing (to take the
+        # model's hyperparameters from it): check it first, so that a damaged file or one of
+        # another model class is reported as such and not as a pickle error or a silent switch.
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path in (None, "last", "best", "hpc", "registry") or not Path(ckpt_path).is_file():
+            return
+        model_cls = _import(config.get("model.class_path"))
+        if model_cls is not None:
+            _check_checkpoint(ckpt_path, model_cls)
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -190,6 +220,70 @@ class RecipesCLI(LightningCLI):
     def _subcommand_config(self) -> Any:
         subcommand = self.config.get("subcommand")
         return self.config[subcommand] if subcommand else self.config
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_init = config.get("trainer") or {}
+        plugins = _as_list(kwargs.get("plugins", trainer_init.get("plugins")))
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        if trainer_init.get("enable_checkpointing") is not False:
+            callbacks = _as_list(kwargs.get("callbacks", trainer_init.get("callbacks")))
+            if not any(isinstance(callback, InterruptCheckpoint) for callback in callbacks):
+                kwargs["callbacks"] = [*callbacks, InterruptCheckpoint()]
+        return super().instantiate_trainer(**kwargs)
+
+    def fit(self, **kwargs: Any) -> None:
+        """``trainer.fit`` with ``ckpt_path="last"`` resolved across the run's ``version_N``
+        folders, and a summary and a non-zero exit status when SIGTERM or Ctrl-C stops it."""
+        kwargs["ckpt_path"] = self._resolve_ckpt_path("fit", kwargs.get("ckpt_path"))
+        try:
+            self.trainer.fit(**kwargs)
+        except SystemExit:  # Lightning's SIGTERMException, or its exit after a second Ctrl-C
+            if self.trainer.interrupted and self.trainer.is_global_zero:
+                print(_interrupted_summary(self.trainer))
+            raise
+
+    def validate(self, **kwargs: Any) -> Any:
+        """``trainer.validate`` with ``ckpt_path="last"`` resolved across ``version_N`` folders."""
+        kwargs["ckpt_path"] = self._resolve_ckpt_path("validate", kwargs.get("ckpt_path"))
+        return self.trainer.validate(**kwargs)
+
+    def test(self, **kwargs: Any) -> Any:
+        """``trainer.test`` with ``ckpt_path="last"`` resolved across ``version_N`` folders."""
+        kwargs["ckpt_path"] = self._resolve_ckpt_path("test", kwargs.get("ckpt_path"))
+        return self.trainer.test(**kwargs)
+
+    def predict(self, **kwargs: Any) -> Any:
+        """``trainer.predict`` with ``ckpt_path="last"`` resolved across ``version_N`` folders."""
+        kwargs["ckpt_path"] = self._resolve_ckpt_path("predict", kwargs.get("ckpt_path"))
+        return self.trainer.predict(**kwargs)
+
+    def _resolve_ckpt_path(self, subcommand: str, ckpt_path: Any) -> Any:
+        if ckpt_path != "last":
+            return ckpt_path
+        trainer = self.trainer
+        folders = _checkpoint_folders(trainer)
+        found = find_last_checkpoint(folders, names=_last_names(trainer))
+        where = _run_root(trainer)
+        if found is None:
+            if subcommand != "fit":
+                raise ValueError(
+                    f"`--ckpt_path last` found no last checkpoint under {where}; pass the"
+                    " checkpoint file, e.g. `--ckpt_path <run>/version_N/checkpoints/last.ckpt`"
+                )
+            if trainer.is_global_zero:
+                print(
+                    f"--ckpt_path last: no last checkpoint under {where};"
+                    " training starts from scratch"
+                )
+            return None
+        _check_checkpoint(found, type(self.model))
+        if trainer.is_global_zero:
+            verb = "resuming from" if subcommand == "fit" else "loading"
+            print(f"--ckpt_path last: {verb} {found}")
+        return str(found)
 
     @override
     def instantiate_classes(self) -> None:
@@ -251,11 +345,7 @@ class RecipesCLI(LightningCLI):
         for key, value in sorted((results[0] if results else {}).items()):
             lines.append(f"  {key}: {value:.4f}")
         lines.append(f"  logs:        {log_dir}")
-        checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, ModelCheckpoint):
-            best = checkpoint.best_model_path or "none"
-            last = checkpoint.last_model_path or "none"
-            lines.append(f"  checkpoints: {checkpoint.dirpath} (last: {last}, best: {best})")
+        lines.extend(_checkpoint_lines(trainer))
         config = Path(log_dir) / "config.yaml"
         lines.append(f"  config:      {config if config.exists() else 'not saved'}")
         if trainer.is_global_zero:
@@ -321,6 +411,119 @@ def _import(class_path: str | None) -> type | None:
         return None
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name, None)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_checkpoint(path: str | Path, model_cls: type) -> None:
+    """Read ``path`` (memory-mapped, so the tensors are not loaded) and check its model class."""
+    try:
+        checkpoint = read_checkpoint(path, map_location="cpu", weights_only=True, mmap=True)
+    except ValueError as error:
+        if "mmap" not in str(error):
+            raise
+        # A file in torch's legacy (pre-zip) format cannot be memory-mapped.
+        checkpoint = read_checkpoint(path, map_location="cpu", weights_only=True)
+    saved = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if not isinstance(saved, str):
+        return  # not written through a LightningCLI: the weights' keys are checked on load
+    try:
+        saved_cls = _import(saved)
+    except ImportError:
+        saved_cls = None
+    if saved_cls is model_cls:
+        return
+    configured = f"{model_cls.__module__}.{model_cls.__qualname__}"
+    raise ValueError(
+        f"Checkpoint {str(path)!r} was saved from the model class {saved}, but the model is"
+        f" {configured}; pass `--model {saved}` with its arguments, or a checkpoint of a"
+        f" {model_cls.__name__} run as `--ckpt_path`"
+    )
+
+
+def _run_root(trainer: pl.Trainer) -> Path:
+    """The folder that holds a run's ``version_N`` folders (``save_dir/name`` of the first
+    logger), or ``default_root_dir`` without a logger, as ``ModelCheckpoint`` resolves it."""
+    if trainer.loggers:
+        logger = trainer.loggers[0]
+        save_dir = logger.save_dir or trainer.default_root_dir
+        return Path(save_dir) / str(logger.name or "")
+    return Path(trainer.default_root_dir)
+
+
+def _checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
+    """Where the run's checkpoints are: the folders set on checkpoint callbacks, then every
+    ``<version>/checkpoints`` of the run (or ``default_root_dir/checkpoints``)."""
+    folders = [
+        Path(callback.dirpath)
+        for callback in trainer.callbacks
+        if isinstance(callback, (ModelCheckpoint, InterruptCheckpoint)) and callback.dirpath
+    ]
+    root = _run_root(trainer)
+    if trainer.loggers:
+        folders += sorted(path for path in root.glob("*/checkpoints") if path.is_dir())
+    else:
+        folders.append(root / "checkpoints")
+    return folders
+
+
+def _last_names(trainer: pl.Trainer) -> tuple[str, ...]:
+    names = {ModelCheckpoint.CHECKPOINT_NAME_LAST}
+    for callback in trainer.callbacks:
+        if isinstance(callback, InterruptCheckpoint):
+            names.add(callback.filename)
+    return tuple(sorted(names))
+
+
+def _checkpoint_lines(
+    trainer: pl.Trainer, interrupt: InterruptCheckpoint | None = None
+) -> list[str]:
+    """The summary's checkpoint line: the folder, the last and the best checkpoint, and the
+    interrupt checkpoint when one was written."""
+    checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    if not checkpoints and interrupt is None:
+        return []
+    # The last checkpoint is a `save_last` file, or what an unmonitored callback keeps (its
+    # "best" is the latest epoch); the best is that of a monitored callback.
+    last = next(
+        (cb.last_model_path for cb in checkpoints if cb.last_model_path),
+        next(
+            (cb.best_model_path for cb in checkpoints if not cb.monitor and cb.best_model_path),
+            "none",
+        ),
+    )
+    best = next(
+        (cb.best_model_path for cb in checkpoints if cb.monitor and cb.best_model_path), "none"
+    )
+    dirpath = next((cb.dirpath for cb in checkpoints if cb.dirpath), None)
+    parts = [f"last: {last}", f"best: {best}"]
+    if interrupt is not None:
+        parts.insert(0, f"interrupted: {interrupt.saved_path or 'none'}")
+        if dirpath is None and interrupt.saved_path is not None:
+            dirpath = str(interrupt.saved_path.parent)
+    return [f"  checkpoints: {dirpath} ({', '.join(parts)})"]
+
+
+def _interrupted_summary(trainer: pl.Trainer) -> str:
+    interrupt = next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
+    stopped_by = interrupt.signal if interrupt is not None else None
+    what = stopped_by.name if isinstance(stopped_by, signal.Signals) else "an interrupt"
+    lines = [
+        "",
+        f"lightning-recipes fit interrupted by {what} at epoch {trainer.current_epoch},"
+        f" global step {trainer.global_step}; not tested.",
+        f"  logs:        {trainer.log_dir or trainer.default_root_dir}",
+        *_checkpoint_lines(trainer, interrupt),
+    ]
+    if interrupt is not None and interrupt.saved_path is not None:
+        lines.append("  resume:      the same command with `--ckpt_path last`")
+    else:
+        lines.append("  resume:      no checkpoint of this moment was written")
+    return "\n".join(lines)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -389,8 +389,11 @@ def test_cifar10_config_prints(tmp_path, capsys):
     assert trainer["sync_batchnorm"] is True
     assert trainer["max_epochs"] == 30
     assert trainer["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
-    checkpoint, *monitors = trainer["callbacks"]
+    checkpoint, last, interrupt, *monitors = trainer["callbacks"]
+    assert checkpoint["class_path"] == last["class_path"]
     assert checkpoint["class_path"] == "lightning.pytorch.callbacks.ModelCheckpoint"
+    assert last["init_args"]["filename"] == "last" and last["init_args"]["monitor"] is None
+    assert interrupt["class_path"] == "lightning_recipes.InterruptCheckpoint"
     assert [m["class_path"] for m in monitors] == [
         "lightning_recipes.LRMonitor",
         "lightning_recipes.LossScaleMonitor",
@@ -431,5 +434,5 @@ def test_cifar10_config_instantiates(tmp_path):
     assert cli.model.net[0].in_channels == 3 and cli.model.net[-1].out_features == 10
     assert isinstance(cli.trainer.logger, CSVLogger)
     assert cli.trainer.max_epochs == 30
-    (checkpoint,) = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
-    assert checkpoint.monitor == "val/acc"
+    checkpoint, last = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert checkpoint.monitor == "val/acc" and last.monitor is None

@@ -112,4 +112,5 @@ class CIFAR10DataModule(SplitDataModule):
             self.num_workers,
             train,
             pin_memory=torch.cuda.is_available(),
+            trainer=self.trainer,
         )

@@ -111,5 +111,9 @@ class DigitsDataModule(SplitDataModule):
         if not self._splits:
             self.setup()
         return make_loader(
-            self._splits[split], self.batch_size, self.hparams.num_workers, split == "train"
+            self._splits[split],
+            self.batch_size,
+            self.hparams.num_workers,
+            split == "train",
+            trainer=self.trainer,
         )

@@ -116,7 +116,12 @@ class ImageFolderDataModule(SplitDataModule):
         transform = self.train_transform if train else self.eval_transform
         dataset = ImageFolder(str(folder), transform=transform)
         return make_loader(
-            dataset, self.batch_size, self.num_workers, train, pin_memory=torch.cuda.is_available()
+            dataset,
+            self.batch_size,
+            self.num_workers,
+            train,
+            pin_memory=torch.cuda.is_available(),
+            trainer=self.trainer,
         )
 
 
