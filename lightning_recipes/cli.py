@@ -37,6 +37,7 @@ from lightning_recipes.checkpointing import (
 from lightning_recipes.classifier import ImageClassifier
 from lightning_recipes.lr_find import LRFindResult
 from lightning_recipes.module import OneCycleModule
+from lightning_recipes.scheduler import schedule_progress
 from lightning_recipes.trainer import RecipesTrainer
 
 __all__ = ["TRACEBACK_ENV", "RecipesCLI", "main"]
@@ -339,8 +340,7 @@ class RecipesCLI(LightningCLI):
         if datamodule is not None and is_overridden("test_dataloader", datamodule):
             results = trainer.test(self.model, datamodule=datamodule)
         log_dir = trainer.log_dir or trainer.default_root_dir
-        if isinstance(trainer.checkpoint_callback, ModelCheckpoint):
-            _recover_checkpoint_paths(trainer.checkpoint_callback)
+        _recover_checkpoint_paths(trainer)
         lines = ["", "lightning-recipes fit finished; test metrics of the final weights:"]
         for key, value in sorted((results[0] if results else {}).items()):
             lines.append(f"  {key}: {value:.4f}")
@@ -348,6 +348,7 @@ class RecipesCLI(LightningCLI):
         lines.extend(_checkpoint_lines(trainer))
         config = Path(log_dir) / "config.yaml"
         lines.append(f"  config:      {config if config.exists() else 'not saved'}")
+        lines.extend(_schedule_lines(trainer))
         if trainer.is_global_zero:
             print("\n".join(lines))
 
@@ -390,20 +391,45 @@ def _set_example_input(model: pl.LightningModule, datamodule: Any) -> None:
         model.example_input_array = torch.zeros(1, *shape)
 
 
-def _recover_checkpoint_paths(checkpoint: ModelCheckpoint) -> None:
-    """Fills in the folder and last checkpoint of a fit run in child processes.
+def _recover_checkpoint_paths(trainer: pl.Trainer) -> None:
+    """Fills in the folders and files of checkpoint callbacks that ran in child processes.
 
-    Under ``strategy="ddp_spawn"`` this process's ``ModelCheckpoint`` never ran: Lightning
-    sends back only ``best_model_path``, and the folder and ``last.ckpt`` are beside it.
+    Under ``strategy="ddp_spawn"`` this process's ``ModelCheckpoint`` callbacks never ran:
+    Lightning sends back only the first one's ``best_model_path``. The others wrote into the
+    same folder (the default ``dirpath``), so their files are found there by name.
     """
-    if checkpoint.dirpath is not None or not checkpoint.best_model_path:
+    checkpoints = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    first = trainer.checkpoint_callback
+    if not isinstance(first, ModelCheckpoint) or first.dirpath is not None:
         return
-    checkpoint.dirpath = os.path.dirname(checkpoint.best_model_path)
-    last = (
-        Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-    )
-    if checkpoint.save_last and not checkpoint.last_model_path and last.is_file():
-        checkpoint.last_model_path = str(last)
+    if not first.best_model_path:
+        return
+    folder = Path(first.best_model_path).parent
+    for checkpoint in checkpoints:
+        if checkpoint.dirpath is not None:
+            continue
+        checkpoint.dirpath = str(folder)
+        last = folder / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
+        if checkpoint.save_last and not checkpoint.last_model_path and last.is_file():
+            checkpoint.last_model_path = str(last)
+        # An unmonitored callback with a plain file name (the configs' `last`) keeps one file.
+        named = folder / f"{checkpoint.filename}{checkpoint.FILE_EXTENSION}"
+        if not checkpoint.best_model_path and checkpoint.filename and named.is_file():
+            checkpoint.best_model_path = str(named)
+
+
+def _schedule_lines(trainer: pl.Trainer) -> list[str]:
+    """How far each OneCycle got: a fit stopped early (EarlyStopping, ``max_time``) says so."""
+    lines = []
+    for config in trainer.lr_scheduler_configs:
+        if not isinstance(config.scheduler, torch.optim.lr_scheduler.OneCycleLR):
+            continue
+        progress = schedule_progress(config.scheduler)
+        if progress.step == 0:  # a spawned fit: the schedule ran in the child processes
+            continue
+        note = "" if progress.finished else "; stopped before the end, the LR never annealed"
+        lines.append(f"  schedule:    {progress}{note}")
+    return lines
 
 
 def _import(class_path: str | None) -> type | None:

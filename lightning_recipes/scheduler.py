@@ -251,6 +251,10 @@ class GuardedOneCycleLR(OneCycleLR):
             if self.rescale_anchor is None
             else _position(self.rescale_anchor, real, self.total_steps)
         )
+        # Lightning steps the scheduler once more after the last update; torch's formula then
+        # runs past the end of the cosine and the LR rises again. No update uses that value,
+        # but logs and summaries read it: stay at the schedule's end (min_lr) instead.
+        position = min(position, float(self.total_steps - 1))
         phases = self._schedule_phases
         lrs: list[float | torch.Tensor] = []
         for group in self.optimizer.param_groups:
@@ -489,11 +493,14 @@ def _steps_of_this_run(trainer: Any) -> int:
         return total
     accumulate = trainer.accumulate_grad_batches
     per_epoch = math.ceil(batches / accumulate)
-    # Epochs whose training batches all ran (counted before `on_train_epoch_end`, where
-    # checkpoints are saved), and the optimizer steps of the epoch in progress, if any.
-    epochs_done = trainer.fit_loop.epoch_progress.current.processed
+    # Epochs whose training batches all ran, and the optimizer steps of the epoch in progress.
+    # A checkpoint can be saved after the last batch of an epoch but before the epoch counts
+    # as processed (a batch-end or epoch-end save): the batch progress says that it was the
+    # last batch, which holds whether the state is read at load time or after the restart.
     batch_progress = trainer.fit_loop.epoch_loop.batch_progress
-    in_epoch = 0 if batch_progress.is_last_batch else batch_progress.current.processed // accumulate
+    last_batch = bool(batch_progress.is_last_batch)
+    epochs_done = trainer.fit_loop.epoch_progress.current.started - 1 + last_batch
+    in_epoch = 0 if last_batch else batch_progress.current.processed // accumulate
     rest = per_epoch * (max_epochs - epochs_done) - in_epoch
     steps = done + rest
     return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps

@@ -130,6 +130,8 @@ def test_fit_prints_summary_with_existing_paths(fit_run):
     assert best.is_file() and best.parent == dirpath
     assert last == dirpath / "last.ckpt" and last.is_file()
 
+    assert summary["schedule"].startswith("step 3 of 3 (100.0%)")
+
     config = Path(summary["config"])
     assert config == logs / "config.yaml"
     saved = yaml.safe_load(config.read_text())
@@ -436,3 +438,30 @@ def test_cifar10_config_instantiates(tmp_path):
     assert cli.trainer.max_epochs == 30
     checkpoint, last = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert checkpoint.monitor == "val/acc" and last.monitor is None
+
+
+def test_summary_says_when_the_schedule_stopped_early(tmp_path):
+    from lightning_recipes.cli import _schedule_lines
+
+    class StopAt2(pl.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = trainer.global_step == 2
+
+    trainer = pl.Trainer(
+        max_epochs=1,
+        limit_train_batches=8,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[StopAt2()],
+    )
+    trainer.fit(ImageClassifier(num_classes=10, in_channels=1), datamodule=DigitsDataModule())
+    assert trainer.global_step == 2  # the scenario: stopped early
+    (line,) = _schedule_lines(trainer)
+    assert re.fullmatch(
+        r"  schedule:    step 2 of 8 \(25\.0%\), lr=\S+ \(min_lr=\S+\); stopped before the"
+        r" end, the LR never annealed",
+        line,
+    )

@@ -89,7 +89,7 @@ BAD_VALUES = {
     ),
     "callback": (
         ["--trainer.callbacks+=lightning_recipes.CutMix", "--trainer.callbacks.alpha", "-1"],
-        "`alpha` must be > 0, got -1.0",
+        "CutMix: `alpha` must be > 0, got -1.0",
         ["`alpha` in its entry of trainer.callbacks", "--trainer.callbacks.help CutMix"],
     ),
     "trainer": (

@@ -722,3 +722,17 @@ def test_scheduler_module_exports():
     )
     for name in scheduler_module.__all__:
         assert hasattr(scheduler_module, name)
+
+
+@pytest.mark.parametrize("total", [3, 10])
+def test_after_the_last_update_the_lr_stays_at_min_lr(total):
+    # Lightning steps the scheduler once more after the last optimizer step; torch's formula
+    # would run past the end of the cosine there.
+    opt = _sgd()
+    sched = GuardedOneCycleLR(opt, max_lr=0.1, total_steps=total, pct_start=0.25)
+    for _ in range(total):
+        opt.step()
+        sched.step()
+    assert sched.last_epoch == total
+    assert sched.get_last_lr() == [pytest.approx(0.1 / 25 / 1e4, rel=1e-12)]
+    assert opt.param_groups[0]["momentum"] == pytest.approx(0.95)
