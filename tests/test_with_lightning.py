@@ -197,8 +197,10 @@ def test_stochastic_weight_averaging_takes_over_after_the_cycle(tmp_path: Path) 
     assert_close(rec.lrs[:16], ref_lrs)
     assert_close(rec.moms[:16], ref_moms)
     assert rec.lrs[15][0] == pytest.approx(0.2 / 25 / 1e4, rel=1e-9)
-    swa_epoch_2 = [lrs[0] for lrs in rec.lrs[16:24]]  # one annealing epoch, per epoch
-    assert swa_epoch_2 == [swa_epoch_2[0]] * 8 and 0.2 / 25 / 1e4 < swa_epoch_2[0] < 0.01
+    # SWALR starts from the LR the cycle ended at (min_lr; the scheduler stays there after
+    # its last step) for its one annealing epoch (stepped per epoch), then holds swa_lrs.
+    swa_epoch_2 = [lrs[0] for lrs in rec.lrs[16:24]]
+    assert swa_epoch_2 == pytest.approx([0.2 / 25 / 1e4] * 8, rel=1e-9)
     assert [lrs[0] for lrs in rec.lrs[24:32]] == pytest.approx([0.01] * 8, rel=1e-12)
     assert model.soft_target_batches >= 32  # mixing in every training epoch
 
