@@ -15,10 +15,12 @@ label smoothing) and train on soft targets with `F.cross_entropy`.
   `configure_optimizers` builds torch's `OneCycleLR` with `"interval": "step"` (fastai's
   schedule stepped per batch). The LR and momentum of every optimizer step must be equal.
 
-Printed: test accuracy (mean +- sd over the seeds), the wall time of `Trainer.fit` as a ratio
-to ours (median over the seeds of the ratio within a seed; the variants of a seed run back to
-back in an order rotated each seed), and the lines of user code each variant needs, counted
-here from the source of the functions and classes below that hold it.
+Printed: test accuracy (mean +- sd over the seeds), the wall and CPU time of `Trainer.fit` as
+ratios to ours (median and range over the seeds of the ratio within a seed; the variants of a
+seed run back to back in an order rotated each seed, so load on the machine falls on them
+alike; with one torch thread, CPU time is the figure least moved by other processes), and the
+lines of user code each variant needs, counted here from the source of the functions and
+classes below that hold it.
 
     python benchmarks/peers.py            # 5 seeds x 30 epochs (the length of configs/digits.yaml)
     python benchmarks/peers.py --quick    # 1 seed, 1 epoch of 8 batches: a smoke run
@@ -227,6 +229,7 @@ class Variant:
     code: tuple[Any, ...]
     accuracy: list[float] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     steps: list[list[tuple[float, ...]]] = field(default_factory=list)
 
 
@@ -348,9 +351,10 @@ def run_one(variant: Variant, seed: int, epochs: int, batches: int | None) -> No
         enable_model_summary=False,
         callbacks=[*callbacks, trace],
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit(model, data)
     variant.wall.append(time.perf_counter() - start)
+    variant.cpu.append(time.process_time() - cpu_start)
     variant.accuracy.append(float(trainer.test(model, data, verbose=False)[0]["test/acc"]))
     if len(trace.steps) != trainer.estimated_stepping_batches:
         raise RuntimeError(
@@ -374,7 +378,7 @@ def run(
             run_one(variant, seed, epochs, batches)
             log(
                 f"seed {seed} {variant.group:8} {variant.name:55} acc {variant.accuracy[-1]:.4f}"
-                f"  wall {variant.wall[-1]:.2f} s"
+                f"  wall {variant.wall[-1]:.2f} s  CPU {variant.cpu[-1]:.2f} s"
             )
     return table
 
@@ -396,13 +400,19 @@ def report(table: list[Variant], seeds: int, epochs: int, batches: int | None) -
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{100 * statistics.mean(values):.2f} +- {100 * sd:.2f}"
 
+    def middle(ratios: list[float]) -> str:
+        if len(ratios) == 1:
+            return f"{ratios[0]:.2f}"
+        return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
     rows = []
     for variant in table:
         base = next(v for v in table if v.group == variant.group and v.ours)
         ratios = [w / b for w, b in zip(variant.wall, base.wall, strict=True)]
+        cpu_ratios = [c / b for c, b in zip(variant.cpu, base.cpu, strict=True)]
         rows.append(
             f"| {variant.group} | {variant.name} | {spread(variant.accuracy)} |"
-            f" {statistics.median(variant.wall):.2f} | {statistics.median(ratios):.3f} |"
+            f" {statistics.median(variant.wall):.2f} | {middle(ratios)} | {middle(cpu_ratios)} |"
             f" {user_lines(*variant.code)} |"
         )
     steps = len(table[-1].steps[0])
@@ -419,8 +429,9 @@ def report(table: list[Variant], seeds: int, epochs: int, batches: int | None) -
             f" thread(s); {seeds} seed(s), {length} of 64 per fit",
             "",
             "| group | variant | test accuracy % (mean +- sd) | fit wall s (median) |"
-            " wall / ours (median over seeds) | lines of user code |",
-            "|---|---|---|---|---|---|",
+            " wall / ours, median (range) | CPU time / ours, median (range) |"
+            " lines of user code |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
             "OneCycle, fastai-style against `OneCycleModule`: the LR and momentum of every"
