@@ -22,7 +22,7 @@ alike; with one torch thread, CPU time is the figure least moved by other proces
 lines of user code each variant needs, counted here from the source of the functions and
 classes below that hold it.
 
-    python benchmarks/peers.py            # 5 seeds x 30 epochs (the length of configs/digits.yaml)
+    python benchmarks/peers.py            # 5 seeds x 30 epochs, as configs/digits.yaml: 50 fits
     python benchmarks/peers.py --quick    # 1 seed, 1 epoch of 8 batches: a smoke run
 """
 
@@ -440,7 +440,7 @@ def report(table: list[Variant], seeds: int, epochs: int, batches: int | None) -
     )
 
 
-def main(argv: list[str] | None = None) -> str:
+def main(argv: list[str] | None = None) -> list[Variant]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 epoch of 8 batches")
     parser.add_argument("--seeds", type=int, default=5)
@@ -450,12 +450,11 @@ def main(argv: list[str] | None = None) -> str:
     torch.set_num_threads(1)
     seeds, epochs, batches = (1, 1, 8) if args.quick else (args.seeds, args.epochs, None)
     table = run(seeds, epochs, batches)
-    text = report(table, seeds, epochs, batches)
-    print(text)
+    print(report(table, seeds, epochs, batches))
     mismatch = schedule_mismatch(table)
     if mismatch is not None:
         raise SystemExit(f"the fastai-style OneCycle differs from OneCycleModule: {mismatch}")
-    return text
+    return table
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def peers() -> Iterator[ModuleType]:
 
 
 @pytest.fixture(scope="module")
-def quick(peers: ModuleType) -> str:
+def quick(peers: ModuleType) -> list[Any]:
     return peers.main(["--quick"])
 
 
@@ -68,18 +69,22 @@ def _standalone_onecycle(steps: int) -> list[tuple[float, ...]]:
 
 
 @pytest.mark.slow
-def test_quick_run_prints_every_variant(peers: ModuleType, quick: str) -> None:
-    for variant in peers.variants():
-        assert variant.name in quick
-    assert f"equal at all {QUICK_BATCHES} optimizer steps" in quick
+def test_quick_run_fits_and_reports_every_variant(peers: ModuleType, quick: list[Any]) -> None:
+    printed = peers.report(quick, seeds=1, epochs=1, batches=QUICK_BATCHES)
+    assert [v.name for v in quick] == [v.name for v in peers.variants()]
+    for variant in quick:
+        assert variant.name in printed
+        assert len(variant.wall) == len(variant.cpu) == len(variant.accuracy) == 1
+        assert 0.0 <= variant.accuracy[0] <= 1.0
+        assert len(variant.steps[0]) == QUICK_BATCHES
+    assert f"equal at all {QUICK_BATCHES} optimizer steps" in printed
 
 
 @pytest.mark.slow
-def test_fastai_style_onecycle_steps_as_onecycle_module(peers: ModuleType) -> None:
-    table = [v for v in peers.variants() if v.group == "OneCycle"]
-    for variant in table:
-        peers.run_one(variant, seed=0, epochs=1, batches=QUICK_BATCHES)
-    ours, fastai = table
+def test_fastai_style_onecycle_steps_as_onecycle_module(
+    peers: ModuleType, quick: list[Any]
+) -> None:
+    ours, fastai = (v for v in quick if v.group == "OneCycle")
     assert ours.ours and not fastai.ours
     expected = _standalone_onecycle(QUICK_BATCHES)
     # Both traced every optimizer step, and the LR actually moved over the cycle.
@@ -87,7 +92,7 @@ def test_fastai_style_onecycle_steps_as_onecycle_module(peers: ModuleType) -> No
     assert len({step[0] for step in expected}) == QUICK_BATCHES
     assert fastai.steps[0] == ours.steps[0]
     assert ours.steps[0] == pytest.approx(expected, rel=1e-12)
-    assert peers.schedule_mismatch(table) is None
+    assert peers.schedule_mismatch([ours, fastai]) is None
 
 
 @pytest.mark.slow
