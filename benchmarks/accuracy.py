@@ -212,13 +212,14 @@ def _scores(model: Any, x: Any, y: Any) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
         logits = model(x)
+    probs = logits.softmax(dim=1)
     return {
         "acc": float((logits.argmax(dim=1) == y).float().mean()),
+        # Mean top-class probability: above "acc" is over-confidence, below under-confidence.
+        "conf": float(probs.max(dim=1).values.mean()),
         "loss": float(F.cross_entropy(logits, y)),
         "ece": float(
-            multiclass_calibration_error(
-                logits.softmax(dim=1), y, NUM_CLASSES, n_bins=ECE_BINS, norm="l1"
-            )
+            multiclass_calibration_error(probs, y, NUM_CLASSES, n_bins=ECE_BINS, norm="l1")
         ),
     }
 
@@ -463,6 +464,23 @@ def tables(summary: list[dict[str, Any]], lrs: dict[str, float]) -> str:
     return "\n".join(out)
 
 
+_TITLES = {
+    "full": "full",
+    "25%": "25% of train",
+    "10%": "10% of train",
+    "noise20": "20% labels flipped",
+}
+_COLOURS = {
+    "onecycle": "black",
+    "constant": "tab:purple",
+    "cosine": "tab:brown",
+    "mixup": "tab:blue",
+    "cutmix": "tab:orange",
+    "fmix": "tab:green",
+    "randommix": "tab:red",
+}
+
+
 def plot(summary: list[dict[str, Any]], conditions: Sequence[str], path: Path) -> None:
     """Test accuracy against budget: schedules on clean data, then mixing per condition."""
     import matplotlib
@@ -471,7 +489,10 @@ def plot(summary: list[dict[str, Any]], conditions: Sequence[str], path: Path) -
     import matplotlib.pyplot as plt
 
     panels = [("full", "schedules (full, clean)", lambda e: e["mixer"] == "none")]
-    panels += [(c, f"mixing, {c}", lambda e: e["schedule"] == "onecycle") for c in conditions]
+    panels += [
+        (c, f"OneCycle + mixing, {_TITLES[c]}", lambda e: e["schedule"] == "onecycle")
+        for c in conditions
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
     for ax, (condition, title, keep) in zip(axes[0], panels, strict=True):
         chosen = [e for e in summary if e["condition"] == condition and keep(e)]
@@ -480,18 +501,18 @@ def plot(summary: list[dict[str, Any]], conditions: Sequence[str], path: Path) -
                 (e for e in chosen if (e["schedule"], e["mixer"]) == key), key=lambda e: e["epochs"]
             )
             label = key[0] if title.startswith("schedules") else key[1]
-            style = "-" if not key[1].endswith("/sample") else "--"
             ax.errorbar(
                 [e["epochs"] for e in line],
                 [100 * e["acc"] for e in line],
                 yerr=[100 * e["acc_std"] for e in line],
                 label=label,
-                linestyle=style,
+                linestyle="--" if key[1].endswith("/sample") else "-",
                 marker="o",
                 markersize=3,
                 capsize=2,
-                linewidth=1 if key[1] != "none" else 2,
-                color="black" if key == ("onecycle", "none") else None,
+                linewidth=2 if key == ("onecycle", "none") else 1,
+                # One colour per schedule / method in every panel; per sample is dashed.
+                color=_COLOURS.get(key[0] if key[1] == "none" else key[1].partition("/")[0]),
             )
         ax.set_xscale("log")
         budgets = sorted({e["epochs"] for e in chosen})

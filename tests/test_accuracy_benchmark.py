@@ -46,6 +46,7 @@ def test_quick_study_writes_figures_and_tunes_on_validation(accuracy, tmp_path, 
     assert {r["mixer"] for r in runs if r["condition"] != "full"} == set(settings["hard_mixers"])
     for run in runs:
         assert 0.0 <= run["acc"] <= 1.0 and 0.0 <= run["ece"] <= 1.0
+        assert 0.1 <= run["conf"] <= 1.0  # the top class of 10 has at least 1/10
         assert math.isfinite(run["loss"]) and run["loss"] > 0
         assert run["lr"] == report["tuned_lr"][run["schedule"]]
 
@@ -101,6 +102,30 @@ def test_subset_is_stratified_and_keeps_clean_pairs(accuracy, condition, fractio
     for image, label in zip(x.flatten(1).numpy(), y.tolist(), strict=True):
         match = np.flatnonzero((flat == image).all(axis=1))
         assert label in full_y[match].tolist()
+
+
+def test_scores_match_independent_formulas(accuracy):
+    gen = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(200, accuracy.NUM_CLASSES, generator=gen)
+    y = torch.randint(0, accuracy.NUM_CLASSES, (200,), generator=gen)
+    scores = accuracy._scores(torch.nn.Identity(), logits, y)
+
+    p = logits.double().softmax(dim=1).numpy()
+    labels = y.numpy()
+    conf, pred = p.max(axis=1), p.argmax(axis=1)
+    correct = pred == labels
+    assert scores["acc"] == pytest.approx(correct.mean())
+    assert scores["conf"] == pytest.approx(conf.mean())
+    assert scores["loss"] == pytest.approx(-np.log(p[np.arange(200), labels]).mean(), rel=1e-5)
+    # ECE: 15 equal-width confidence bins, |accuracy - confidence| weighted by the bin's share.
+    bins = np.minimum((conf * accuracy.ECE_BINS).astype(int), accuracy.ECE_BINS - 1)
+    ece = sum(
+        (bins == b).mean() * abs(correct[bins == b].mean() - conf[bins == b].mean())
+        for b in range(accuracy.ECE_BINS)
+        if (bins == b).any()
+    )
+    assert len(set(bins.tolist())) > 3  # the confidences spread over several bins
+    assert scores["ece"] == pytest.approx(ece, abs=1e-5)
 
 
 def test_warmup_cosine_matches_torch_schedulers(accuracy):
