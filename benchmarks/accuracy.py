@@ -1,6 +1,6 @@
 """Accuracy study on the embedded digits: LR schedules and mixing, at equal epoch budgets.
 
-    python benchmarks/accuracy.py            # the full study (about 20 minutes on 2 CPU cores)
+    python benchmarks/accuracy.py            # the full study (about 17 minutes on 2 CPU cores)
     python benchmarks/accuracy.py --quick    # 1 seed, tiny budgets: a smoke run of seconds
 
 On :class:`~lightning_recipes.DigitsDataModule` (1,797 real 8x8 digits; 1,257 for training,
