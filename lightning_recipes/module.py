@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
+from lightning_recipes.checkpointing import _is_damaged, _unreadable_error
 from lightning_recipes.scheduler import (
     GuardedOneCycleLR,
     _steps_before_swa,
@@ -163,6 +165,17 @@ class OneCycleModule(pl.LightningModule):
         self.save_hyperparameters(ignore=[] if isinstance(optimizer, str) else ["optimizer"])
         self.max_lr = max_lr
         self.optimizer_factory = optimizer
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; a damaged file (truncated, empty, not a
+        checkpoint) is a ``ValueError`` naming it instead of torch's unpickling error."""
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except Exception as error:
+            if isinstance(checkpoint_path, (str, os.PathLike)) and _is_damaged(checkpoint_path):
+                raise _unreadable_error(checkpoint_path, error) from error
+            raise
 
     @property
     def lr(self) -> float:

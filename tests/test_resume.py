@@ -746,3 +746,9 @@ def test_run_that_fails_before_training_writes_no_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="max_epochs"):
         main(["fit", *_short_args(out), "--trainer.max_epochs", "-1"])
     assert not list(out.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("damaged", ALL_DAMAGED, indirect=True)
+def test_load_from_checkpoint_of_a_damaged_file_names_the_file(damaged):
+    with pytest.raises(ValueError, match=f"Checkpoint '{damaged}' cannot be read"):
+        ImageClassifier.load_from_checkpoint(damaged)
