@@ -1,0 +1,18 @@
+"""Fixtures for every test: global state that one test may change is put back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger_levels() -> Iterator[None]:
+    # The benchmark scripts quiet Lightning's loggers in their `main()`, which some tests call.
+    loggers = [logging.getLogger(name) for name in logging.root.manager.loggerDict]
+    levels = {logger: logger.level for logger in loggers}
+    yield
+    for logger, level in levels.items():
+        logger.setLevel(level)
