@@ -550,6 +550,21 @@ def _onecycle_lr(position, total, max_lr, pct_start=0.25, div=25.0, final_div=1e
     return cos(max_lr, low, (position - end_up) / (total - 1 - end_up))
 
 
+def _assert_rescaled(resumed, new_total, done, saved_total=40, max_lr=0.5):
+    """The resumed LRs keep the checkpoint's progress fraction and end at min_lr on step
+    ``new_total - 1``: the written-out OneCycle at linearly stretched positions."""
+    assert len(resumed.lrs) == new_total - done
+    start = done / (saved_total - 1) * (new_total - 1)
+    expected = [
+        _onecycle_lr(
+            start + (new_total - 1 - start) * k / (new_total - 1 - done), new_total, max_lr
+        )
+        for k in range(new_total - done)
+    ]
+    assert [lrs[0] for lrs in resumed.lrs] == pytest.approx(expected, rel=1e-9)
+    assert_close(resumed.lrs[-1][0], max_lr / 25 / 1e4, rtol=1e-9)
+
+
 @pytest.mark.parametrize("new_epochs", [6, 3])
 def test_resume_rescale_keeps_fraction_and_ends_at_new_total(tmp_path, new_epochs):
     _fit_with_checkpoints(tmp_path, max_epochs=4)
@@ -560,14 +575,7 @@ def test_resume_rescale_keeps_fraction_and_ends_at_new_total(tmp_path, new_epoch
         ckpt_path=tmp_path / "ckpt" / "epoch=1.ckpt",
     )
     new_total, done = 10 * new_epochs, 20
-    assert len(resumed.lrs) == new_total - done
-    start = done / (40 - 1) * (new_total - 1)
-    expected = [
-        _onecycle_lr(start + (new_total - 1 - start) * k / (new_total - 1 - done), new_total, 0.5)
-        for k in range(new_total - done)
-    ]
-    assert [lrs[0] for lrs in resumed.lrs] == pytest.approx(expected, rel=1e-9)
-    assert_close(resumed.lrs[-1][0], 0.5 / 25 / 1e4, rtol=1e-9)
+    _assert_rescaled(resumed, new_total, done)
 
 
 @pytest.mark.parametrize("mode", ["error", "rescale"])
@@ -585,14 +593,7 @@ def test_resume_with_another_epoch_length_counts_the_steps_this_run_makes(tmp_pa
         return
     fit(model, loader(batch_size=8), ckpt_path=ckpt)
     new_total, done = 30, 20
-    assert len(resumed.lrs) == new_total - done
-    start = done / (40 - 1) * (new_total - 1)
-    expected = [
-        _onecycle_lr(start + (new_total - 1 - start) * k / (new_total - 1 - done), new_total, 0.5)
-        for k in range(new_total - done)
-    ]
-    assert [lrs[0] for lrs in resumed.lrs] == pytest.approx(expected, rel=1e-9)
-    assert_close(resumed.lrs[-1][0], 0.5 / 25 / 1e4, rtol=1e-9)
+    _assert_rescaled(resumed, new_total, done)
 
 
 def test_rescale_cannot_shrink_below_steps_done(tmp_path):
