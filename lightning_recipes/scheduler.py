@@ -31,6 +31,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 from typing_extensions import override
 
+from lightning_recipes._compat import get_lr_within_step, steps_with_amp_scaling
+
 __all__ = [
     "GuardedOneCycleLR",
     "ScheduleMismatchError",
@@ -190,11 +192,8 @@ class GuardedOneCycleLR(OneCycleLR):
 
     def _refresh(self) -> None:
         """Write the LR (and momentum) of the current position into the param groups."""
-        self._get_lr_called_within_step = True
-        try:
+        with get_lr_within_step(self):
             lrs = self.get_lr()
-        finally:
-            self._get_lr_called_within_step = False
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
@@ -203,7 +202,7 @@ class GuardedOneCycleLR(OneCycleLR):
         self._pending_updates += 1
         # GradScaler always calls fused optimizers (`_step_supports_amp_scaling`), which skip the
         # update inside the kernel; the `found_inf` tensor it attaches is the only trace of a skip.
-        if getattr(optimizer, "_step_supports_amp_scaling", False):
+        if steps_with_amp_scaling(optimizer):
             self._fused_found_inf = getattr(optimizer, "found_inf", None)
 
     def _optimizer_stepped(self) -> bool:
