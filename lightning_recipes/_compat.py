@@ -1,5 +1,7 @@
-"""Every use of a private torch or Lightning API, each with a fallback or a clear error, so that
-an upgrade that removes one breaks here, next to its test (``tests/test_compat.py``).
+"""The package's uses of private torch and Lightning APIs, each with a fallback or a clear
+error, so that an upgrade that removes one breaks here, next to its test
+(``tests/test_compat.py``). Not here: the state ``GuardedOneCycleLR`` inherits from torch's
+``OneCycleLR`` (``_step_count``, ``_schedule_phases``), which a subclass reads directly.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from torch.optim import Optimizer
-    from torch.optim.lr_scheduler import LRScheduler
+    from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
 
 def request_graceful_stop(trainer: pl.Trainer) -> None:
@@ -119,6 +121,27 @@ def get_lr_within_step(scheduler: LRScheduler) -> Iterator[None]:
         yield
     finally:
         scheduler._get_lr_called_within_step = previous  # type: ignore[attr-defined]
+
+
+def onecycle_anneal(scheduler: OneCycleLR, start: float, end: float, pct: float) -> float:
+    """``OneCycleLR``'s interpolation from ``start`` to ``end`` at ``pct`` in [0, 1], by its
+    ``anneal_strategy`` (``"cos"`` or ``"linear"``).
+
+    torch 2.x calls it ``_anneal_func``; earlier releases had a public ``anneal_func``
+    attribute, used where the method is missing. Without either, a ``RuntimeError``.
+    """
+    anneal = getattr(scheduler, "_anneal_func", None) or getattr(scheduler, "anneal_func", None)
+    if anneal is None:
+        raise RuntimeError(
+            f"torch {torch.__version__}'s `OneCycleLR` has neither `_anneal_func` nor"
+            " `anneal_func`; `GuardedOneCycleLR` needs one of them: use a torch that has it"
+        )
+    return anneal(start, end, pct)
+
+
+def set_last_lr(scheduler: LRScheduler, lrs: list[float]) -> None:
+    """Make ``scheduler.get_last_lr()`` return ``lrs`` (it returns ``scheduler._last_lr``)."""
+    scheduler._last_lr = lrs  # type: ignore[attr-defined]
 
 
 def steps_with_amp_scaling(optimizer: Optimizer) -> bool:

@@ -4,6 +4,7 @@ behaviour, and where it has one, its fallback with the private attribute taken a
 from __future__ import annotations
 
 import csv
+import math
 import types
 import warnings
 from pathlib import Path
@@ -25,7 +26,9 @@ from lightning_recipes._compat import (
     get_lr_within_step,
     grad_scale_tensor,
     is_view,
+    onecycle_anneal,
     sample_dirichlet,
+    set_last_lr,
     should_update_logs,
     steps_with_amp_scaling,
     view_base,
@@ -224,6 +227,40 @@ def test_get_lr_within_step_on_a_scheduler_without_the_flag() -> None:
         assert bare._get_lr_called_within_step is True
     assert bare._get_lr_called_within_step is False
     assert hasattr(LRScheduler, "_get_lr_called_within_step")  # this torch has the flag
+
+
+# --- onecycle_anneal / set_last_lr ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["cos", "linear"])
+@pytest.mark.parametrize("pct", [0.0, 0.25, 0.5, 1.0])
+def test_onecycle_anneal_is_the_strategys_formula(strategy: str, pct: float) -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = OneCycleLR(optimizer, max_lr=1.0, total_steps=10, anneal_strategy=strategy)
+    start, end = 4.0, 0.5
+    if strategy == "cos":
+        expected = end + (start - end) / 2 * (1 + math.cos(math.pi * pct))
+    else:
+        expected = start + (end - start) * pct
+    assert onecycle_anneal(scheduler, start, end, pct) == pytest.approx(expected)
+
+
+def test_onecycle_anneal_falls_back_to_the_public_attribute_then_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scheduler = _onecycle()
+    monkeypatch.delattr(OneCycleLR, "_anneal_func")
+    scheduler.anneal_func = lambda start, end, pct: start + (end - start) * pct  # type: ignore[attr-defined]
+    assert onecycle_anneal(scheduler, 2.0, 0.0, 0.25) == 1.5
+    del scheduler.anneal_func  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="anneal_func"):
+        onecycle_anneal(scheduler, 2.0, 0.0, 0.25)
+
+
+def test_set_last_lr_is_what_get_last_lr_returns() -> None:
+    scheduler = _onecycle()
+    set_last_lr(scheduler, [0.123])
+    assert scheduler.get_last_lr() == [0.123]
 
 
 # --- steps_with_amp_scaling ---------------------------------------------------------------------
