@@ -1,8 +1,22 @@
-"""Every use of a private Lightning attribute, each with a fallback, so an upgrade breaks here."""
+"""The package's uses of private torch and Lightning APIs, each with a fallback or a clear
+error, so that an upgrade that removes one breaks here, next to its test
+(``tests/test_compat.py``). Not here: the state ``GuardedOneCycleLR`` inherits from torch's
+``OneCycleLR`` (``_step_count``, ``_schedule_phases``), which a subclass reads directly.
+"""
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
 
 def request_graceful_stop(trainer: pl.Trainer) -> None:
@@ -16,3 +30,172 @@ def request_graceful_stop(trainer: pl.Trainer) -> None:
     if connector is None or not hasattr(connector, "received_sigterm"):
         raise KeyboardInterrupt
     connector.received_sigterm = True
+
+
+def should_update_logs(trainer: pl.Trainer) -> bool:
+    """Whether Lightning sends this step's metrics to the loggers (every ``log_every_n_steps``).
+
+    Reads ``trainer._logger_connector.should_update_logs``; without it (another Lightning
+    version) every step counts as a logging step, which logs more but loses nothing.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    return connector is None or bool(connector.should_update_logs)
+
+
+def grad_scale_tensor(scaler: Any) -> Tensor | None:
+    """The loss scale of a ``torch.amp.GradScaler`` as a tensor, without a host-device sync.
+
+    ``scaler._get_scale_async()`` returns the tensor where the public ``get_scale()`` would call
+    ``.item()``; without it the ``_scale`` attribute is read, and without that None comes back
+    (as before the first ``scaler.scale(loss)``), so the caller sees no scaler.
+    """
+    getter = getattr(scaler, "_get_scale_async", None)
+    if callable(getter):
+        return getter()
+    return getattr(scaler, "_scale", None)
+
+
+def sample_dirichlet(concentration: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One ``Dirichlet`` sample per row of ``concentration`` (``(..., k)``), from ``generator``.
+
+    ``torch._sample_dirichlet`` is what ``torch.distributions.Dirichlet`` (and ``Beta``) sample
+    with, and unlike them it takes a generator. Without it, ``generator=None`` falls back to
+    independent ``torch.distributions.Gamma(concentration, 1)`` draws on the global random state,
+    normalised to sum to 1 (a Dirichlet sample); an explicit generator cannot be honoured by any
+    public torch sampler, so that is a ``RuntimeError``.
+    """
+    sampler = getattr(torch, "_sample_dirichlet", None)
+    if sampler is not None:
+        return sampler(concentration, generator=generator)
+    if generator is None:
+        gammas = torch.distributions.Gamma(concentration, torch.ones_like(concentration)).sample()
+        # Small concentrations can underflow every draw of a row to 0: the row is then uniform.
+        gammas = gammas.clamp_min(torch.finfo(gammas.dtype).tiny)
+        return gammas / gammas.sum(-1, keepdim=True)
+    raise RuntimeError(
+        f"torch {torch.__version__} has no `torch._sample_dirichlet`, the only Beta/Dirichlet"
+        " sampler that takes a `generator`; pass `generator=None`, or use a torch that has it"
+    )
+
+
+def is_view(x: Tensor) -> bool:
+    """Whether ``x`` shares its storage with another tensor it was made from (``x._is_view()``).
+
+    Falls back to ``x._base is not None``, and to False (no view detected) without either.
+    """
+    check = getattr(x, "_is_view", None)
+    if callable(check):
+        return bool(check())
+    return getattr(x, "_base", None) is not None
+
+
+def view_base(x: Tensor) -> Tensor:
+    """The tensor ``x`` is a view of (``x._base``), or ``x`` itself where torch does not say."""
+    base = getattr(x, "_base", None)
+    return x if base is None else base
+
+
+def foreach_norm(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """The 2-norm of each tensor (all on one device), each in the tensor's dtype.
+
+    ``torch._foreach_norm`` computes them in one fused kernel; the fallback is one
+    ``torch.linalg.vector_norm`` per tensor, the same values.
+    """
+    fused = getattr(torch, "_foreach_norm", None)
+    if fused is not None:
+        return list(fused(list(tensors)))
+    return [torch.linalg.vector_norm(t) for t in tensors]
+
+
+@contextmanager
+def get_lr_within_step(scheduler: LRScheduler) -> Iterator[None]:
+    """Let ``scheduler.get_lr()`` be called outside ``step()`` without torch's warning.
+
+    torch warns when ``get_lr()`` runs while ``_get_lr_called_within_step`` is False, the flag
+    its own ``step()`` sets around the call; this sets it for the block and puts the previous
+    value back. A torch without the flag has no warning to silence: setting it is harmless.
+    """
+    previous = getattr(scheduler, "_get_lr_called_within_step", False)
+    scheduler._get_lr_called_within_step = True  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        scheduler._get_lr_called_within_step = previous  # type: ignore[attr-defined]
+
+
+def onecycle_anneal(scheduler: OneCycleLR, start: float, end: float, pct: float) -> float:
+    """``OneCycleLR``'s interpolation from ``start`` to ``end`` at ``pct`` in [0, 1], by its
+    ``anneal_strategy`` (``"cos"`` or ``"linear"``).
+
+    torch 2.x calls it ``_anneal_func``; earlier releases had a public ``anneal_func``
+    attribute, used where the method is missing. Without either, a ``RuntimeError``.
+    """
+    anneal = getattr(scheduler, "_anneal_func", None) or getattr(scheduler, "anneal_func", None)
+    if anneal is None:
+        raise RuntimeError(
+            f"torch {torch.__version__}'s `OneCycleLR` has neither `_anneal_func` nor"
+            " `anneal_func`; `GuardedOneCycleLR` needs one of them: use a torch that has it"
+        )
+    return anneal(start, end, pct)
+
+
+def set_last_lr(scheduler: LRScheduler, lrs: list[float]) -> None:
+    """Make ``scheduler.get_last_lr()`` return ``lrs`` (it returns ``scheduler._last_lr``)."""
+    scheduler._last_lr = lrs  # type: ignore[attr-defined]
+
+
+def steps_with_amp_scaling(optimizer: Optimizer) -> bool:
+    """Whether ``GradScaler`` hands the overflow check to the optimizer (fused optimizers).
+
+    Such an optimizer (``_step_supports_amp_scaling``) is always called by ``scaler.step`` and
+    skips the update inside its kernel, leaving a ``found_inf`` tensor as the only trace. False
+    where the attribute is missing: the step is then taken to have happened.
+    """
+    return bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+
+
+def _private_class(module: Any, name: str, fallback: tuple[type, ...]) -> tuple[type, ...]:
+    cls = getattr(module, name, None)
+    return (cls,) if isinstance(cls, type) else fallback
+
+
+# torch's private base classes of its layer families, and the public subclasses they have in
+# torch 2.x as the fallback where a base is gone.
+_NORM_FALLBACK: tuple[type, ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.LazyInstanceNorm1d,
+    nn.LazyInstanceNorm2d,
+    nn.LazyInstanceNorm3d,
+)
+_BATCHNORM_FALLBACK: tuple[type, ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+)
+_DROPOUT_FALLBACK: tuple[type, ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+#: BatchNorm and InstanceNorm layers (``nn.modules.batchnorm._NormBase``).
+NORM_LAYERS = _private_class(nn.modules.batchnorm, "_NormBase", _NORM_FALLBACK)
+#: BatchNorm layers, SyncBatchNorm included (``nn.modules.batchnorm._BatchNorm``).
+BATCHNORM_LAYERS = _private_class(nn.modules.batchnorm, "_BatchNorm", _BATCHNORM_FALLBACK)
+#: Dropout layers (``nn.modules.dropout._DropoutNd``).
+DROPOUT_LAYERS = _private_class(nn.modules.dropout, "_DropoutNd", _DROPOUT_FALLBACK)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
+from lightning_recipes._compat import NORM_LAYERS
 from lightning_recipes.checkpointing import _is_damaged, _unreadable_error
 from lightning_recipes.scheduler import (
     GuardedOneCycleLR,
@@ -27,7 +28,7 @@ __all__ = ["OneCycleModule"]
 OptimizerCallable = Callable[[Iterable[Any]], Optimizer]
 
 _NORM_TYPES = (
-    nn.modules.batchnorm._NormBase,
+    *NORM_LAYERS,
     nn.GroupNorm,
     nn.LayerNorm,
     nn.LocalResponseNorm,

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.optim.lr_scheduler import OneCycleLR
 from typing_extensions import override
 
+from lightning_recipes._compat import get_lr_within_step
 from lightning_recipes.scheduler import GuardedOneCycleLR
 
 __all__ = ["SchedulePreview", "preview_schedule"]
@@ -172,13 +173,13 @@ def _evaluate(scheduler: OneCycleLR) -> SchedulePreview:
     key = "betas" if getattr(scheduler, "use_beta1", False) else "momentum"
     lrs: list[list[float]] = []
     momenta: list[float] = []
-    sim._get_lr_called_within_step = True  # type: ignore[attr-defined]
-    for step in range(scheduler.total_steps):
-        sim.last_epoch = step
-        lrs.append([float(lr) for lr in sim.get_lr()])
-        if scheduler.cycle_momentum:
-            value = groups.param_groups[0][key]
-            momenta.append(float(value[0] if key == "betas" else value))
+    with get_lr_within_step(sim):
+        for step in range(scheduler.total_steps):
+            sim.last_epoch = step
+            lrs.append([float(lr) for lr in sim.get_lr()])
+            if scheduler.cycle_momentum:
+                value = groups.param_groups[0][key]
+                momenta.append(float(value[0] if key == "betas" else value))
     return SchedulePreview(
         lrs=[row[0] for row in lrs],
         momenta=momenta,

@@ -31,6 +31,13 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 from typing_extensions import override
 
+from lightning_recipes._compat import (
+    get_lr_within_step,
+    onecycle_anneal,
+    set_last_lr,
+    steps_with_amp_scaling,
+)
+
 __all__ = [
     "GuardedOneCycleLR",
     "ScheduleMismatchError",
@@ -190,20 +197,17 @@ class GuardedOneCycleLR(OneCycleLR):
 
     def _refresh(self) -> None:
         """Write the LR (and momentum) of the current position into the param groups."""
-        self._get_lr_called_within_step = True
-        try:
+        with get_lr_within_step(self):
             lrs = self.get_lr()
-        finally:
-            self._get_lr_called_within_step = False
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
-        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        set_last_lr(self, [group["lr"] for group in self.optimizer.param_groups])
 
     def _on_optimizer_step(self, optimizer: Optimizer, args: Any, kwargs: dict[str, Any]) -> None:
         self._pending_updates += 1
         # GradScaler always calls fused optimizers (`_step_supports_amp_scaling`), which skip the
         # update inside the kernel; the `found_inf` tensor it attaches is the only trace of a skip.
-        if getattr(optimizer, "_step_supports_amp_scaling", False):
+        if steps_with_amp_scaling(optimizer):
             self._fused_found_inf = getattr(optimizer, "found_inf", None)
 
     def _optimizer_stepped(self) -> bool:
@@ -265,11 +269,11 @@ class GuardedOneCycleLR(OneCycleLR):
                     span = end - start
                     pct = (position - start) / span if span > 0 else 1.0
                     lrs.append(
-                        self._anneal_func(group[phase["start_lr"]], group[phase["end_lr"]], pct)
+                        onecycle_anneal(self, group[phase["start_lr"]], group[phase["end_lr"]], pct)
                     )
                     if self.cycle_momentum:
-                        momentum = self._anneal_func(
-                            group[phase["start_momentum"]], group[phase["end_momentum"]], pct
+                        momentum = onecycle_anneal(
+                            self, group[phase["start_momentum"]], group[phase["end_momentum"]], pct
                         )
                         if self.use_beta1:
                             group["betas"] = (momentum, *group["betas"][1:])

@@ -7,6 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
+# `--doctest-modules` imports every module it collects; these are helpers and scripts (the DDP
+# script trains on import), imported or started by the tests themselves.
+collect_ignore_glob = ["_*.py"]
+
 
 @pytest.fixture(autouse=True)
 def _restore_logger_levels() -> Iterator[None]:

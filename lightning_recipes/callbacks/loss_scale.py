@@ -24,6 +24,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_recipes._compat import grad_scale_tensor
+
 __all__ = ["LossScaleMonitor"]
 
 _SCALE_KEY = "loss_scale"
@@ -116,7 +118,7 @@ class LossScaleMonitor(Callback):
         # Manual optimization may step several optimizers in one batch, each with its own
         # `scaler.update()`: settle the previous step before recording this one.
         self._settle()
-        scale = _scale_tensor(self._scaler)
+        scale = grad_scale_tensor(self._scaler)
         if scale is not None:
             # This hook runs after backward and before `scaler.step()` / `scaler.update()`,
             # so this is the scale this step's gradients were computed with.
@@ -137,7 +139,7 @@ class LossScaleMonitor(Callback):
         if not self._stepped:  # a micro-batch under gradient accumulation
             return
         self._stepped = False
-        scale = _scale_tensor(self._scaler)
+        scale = grad_scale_tensor(self._scaler)
         if scale is None or self._skipped is None:
             return
         kwargs: dict[str, Any] = {"on_step": True, "on_epoch": False, "prog_bar": self.prog_bar}
@@ -148,7 +150,7 @@ class LossScaleMonitor(Callback):
         """Count the step recorded in ``on_before_optimizer_step`` as skipped if the scale fell."""
         if self._pending is None or self._scaler is None:
             return
-        scale = _scale_tensor(self._scaler)
+        scale = grad_scale_tensor(self._scaler)
         if scale is not None:
             if self._skipped is None:
                 self._skipped = torch.full(
@@ -167,12 +169,3 @@ class LossScaleMonitor(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._skipped_offset = int(state_dict.get("skipped_steps", 0))
         self._skipped = None
-
-
-def _scale_tensor(scaler: Any) -> Tensor | None:
-    # `_get_scale_async` returns the scale tensor without `.item()`; `get_scale()` would sync.
-    # The tensor is None until the first `scaler.scale(loss)`.
-    getter = getattr(scaler, "_get_scale_async", None)
-    if callable(getter):
-        return getter()
-    return getattr(scaler, "_scale", None)

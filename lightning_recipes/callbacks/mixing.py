@@ -33,6 +33,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_recipes._compat import should_update_logs
 from lightning_recipes.functional._validation import (
     check_alpha,
     check_decay_power,
@@ -850,8 +851,7 @@ def _should_log(trainer: pl.Trainer) -> bool:
     and on-step values of other steps never reach a logger; Lightning's own
     ``LearningRateMonitor`` and ``ThroughputMonitor`` skip them the same way.
     """
-    connector = getattr(trainer, "_logger_connector", None)
-    return connector is None or connector.should_update_logs or bool(trainer.fast_dev_run)
+    return should_update_logs(trainer) or bool(trainer.fast_dev_run)
 
 
 def _check_bool(value: Any, name: str) -> bool:

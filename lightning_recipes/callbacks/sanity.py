@@ -46,6 +46,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from typing_extensions import override
 
+from lightning_recipes._compat import BATCHNORM_LAYERS, DROPOUT_LAYERS, foreach_norm
 from lightning_recipes.scheduler import (
     GuardedOneCycleLR,
     _steps_before_swa,
@@ -57,8 +58,6 @@ __all__ = ["TrainingSanityChecks", "TrainingSanityError", "TrainingSanityWarning
 
 Mode = Literal["raise", "warn", "off"]
 _MODES = ("raise", "warn", "off")
-_DROPOUT = nn.modules.dropout._DropoutNd
-_BATCHNORM = nn.modules.batchnorm._BatchNorm
 _MAX_LISTED = 8
 
 
@@ -230,9 +229,9 @@ class TrainingSanityChecks(Callback):
         self._layers = [
             (name or type(m).__name__, m)
             for name, m in pl_module.named_modules()
-            if isinstance(m, (_DROPOUT, _BATCHNORM))
+            if isinstance(m, (*DROPOUT_LAYERS, *BATCHNORM_LAYERS))
         ]
-        self._batchnorms = [(n, m) for n, m in self._layers if isinstance(m, _BATCHNORM)]
+        self._batchnorms = [(n, m) for n, m in self._layers if isinstance(m, BATCHNORM_LAYERS)]
 
     # ------------------------------------------------------------------ rule: param_groups
     def _check_param_groups(self, pl_module: pl.LightningModule, optimizers: list[Any]) -> None:
@@ -773,7 +772,7 @@ def _all_zero_or_none(params: Iterable[Tensor]) -> bool:
         by_device.setdefault(grad.device, []).append(grad)
     # One fused norm kernel per device and one synchronisation for the answer.
     totals = [
-        torch.stack([n.float() for n in torch._foreach_norm(device_grads)]).sum().cpu()
+        torch.stack([n.float() for n in foreach_norm(device_grads)]).sum().cpu()
         for device_grads in by_device.values()
     ]
     return bool(torch.stack(totals).sum() == 0)

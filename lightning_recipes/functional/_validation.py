@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_recipes._compat import is_view, view_base
+
 SPATIAL_DIMS = (1, 2, 3)
 
 
@@ -208,10 +210,10 @@ def check_inplace(x: Tensor, inplace: Any, name: str = "x") -> bool:
     """``inplace`` must be a bool; with ``True``, ``x`` must be a tensor of its own."""
     if not isinstance(inplace, bool):
         raise TypeError(f"`inplace` must be a bool, got {inplace!r}")
-    if inplace and x._is_view():
+    if inplace and is_view(x):
         raise ValueError(
             f"`inplace=True` would write into `{name}`, a view of another tensor (shape"
-            f" {_shape(x._base)}), and so change that tensor too, e.g. the images a Dataset"
+            f" {_shape(view_base(x))}), and so change that tensor too, e.g. the images a Dataset"
             " stores; pass `inplace=False`, or give the batch a tensor of its own (torch's"
             " default collate_fn does)"
         )

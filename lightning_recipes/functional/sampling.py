@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lightning_recipes._compat import sample_dirichlet
 from lightning_recipes.functional._validation import check_alpha
 
 __all__ = ["sample_lam", "sample_partners"]
@@ -51,10 +52,10 @@ def sample_lam(
 def _sample_beta(concentration: Tensor, generator: torch.Generator | None) -> Tensor:
     """``Beta(a, b)`` for each row ``(a, b)`` of ``concentration`` ``(..., 2)``.
 
-    Beta(a, b) is the first coordinate of Dirichlet(a, b); ``_sample_dirichlet`` is what
-    ``torch.distributions.Beta`` samples with, and unlike it takes a generator.
+    Beta(a, b) is the first coordinate of Dirichlet(a, b), drawn from ``generator`` (see
+    :func:`lightning_recipes._compat.sample_dirichlet`).
     """
-    return torch._sample_dirichlet(concentration, generator=generator)[..., 0]
+    return sample_dirichlet(concentration, generator)[..., 0]
 
 
 def sample_partners(

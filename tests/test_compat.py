@@ -1,0 +1,301 @@
+"""Each wrapper of a private torch/Lightning API in ``lightning_recipes._compat``: its public
+behaviour, and where it has one, its fallback with the private attribute taken away."""
+
+from __future__ import annotations
+
+import csv
+import math
+import types
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
+
+from lightning_recipes import _compat
+from lightning_recipes._compat import (
+    BATCHNORM_LAYERS,
+    DROPOUT_LAYERS,
+    NORM_LAYERS,
+    foreach_norm,
+    get_lr_within_step,
+    grad_scale_tensor,
+    is_view,
+    onecycle_anneal,
+    sample_dirichlet,
+    set_last_lr,
+    should_update_logs,
+    steps_with_amp_scaling,
+    view_base,
+)
+
+# --- should_update_logs -------------------------------------------------------------------------
+
+
+class _StepLogger(pl.LightningModule):
+    """Logs its batch index on every step and records what `should_update_logs` said then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+        self.said: dict[int, bool] = {}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.said[batch_idx] = should_update_logs(self.trainer)
+        self.log("idx", float(batch_idx), on_step=True, on_epoch=False)
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.slow
+def test_should_update_logs_is_true_on_the_steps_the_logger_receives(tmp_path: Path) -> None:
+    data = torch.utils.data.TensorDataset(torch.randn(7, 2))
+    model = _StepLogger()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        log_every_n_steps=3,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=1))
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        logged = {int(float(row["idx"])) for row in csv.DictReader(f) if row["idx"]}
+    assert len(model.said) == 7
+    assert logged == {2, 5}  # every third step
+    assert {i for i, said in model.said.items() if said} == logged
+
+
+def test_should_update_logs_without_the_connector_logs_every_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, log_every_n_steps=0)
+    assert should_update_logs(trainer) is False  # the connector answers: logging is off
+    monkeypatch.delattr(trainer, "_logger_connector")
+    assert should_update_logs(trainer) is True
+
+
+# --- grad_scale_tensor --------------------------------------------------------------------------
+
+
+def _scaled_once() -> torch.amp.GradScaler:
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.tensor(1.0))
+    return scaler
+
+
+def test_grad_scale_tensor_is_the_public_scale_as_a_tensor() -> None:
+    assert grad_scale_tensor(torch.amp.GradScaler("cpu")) is None  # before the first scale()
+    scaler = _scaled_once()
+    scale = grad_scale_tensor(scaler)
+    assert isinstance(scale, torch.Tensor)
+    assert scale.item() == scaler.get_scale() == 1024.0
+
+
+def test_grad_scale_tensor_falls_back_to_the_scale_attribute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scaler = _scaled_once()
+    monkeypatch.delattr(torch.amp.GradScaler, "_get_scale_async")
+    assert not hasattr(scaler, "_get_scale_async")
+    scale = grad_scale_tensor(scaler)
+    assert scale is not None and scale.item() == 1024.0
+    assert grad_scale_tensor(object()) is None
+
+
+# --- sample_dirichlet ---------------------------------------------------------------------------
+
+
+def _check_dirichlet_sample(sample: torch.Tensor, concentration: torch.Tensor) -> None:
+    assert sample.shape == concentration.shape
+    assert bool((sample >= 0).all())
+    torch.testing.assert_close(sample.sum(-1), torch.ones(sample.shape[0]))
+    # Dirichlet mean: a_i / sum(a); 20000 rows put the sample mean within 0.01 of it.
+    expected = concentration[0] / concentration[0].sum()
+    torch.testing.assert_close(sample.mean(0), expected, atol=0.01, rtol=0)
+
+
+def test_sample_dirichlet_follows_the_generator() -> None:
+    concentration = torch.tensor([[0.4, 1.2]]).expand(20000, 2).contiguous()
+    first = sample_dirichlet(concentration, torch.Generator().manual_seed(3))
+    again = sample_dirichlet(concentration, torch.Generator().manual_seed(3))
+    other = sample_dirichlet(concentration, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert not torch.equal(first, other)
+    _check_dirichlet_sample(first, concentration)
+
+
+def test_sample_dirichlet_without_a_generator_matches_torch_distributions() -> None:
+    concentration = torch.tensor([[2.0, 0.5]]).expand(20000, 2).contiguous()
+    torch.manual_seed(0)
+    ours = sample_dirichlet(concentration, None)
+    torch.manual_seed(0)
+    theirs = torch.distributions.Dirichlet(concentration).sample()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_sample_dirichlet_fallback_normalises_gamma_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(torch, "_sample_dirichlet")
+    concentration = torch.tensor([[0.4, 1.2]]).expand(20000, 2).contiguous()
+    torch.manual_seed(0)
+    _check_dirichlet_sample(sample_dirichlet(concentration, None), concentration)
+    with pytest.raises(RuntimeError, match="generator"):
+        sample_dirichlet(concentration, torch.Generator().manual_seed(0))
+
+
+# --- is_view / view_base ------------------------------------------------------------------------
+
+
+def test_is_view_and_view_base() -> None:
+    own = torch.arange(6.0)
+    view = own[1:]
+    assert is_view(view) and view_base(view) is own
+    assert not is_view(own) and view_base(own) is own
+
+
+class _NoIsView(torch.Tensor):
+    """A tensor type without `_is_view`, as a torch that drops it would give."""
+
+    _is_view = None
+
+
+def test_is_view_falls_back_to_the_base() -> None:
+    own = torch.Tensor._make_subclass(_NoIsView, torch.arange(6.0))
+    view = own[1:]
+    assert type(view) is _NoIsView and view._is_view is None  # the fallback path runs
+    assert is_view(view) and view_base(view) is own
+    assert not is_view(own)
+
+
+# --- foreach_norm -------------------------------------------------------------------------------
+
+
+def _norm_inputs() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [
+        torch.randn(3, 4, generator=g),
+        torch.randn(5, generator=g, dtype=torch.float64),
+        torch.zeros(2, 2),
+    ]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["foreach_norm", "fallback"])
+def test_foreach_norm_is_each_tensors_2_norm(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not fused:
+        monkeypatch.delattr(torch, "_foreach_norm")
+    tensors = _norm_inputs()
+    norms = foreach_norm(tensors)
+    assert len(norms) == len(tensors)
+    for norm, t in zip(norms, tensors, strict=True):
+        assert norm.dtype == t.dtype
+        torch.testing.assert_close(norm, t.pow(2).sum().sqrt())
+
+
+# --- get_lr_within_step -------------------------------------------------------------------------
+
+
+def _onecycle() -> OneCycleLR:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
+    return OneCycleLR(optimizer, max_lr=1.0, total_steps=10)
+
+
+def test_get_lr_within_step_silences_torchs_warning_and_puts_the_flag_back() -> None:
+    scheduler = _onecycle()
+    with pytest.warns(UserWarning, match="get_last_lr"):
+        scheduler.get_lr()  # the warning the wrapper exists to avoid
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with get_lr_within_step(scheduler):
+            lrs = scheduler.get_lr()
+    assert lrs == scheduler.get_last_lr()
+    with pytest.warns(UserWarning, match="get_last_lr"):
+        scheduler.get_lr()
+
+
+def test_get_lr_within_step_on_a_scheduler_without_the_flag() -> None:
+    bare = types.SimpleNamespace()
+    with get_lr_within_step(bare):  # type: ignore[arg-type]
+        assert bare._get_lr_called_within_step is True
+    assert bare._get_lr_called_within_step is False
+    assert hasattr(LRScheduler, "_get_lr_called_within_step")  # this torch has the flag
+
+
+# --- onecycle_anneal / set_last_lr ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["cos", "linear"])
+@pytest.mark.parametrize("pct", [0.0, 0.25, 0.5, 1.0])
+def test_onecycle_anneal_is_the_strategys_formula(strategy: str, pct: float) -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = OneCycleLR(optimizer, max_lr=1.0, total_steps=10, anneal_strategy=strategy)
+    start, end = 4.0, 0.5
+    if strategy == "cos":
+        expected = end + (start - end) / 2 * (1 + math.cos(math.pi * pct))
+    else:
+        expected = start + (end - start) * pct
+    assert onecycle_anneal(scheduler, start, end, pct) == pytest.approx(expected)
+
+
+def test_onecycle_anneal_falls_back_to_the_public_attribute_then_raises(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    scheduler = _onecycle()
+    monkeypatch.delattr(OneCycleLR, "_anneal_func")
+    scheduler.anneal_func = lambda start, end, pct: start + (end - start) * pct  # type: ignore[attr-defined]
+    assert onecycle_anneal(scheduler, 2.0, 0.0, 0.25) == 1.5
+    del scheduler.anneal_func  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="anneal_func"):
+        onecycle_anneal(scheduler, 2.0, 0.0, 0.25)
+
+
+def test_set_last_lr_is_what_get_last_lr_returns() -> None:
+    scheduler = _onecycle()
+    set_last_lr(scheduler, [0.123])
+    assert scheduler.get_last_lr() == [0.123]
+
+
+# --- steps_with_amp_scaling ---------------------------------------------------------------------
+
+
+def test_steps_with_amp_scaling() -> None:
+    params = [nn.Parameter(torch.zeros(2))]
+    assert steps_with_amp_scaling(torch.optim.AdamW(params, fused=True))
+    assert not steps_with_amp_scaling(torch.optim.AdamW(params))
+    assert not steps_with_amp_scaling(torch.optim.SGD(params, lr=0.1))
+    assert not steps_with_amp_scaling(object())  # type: ignore[arg-type]
+
+
+# --- layer families -----------------------------------------------------------------------------
+
+
+def _public_subclasses(bases: tuple[type, ...]) -> set[str]:
+    return {
+        name for name, cls in vars(nn).items() if isinstance(cls, type) and issubclass(cls, bases)
+    }
+
+
+@pytest.mark.parametrize(
+    ("module", "private", "found", "fallback"),
+    [
+        (nn.modules.batchnorm, "_NormBase", NORM_LAYERS, _compat._NORM_FALLBACK),
+        (nn.modules.batchnorm, "_BatchNorm", BATCHNORM_LAYERS, _compat._BATCHNORM_FALLBACK),
+        (nn.modules.dropout, "_DropoutNd", DROPOUT_LAYERS, _compat._DROPOUT_FALLBACK),
+    ],
+    ids=["norm", "batchnorm", "dropout"],
+)
+def test_layer_families_and_their_fallbacks_cover_the_same_layers(
+    module: Any, private: str, found: tuple[type, ...], fallback: tuple[type, ...]
+) -> None:
+    assert found == (getattr(module, private),)
+    assert _compat._private_class(types.SimpleNamespace(), private, fallback) == fallback
+    assert _public_subclasses(fallback) == _public_subclasses(found)
+    assert "Linear" not in _public_subclasses(found)
