@@ -1,9 +1,10 @@
-"""A trainer that logs every step to a CSVLogger, and reading back what it wrote, for tests
-that check logged values."""
+"""A trainer that logs every step to a CSVLogger, reading back what it wrote, and the command's
+closing summary, for tests that check logged or printed values."""
 
 from __future__ import annotations
 
 import csv
+import re
 from typing import Any
 
 import lightning.pytorch as pl
@@ -34,3 +35,15 @@ def series(rows: list[dict[str, float]], key: str) -> tuple[list[int], list[floa
     """The steps and values logged under ``key``."""
     picked = [(int(r["step"]), r[key]) for r in rows if key in r]
     return [s for s, _ in picked], [v for _, v in picked]
+
+
+def cli_summary(stdout: str) -> dict[str, str]:
+    """The lines the command's ``after_fit`` prints, as {key: value}."""
+    start = stdout.index("lightning-recipes fit finished")
+    summary = {}
+    for line in stdout[start:].splitlines()[1:]:
+        match = re.fullmatch(r"  (\S+):\s+(.*)", line)
+        if match is None:
+            break
+        summary[match[1]] = match[2]
+    return summary

@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from _logs import cli_summary
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -78,18 +79,6 @@ def _run(command: list[str], cwd: Path, **env: str) -> subprocess.CompletedProce
     return result
 
 
-def _summary(stdout: str) -> dict[str, str]:
-    """The lines ``after_fit`` prints, as {key: value}."""
-    start = stdout.index("lightning-recipes fit finished")
-    summary = {}
-    for line in stdout[start:].splitlines()[1:]:
-        match = re.fullmatch(r"  (\S+):\s+(.*)", line)
-        if match is None:
-            break
-        summary[match[1]] = match[2]
-    return summary
-
-
 def _checkpoints(summary: dict[str, str]) -> tuple[Path, Path, Path]:
     """(folder, last, best) from the summary's checkpoints line."""
     match = re.fullmatch(r"(\S+) \(last: (\S+), best: (\S+)\)", summary["checkpoints"])
@@ -102,7 +91,7 @@ def fit_run(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     folder = tmp_path_factory.mktemp("fit")
     args = [sys.executable, "-m", "lightning_recipes", *_short_fit_args(folder)]
     result = _run(args, cwd=folder)
-    return folder, _summary(result.stdout)
+    return folder, cli_summary(result.stdout)
 
 
 def _accuracy(checkpoint: Path, split: str) -> float:
@@ -159,7 +148,7 @@ def test_rerun_in_same_folder_with_console_script(fit_run):
     assert script is not None, "the `lightning-recipes` console script is not installed"
     result = _run([script, *_short_fit_args(folder)], cwd=folder)
     assert "already exists" not in result.stdout + result.stderr
-    again = _summary(result.stdout)
+    again = cli_summary(result.stdout)
     assert Path(again["logs"]) == folder / "digits" / "version_1"
     assert Path(again["config"]).is_file()
     assert Path(first["config"]).is_file()
@@ -348,7 +337,7 @@ def test_user_model_and_data_from_pythonpath(tmp_path):
     result = _run(
         [sys.executable, "-m", "lightning_recipes", *args], tmp_path, PYTHONPATH=pythonpath
     )
-    summary = _summary(result.stdout)
+    summary = cli_summary(result.stdout)
     assert set(summary) >= {"test/acc", "logs", "checkpoints", "config"}
     saved = yaml.safe_load(Path(summary["config"]).read_text())
     assert saved["model"]["class_path"] == "my_recipes.LinearProbe"

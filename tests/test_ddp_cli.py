@@ -25,6 +25,7 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 from _ddp_helpers import RankRecorder, TrainDuringValidation
+from _logs import cli_summary
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.precision import MixedPrecision
@@ -185,18 +186,6 @@ def _fit_args(folder: Path, strategy: str, devices: int = 2, config: Path = DIGI
     ]
 
 
-def _summary(stdout: str) -> dict[str, str]:
-    """The lines ``after_fit`` prints, as {key: value}."""
-    start = stdout.index("lightning-recipes fit finished")
-    summary = {}
-    for line in stdout[start:].splitlines()[1:]:
-        match = re.fullmatch(r"  (\S+):\s+(.*)", line)
-        if match is None:
-            break
-        summary[match[1]] = match[2]
-    return summary
-
-
 def _ranks(folder: Path) -> list[dict[str, Any]]:
     return [json.loads((folder / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
 
@@ -274,7 +263,7 @@ def test_ddp_ranks_mix_with_different_draws(ddp_run):
 def test_ddp_logged_metrics_are_synced(ddp_run):
     folder, result = ddp_run
     rank0, rank1 = _ranks(folder)
-    log_dir = Path(_summary(result.stdout)["logs"])
+    log_dir = Path(cli_summary(result.stdout)["logs"])
     rows = _csv(log_dir)
     logged = [row["train/loss"] for row in rows if "train/loss" in row]
     mean = [(a + b) / 2 for a, b in zip(rank0["losses"], rank1["losses"], strict=True)]
@@ -298,7 +287,7 @@ def row_for_step(rows: list[dict[str, float]], step: float) -> dict[str, float]:
 @pytest.mark.slow
 def test_ddp_writes_one_set_of_outputs(ddp_run):
     folder, result = ddp_run
-    summary = _summary(result.stdout)
+    summary = cli_summary(result.stdout)
     log_dir = Path(summary["logs"])
     assert log_dir == folder / "digits" / "version_0"
     assert sorted(p.name for p in (folder / "digits").iterdir()) == ["version_0"]
@@ -334,7 +323,7 @@ def test_ddp_monitors_and_checks_run_on_both_ranks(ddp_run):
         assert record["lr_mismatch_steps"] == [{"lr-SGD/default": 0, "lr-SGD/default/no_decay": 0}]
         assert record["skipped_steps"] == [0]  # LossScaleMonitor, 32-bit: nothing to skip
         assert record["sanity_checks"] == 1
-    rows = _csv(Path(_summary(result.stdout)["logs"]))
+    rows = _csv(Path(cli_summary(result.stdout)["logs"]))
     logged = [row["lr-SGD/default"] for row in rows if "lr-SGD/default" in row]
     torch.testing.assert_close(logged, ranks[0]["lrs"], rtol=1e-12, atol=0)
     output = result.stdout + result.stderr
@@ -357,7 +346,7 @@ def test_ddp_spawn_runs_the_config_and_names_its_outputs(tmp_path):
     assert [(r["rank"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)]
     assert all(0 < lam < 1 for r in ranks for lam in r["lams"])  # MixUp ran in both
     # The summary names the folder the spawned processes wrote, not a new empty one.
-    summary = _summary(result.stdout)
+    summary = cli_summary(result.stdout)
     log_dir = tmp_path / "digits" / "version_0"
     assert sorted(p.name for p in (tmp_path / "digits").iterdir()) == ["version_0"]
     assert Path(summary["logs"]) == log_dir
