@@ -1,6 +1,8 @@
 """The training-loop facts stated in the README, each demonstrated with plain torch.
 
-Every test is named after the sentence it backs in ``docs_snippets/training_loop.md``.
+These tests check torch (and the loop's order of calls), not this package: they back the
+sentences of the README's section "The training loop, stated right", and each is named after
+the sentence it backs, so that a change in torch that makes one false shows up here.
 """
 
 from __future__ import annotations
