@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import OneCycleLR
 
 from lightning_recipes._compat import NORM_LAYERS
+from lightning_recipes._validation import check_positive
 from lightning_recipes.checkpointing import _is_damaged, _unreadable_error
 from lightning_recipes.scheduler import (
     GuardedOneCycleLR,
@@ -127,9 +128,9 @@ class OneCycleModule(pl.LightningModule):
         on_schedule_mismatch: Literal["error", "rescale"] = "error",
     ) -> None:
         super().__init__()
-        _check_positive("max_lr", max_lr)
+        check_positive(max_lr, "max_lr")
         for prefix, lr in (param_group_max_lr or {}).items():
-            _check_positive(f"param_group_max_lr[{prefix!r}]", lr)
+            check_positive(lr, f"param_group_max_lr[{prefix!r}]")
         if weight_decay < 0:
             raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
         if isinstance(optimizer, str) and optimizer not in _OPTIMIZER_NAMES:
@@ -144,8 +145,8 @@ class OneCycleModule(pl.LightningModule):
             )
         if not 0.0 < pct_start < 1.0:
             raise ValueError(f"`pct_start` must be in (0, 1), got {pct_start}")
-        _check_positive("div_factor", div_factor)
-        _check_positive("final_div_factor", final_div_factor)
+        check_positive(div_factor, "div_factor")
+        check_positive(final_div_factor, "final_div_factor")
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(
                 f"`anneal_strategy` must be 'cos' or 'linear', got {anneal_strategy!r}"
@@ -190,7 +191,7 @@ class OneCycleModule(pl.LightningModule):
 
     @lr.setter
     def lr(self, value: float) -> None:
-        _check_positive("lr", value)
+        check_positive(value, "lr")
         factor = value / float(self.max_lr)
         self.max_lr = value
         self.hparams["max_lr"] = value
@@ -445,8 +446,3 @@ def _no_decay_names(module: nn.Module) -> set[str]:
             if isinstance(sub, _NORM_TYPES) or param_name == "bias":
                 names.add(full)
     return names
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"`{name}` must be a number > 0, got {value!r}")

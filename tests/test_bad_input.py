@@ -179,7 +179,7 @@ def _yaml(text: str) -> str:
 
 CLI_CASES = [
     # (extra arguments, error, pattern) -- SystemExit: jsonargparse's own message on stderr.
-    (["--model.init_args.max_lr", "-1"], ValueError, r"`max_lr` must be a number > 0, got -1"),
+    (["--model.init_args.max_lr", "-1"], ValueError, r"`max_lr` must be > 0, got -1"),
     (["--model.init_args.max_lr", "abc"], SystemExit, r'"max_lr":\s+Expected a .*float.*abc'),
     (["--model.init_args.max_lr", "nan"], SystemExit, r'"max_lr":\s+Expected a .*float.*nan'),
     (["--model.init_args.pct_start", "2"], ValueError, r"`pct_start` must be in \(0, 1\)"),

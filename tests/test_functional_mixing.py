@@ -532,7 +532,7 @@ def test_target_errors_name_the_argument() -> None:
         soft_targets(torch.zeros(2, dtype=torch.bool), 2)
     with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0, 1\), got 1.0"):
         soft_targets(torch.tensor([0, 1]), 2, label_smoothing=1.0)
-    with pytest.raises(ValueError, match=r"`num_classes` must be None or an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`num_classes` must be an integer >= 1, got 0"):
         soft_targets(torch.tensor([0, 1]), 0)
     with pytest.raises(TypeError, match=r"`y` must be a torch.Tensor, got list"):
         soft_targets([0, 1], 2)  # type: ignore[arg-type]

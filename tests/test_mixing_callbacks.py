@@ -356,7 +356,7 @@ def test_constructor_errors_name_the_argument() -> None:
         FMix(max_soft=0.7)
     with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0, 1\), got 1.0"):
         MixUp(label_smoothing=1.0)
-    with pytest.raises(ValueError, match=r"`num_classes` must be None or an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`num_classes` must be an integer >= 1, got 0"):
         MixUp(num_classes=0)
     with pytest.raises(ValueError, match=r"pass one, got stop_epoch=2 and stop_fraction=0.5"):
         MixUp(stop_epoch=2, stop_fraction=0.5)

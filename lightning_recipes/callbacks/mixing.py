@@ -34,8 +34,9 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_recipes._compat import should_update_logs
-from lightning_recipes.functional._validation import (
+from lightning_recipes._validation import (
     check_alpha,
+    check_bool,
     check_decay_power,
     check_inplace,
     check_input,
@@ -144,8 +145,8 @@ class _MixCallback(Callback):
     ) -> None:
         super().__init__()
         self.p = check_probability(p)
-        self.inplace = _check_bool(inplace, "inplace")
-        self.per_sample = _check_bool(per_sample, "per_sample")
+        self.inplace = check_bool(inplace, "inplace")
+        self.per_sample = check_bool(per_sample, "per_sample")
         self.label_smoothing = check_label_smoothing(label_smoothing)
         self.num_classes = check_num_classes(num_classes)
         if stop_epoch is not None and stop_fraction is not None:
@@ -171,7 +172,7 @@ class _MixCallback(Callback):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"`seed` must be None or an int, got {seed!r}")
         self.seed = seed
-        self.save_grid = _check_bool(save_grid, "save_grid")
+        self.save_grid = check_bool(save_grid, "save_grid")
         if isinstance(grid_samples, bool) or not isinstance(grid_samples, int) or grid_samples < 1:
             raise ValueError(f"`grid_samples` must be an integer >= 1, got {grid_samples!r}")
         self.grid_samples = grid_samples
@@ -574,7 +575,7 @@ class CutMix(_SingleMix):
             inplace=inplace,
         )
         self.alpha = check_alpha(alpha)
-        self.correct_lam = _check_bool(correct_lam, "correct_lam")
+        self.correct_lam = check_bool(correct_lam, "correct_lam")
         self.spatial_dims = check_spatial_dims(spatial_dims)
 
     @override
@@ -760,7 +761,7 @@ class RandomMix(_MixCallback):
             self.alpha = {m: check_alpha(alpha.get(m, 1.0), f"alpha[{m!r}]") for m in _METHODS}
         else:
             self.alpha = dict.fromkeys(_METHODS, check_alpha(alpha))
-        self.correct_lam = _check_bool(correct_lam, "correct_lam")
+        self.correct_lam = check_bool(correct_lam, "correct_lam")
         self.decay_power = check_decay_power(decay_power)
         self.max_soft = check_max_soft(max_soft)
         self.spatial_dims = check_spatial_dims(spatial_dims)
@@ -852,12 +853,6 @@ def _should_log(trainer: pl.Trainer) -> bool:
     ``LearningRateMonitor`` and ``ThroughputMonitor`` skip them the same way.
     """
     return should_update_logs(trainer) or bool(trainer.fast_dev_run)
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {value!r}")
-    return value
 
 
 def _first_key(batch: MutableMapping, candidates: tuple[str, ...], arg: str) -> str:

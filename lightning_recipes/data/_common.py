@@ -18,6 +18,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from typing_extensions import override
 
+from lightning_recipes._validation import check_int
+
 
 class SplitDataModule(pl.LightningDataModule):
     """A data module whose four loaders come from one ``_loader(split)`` method.
@@ -70,10 +72,8 @@ class SplitDataModule(pl.LightningDataModule):
 
 
 def check_loader_args(batch_size: int, num_workers: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"`num_workers` must be an integer >= 0, got {num_workers!r}")
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(num_workers, "num_workers", minimum=0)
 
 
 class _EpochSampler(DistributedSampler):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_recipes.functional._validation import check_inplace, check_input, check_perm
+from lightning_recipes._validation import check_inplace, check_input, check_perm
 
 __all__ = ["blend"]
 

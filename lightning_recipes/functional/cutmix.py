@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_recipes.functional._validation import (
+from lightning_recipes._validation import (
     check_generator,
     check_inplace,
     check_input,

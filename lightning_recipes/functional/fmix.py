@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lightning_recipes.functional._validation import (
+from lightning_recipes._validation import (
     check_decay_power,
     check_generator,
     check_inplace,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_recipes.functional._validation import (
+from lightning_recipes._validation import (
     check_inplace,
     check_input,
     check_lam,

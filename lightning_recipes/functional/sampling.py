@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from lightning_recipes._compat import sample_dirichlet
-from lightning_recipes.functional._validation import check_alpha
+from lightning_recipes._validation import check_alpha
 
 __all__ = ["sample_lam", "sample_partners"]
 

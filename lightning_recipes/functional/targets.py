@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_recipes.functional._validation import (
+from lightning_recipes._validation import (
     check_label_range,
     check_label_smoothing,
     check_num_classes,

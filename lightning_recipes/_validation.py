@@ -1,4 +1,10 @@
-"""Argument checks shared by the mixing functions and callbacks.
+"""Argument checks: the one place where the package validates what a user passes in.
+
+Policy: a value of the wrong type raises ``TypeError``, a value of the right type that is out
+of range or inconsistent raises ``ValueError``. Messages are one to three lines and name the
+argument, what was expected, what came and, where it is not obvious, the fix. Each check
+returns the value (converted where that helps, e.g. an int to a float), so a caller writes
+``self.alpha = check_positive(alpha, "alpha")``.
 
 Every check reads only metadata (shape, dtype, device) unless its name says otherwise, so it is
 free to run on every training batch: no host-device synchronisation.
@@ -7,18 +13,54 @@ free to run on every training batch: no host-device synchronisation.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from numbers import Real
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from lightning_recipes._compat import is_view, view_base
 
+_T = TypeVar("_T")
+
 SPATIAL_DIMS = (1, 2, 3)
 
 
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}")
+    return value
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bool = False) -> Any:
+    """An ``int`` (not a bool) >= ``minimum``; ``None`` too when ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        expected = "None or an integer" if optional else "an integer"
+        raise TypeError(f"`{name}` must be {expected}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Collection[_T]) -> _T:
+    if value not in choices or isinstance(value, bool):
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """A finite real number > 0 (>= 0 with ``allow_zero``)."""
+    value = check_real(value, name)
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"`{name}` must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return value
+
+
 def check_real(value: Any, name: str) -> float:
+    """A finite real number (not a bool), as a float."""
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise TypeError(f"`{name}` must be a finite real number, got {value!r}")
     return float(value)
@@ -60,11 +102,7 @@ def check_label_smoothing(label_smoothing: Any) -> float:
 
 
 def check_num_classes(num_classes: Any, name: str = "num_classes") -> int | None:
-    if num_classes is None:
-        return None
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"`{name}` must be None or an integer >= 1, got {num_classes!r}")
-    return num_classes
+    return check_int(num_classes, name, minimum=1, optional=True)  # type: ignore[no-any-return]
 
 
 def check_spatial_dims(spatial_dims: Any) -> int | None:
