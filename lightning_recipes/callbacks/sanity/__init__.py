@@ -14,10 +14,7 @@ One module per group of rules: ``_optimizer`` (``param_groups``, ``zero_grad``),
 """
 
 from lightning_recipes.callbacks.sanity._callback import TrainingSanityChecks
-from lightning_recipes.callbacks.sanity._modes import (
-    Mode,
-    TrainingSanityError,
-    TrainingSanityWarning,
-)
+from lightning_recipes.callbacks.sanity._modes import Mode as Mode  # the type of a rule's mode
+from lightning_recipes.callbacks.sanity._modes import TrainingSanityError, TrainingSanityWarning
 
-__all__ = ["Mode", "TrainingSanityChecks", "TrainingSanityError", "TrainingSanityWarning"]
+__all__ = ["TrainingSanityChecks", "TrainingSanityError", "TrainingSanityWarning"]
