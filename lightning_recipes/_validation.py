@@ -45,6 +45,12 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, optional: bo
     return value
 
 
+def check_str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a str, got {value!r}")
+    return value
+
+
 def check_choice(value: Any, name: str, choices: Collection[_T]) -> _T:
     if value not in choices or isinstance(value, bool):
         raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {value!r}")

@@ -207,7 +207,7 @@ CLI_CASES = [
     (
         ["--trainer.callbacks+=lightning_recipes.LRMonitor", "--trainer.callbacks.rtol", "-1"],
         ValueError,
-        r"LRMonitor: `rtol` must be a number >= 0",
+        r"LRMonitor: `rtol` must be >= 0",
     ),
     (
         [

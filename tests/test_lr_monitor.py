@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -288,24 +289,25 @@ def test_duplicate_param_group_names_are_an_error(tmp_path: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("argument", "value", "error"),
     [
-        ({"log_every_n_steps": 0}, "`log_every_n_steps` must be None or an integer >= 1, got 0"),
-        (
-            {"log_every_n_steps": 2.0},
-            "`log_every_n_steps` must be None or an integer >= 1, got 2.0",
-        ),
-        ({"rtol": -1.0}, "`rtol` must be a number >= 0, got -1.0"),
-        ({"atol": "0"}, "`atol` must be a number >= 0, got '0'"),
-        (
-            {"plot_filename": "lr.jpg"},
-            "`plot_filename` must be a file name ending in .png, got 'lr.jpg'",
-        ),
+        ("log_every_n_steps", 0, ValueError),
+        ("log_every_n_steps", 2.0, TypeError),
+        ("log_every_n_steps", True, TypeError),
+        ("log_momentum", "yes", TypeError),
+        ("log_weight_decay", 1, TypeError),
+        ("rtol", -1.0, ValueError),
+        ("rtol", float("nan"), TypeError),
+        ("atol", "0", TypeError),
+        ("atol", -1e-12, ValueError),
+        ("plot", None, TypeError),
+        ("plot_filename", "lr.jpg", ValueError),
+        ("plot_filename", Path("lr.png"), TypeError),
     ],
 )
-def test_invalid_arguments(kwargs: dict[str, Any], match: str) -> None:
-    with pytest.raises(ValueError, match=f"^LRMonitor: {match}"):
-        LRMonitor(**kwargs)
+def test_invalid_arguments(argument: str, value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match=rf"^LRMonitor: `{argument}`"):
+        LRMonitor(**{argument: value})
 
 
 # ------------------------------------------------------------------ callback_metrics

@@ -19,12 +19,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_recipes._compat import grad_scale_tensor
+from lightning_recipes._validation import check_bool
 
 __all__ = ["LossScaleMonitor"]
 
@@ -64,9 +65,7 @@ class LossScaleMonitor(Callback):
     """
 
     def __init__(self, *, prog_bar: bool = False) -> None:
-        if not isinstance(prog_bar, bool):
-            raise TypeError(f"`prog_bar` must be a bool, got {type(prog_bar).__name__}")
-        self.prog_bar = prog_bar
+        self.prog_bar = check_bool(prog_bar, "prog_bar")
         self._scaler: Any | None = None
         self._pending: Tensor | None = None
         self._skipped: Tensor | None = None
@@ -101,10 +100,9 @@ class LossScaleMonitor(Callback):
         if scaler is None or not scaler.is_enabled():
             self._scaler = None
             rank_zero_warn(
-                f"LossScaleMonitor: precision={trainer.precision!r} uses no GradScaler, so there"
-                " is no loss scale and no step is ever skipped for overflow (bf16 and 32-bit"
-                " training never scale the loss). The callback will log nothing; remove it or"
-                " train with precision='16-mixed'."
+                f"LossScaleMonitor: precision={trainer.precision!r} uses no GradScaler (bf16 and"
+                " 32-bit training never scale the loss), so the callback logs nothing; remove it"
+                " or train with precision='16-mixed'."
             )
             return
         self._scaler = scaler

@@ -21,55 +21,30 @@ import math
 import os
 from array import array
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch import Tensor
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_recipes._validation import check_bool, check_int, check_positive, check_str
+from lightning_recipes.callbacks._lr_keys import (
+    MISMATCH,
+    MOMENTUM,
+    SCHEDULER,
+    WEIGHT_DECAY,
+    Tracked,
+    momentum,
+    to_float,
+    tracked_optimizers,
+)
+from lightning_recipes.callbacks._lr_plot import plot_history
+
 __all__ = ["LRMonitor"]
-
-# Key suffixes, appended to Lightning's own key (`lr-SGD`, `lr-SGD/pg1`, a scheduler `name`)
-# the way Lightning appends `-momentum` and `-weight_decay`.
-_SCHEDULER = "-scheduler"
-_MOMENTUM = "-momentum"
-_WEIGHT_DECAY = "-weight_decay"
-_MISMATCH = "-lr_mismatch_steps"
-
-
-@dataclass
-class _Tracked:
-    """One optimizer as Lightning names it: by its scheduler config, or alone."""
-
-    optimizer: Optimizer
-    scheduler: Any | None
-    base: str
-    names: list[str] = field(default_factory=list)
-    # The window of `log_every_n_steps` global steps in which this optimizer was last logged.
-    logged_window: int = -1
-
-    def group_names(self) -> list[str]:
-        # Param groups can be added during fit (e.g. BackboneFinetuning unfreezes a backbone).
-        groups = self.optimizer.param_groups
-        if len(self.names) != len(groups):
-            self.names = _group_names(self.base, groups)
-        return self.names
-
-    def scheduler_lrs(self) -> list[float] | None:
-        get_last_lr = getattr(self.scheduler, "get_last_lr", None)
-        if not callable(get_last_lr):
-            return None
-        last = get_last_lr()
-        if not isinstance(last, Sequence):
-            return None
-        return [_to_float(lr) for lr in last]
 
 
 class LRMonitor(Callback):
@@ -139,37 +114,28 @@ class LRMonitor(Callback):
         plot: bool = True,
         plot_filename: str = "lr_schedule.png",
     ) -> None:
-        if log_every_n_steps is not None and (
-            not isinstance(log_every_n_steps, int)
-            or isinstance(log_every_n_steps, bool)
-            or log_every_n_steps < 1
-        ):
-            raise ValueError(
-                "LRMonitor: `log_every_n_steps` must be None or an integer >= 1, got"
-                f" {log_every_n_steps!r}"
+        # Errors name the callback: in a config with several, a bare "`rtol` ..." says not whose.
+        try:
+            self.log_every_n_steps: int | None = check_int(
+                log_every_n_steps, "log_every_n_steps", minimum=1, optional=True
             )
-        for name, value in (("rtol", rtol), ("atol", atol)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"LRMonitor: `{name}` must be a number >= 0, got {value!r}")
-        if not isinstance(plot_filename, str) or not plot_filename.endswith(".png"):
-            raise ValueError(
-                "LRMonitor: `plot_filename` must be a file name ending in .png, got"
-                f" {plot_filename!r}"
-            )
-        self.log_every_n_steps = log_every_n_steps
-        self.log_momentum = log_momentum
-        self.log_weight_decay = log_weight_decay
-        self.rtol = float(rtol)
-        self.atol = float(atol)
-        self.plot = plot
-        self.plot_filename = plot_filename
+            self.log_momentum = check_bool(log_momentum, "log_momentum")
+            self.log_weight_decay = check_bool(log_weight_decay, "log_weight_decay")
+            self.rtol = check_positive(rtol, "rtol", allow_zero=True)
+            self.atol = check_positive(atol, "atol", allow_zero=True)
+            self.plot = check_bool(plot, "plot")
+            self.plot_filename = check_str(plot_filename, "plot_filename")
+            if not plot_filename.endswith(".png"):
+                raise ValueError(f"`plot_filename` must end in .png, got {plot_filename!r}")
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"LRMonitor: {error}") from None
         #: Steps in disagreement so far, by learning-rate key.
         self.mismatch_steps: dict[str, int] = {}
         #: Path of the PNG once written.
         self.plot_path: str | None = None
-        self._tracked: list[_Tracked] = []
-        self._by_optimizer: dict[int, list[_Tracked]] = {}
-        self._history: dict[str, tuple[array, array]] = {}
+        self._tracked: list[Tracked] = []
+        self._by_optimizer: dict[int, list[Tracked]] = {}
+        self._history: dict[str, tuple[array[int], array[float]]] = {}
         self._warned: set[str] = set()
         self._every_n = 1
 
@@ -195,9 +161,11 @@ class LRMonitor(Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._every_n = self.log_every_n_steps or trainer.log_every_n_steps
+        # Set on the trainer by Lightning's logger connector, not declared on the class.
+        trainer_every_n: int = trainer.log_every_n_steps  # type: ignore[attr-defined]
+        self._every_n = self.log_every_n_steps or trainer_every_n
         self._history = {}
-        self._tracked = _tracked_optimizers(trainer)
+        self._tracked = tracked_optimizers(trainer)
         if self._every_n and trainer.global_step:
             # A resumed fit logs where the uninterrupted one would: from the next window on.
             for entry in self._tracked:
@@ -224,22 +192,22 @@ class LRMonitor(Callback):
             for i, (group, name) in enumerate(
                 zip(optimizer.param_groups, entry.group_names(), strict=True)
             ):
-                lr = _to_float(group["lr"])
+                lr = to_float(group["lr"])
                 metrics[name] = lr
                 if scheduler_lrs is not None and i < len(scheduler_lrs):
                     scheduled = scheduler_lrs[i]
-                    metrics[name + _SCHEDULER] = scheduled
+                    metrics[name + SCHEDULER] = scheduled
                     if not math.isclose(scheduled, lr, rel_tol=self.rtol, abs_tol=self.atol):
                         self._disagree(name, optimizer, i, step, scheduled, lr)
-                    metrics[name + _MISMATCH] = float(self.mismatch_steps.get(name, 0))
+                    metrics[name + MISMATCH] = float(self.mismatch_steps.get(name, 0))
                 if self.log_momentum:
-                    momentum = _momentum(group)
-                    if momentum is not None:
-                        metrics[name + _MOMENTUM] = momentum
+                    beta = momentum(group)
+                    if beta is not None:
+                        metrics[name + MOMENTUM] = beta
                 if self.log_weight_decay and "weight_decay" in group:
-                    metrics[name + _WEIGHT_DECAY] = _to_float(group["weight_decay"])
+                    metrics[name + WEIGHT_DECAY] = to_float(group["weight_decay"])
         for key, value in metrics.items():
-            if not key.endswith(_MISMATCH):
+            if not key.endswith(MISMATCH):
                 steps, values = self._history.setdefault(key, (array("q"), array("d")))
                 steps.append(step)
                 values.append(value)
@@ -270,11 +238,8 @@ class LRMonitor(Callback):
             f"LRMonitor: the scheduler and the optimizer disagree on the learning rate of"
             f" {type(optimizer).__name__} param group {group} ('{name}') at step {step}:"
             f" scheduler.get_last_lr()[{group}]={scheduled:.6g},"
-            f" optimizer.param_groups[{group}]['lr']={lr:.6g}. The optimizer's value is the one"
-            " the update uses. Something changed it outside the scheduler (a manual edit of"
-            " param_groups, a second scheduler, an LR finder), or the scheduler was rebuilt."
-            f" Steps in disagreement are counted under '{name}{_MISMATCH}'; this warning is"
-            " shown once per param group."
+            f" optimizer.param_groups[{group}]['lr']={lr:.6g}. The update uses the optimizer's"
+            f" value, set outside the scheduler; steps counted under '{name}{MISMATCH}'."
         )
 
     @override
@@ -286,7 +251,7 @@ class LRMonitor(Callback):
         if trainer.is_global_zero:
             os.makedirs(log_dir, exist_ok=True)
             self.plot_path = os.path.join(log_dir, self.plot_filename)
-            _plot_history(self._history, self._tracked, self.plot_path)
+            plot_history(self._history, self._tracked, self.plot_path)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -295,105 +260,3 @@ class LRMonitor(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.mismatch_steps = dict(state_dict.get("mismatch_steps", {}))
-
-
-def _to_float(value: float | Tensor) -> float:
-    # torch accepts Tensor learning rates (for capturable/compiled optimizers).
-    return float(value.item()) if isinstance(value, Tensor) else float(value)
-
-
-def _momentum(group: dict[str, Any]) -> float | None:
-    if "momentum" in group:
-        return _to_float(group["momentum"])
-    if "betas" in group:
-        return _to_float(group["betas"][0])
-    return None
-
-
-def _tracked_optimizers(trainer: pl.Trainer) -> list[_Tracked]:
-    """Name every optimizer exactly as Lightning's ``LearningRateMonitor`` does.
-
-    Schedulers first, by their config ``name`` or ``lr-<OptimizerClass>``; then the optimizers
-    without a scheduler. Several optimizers of one class get ``-1``, ``-2`` suffixes in order.
-    """
-    tracked: list[_Tracked] = []
-    seen: list[Optimizer] = []
-    seen_types: defaultdict[type, int] = defaultdict(int)
-
-    def add(optimizer: Optimizer, scheduler: Any | None, name: str | None) -> None:
-        seen.append(optimizer)
-        cls = type(optimizer)
-        if name is None:
-            seen_types[cls] += 1
-        base = name if name is not None else f"lr-{cls.__name__}"
-        if cls in seen_types and seen_types[cls] > 1:
-            base = f"{base}-{seen_types[cls] - 1}"
-        names = [g.get("name", f"pg{i + 1}") for i, g in enumerate(optimizer.param_groups)]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise MisconfigurationException(
-                "A single `Optimizer` cannot have multiple parameter groups with identical"
-                f" `name` values. {base} has duplicated parameter group names {duplicates}"
-            )
-        tracked.append(_Tracked(optimizer, scheduler, base))
-
-    for config in trainer.lr_scheduler_configs:
-        add(config.scheduler.optimizer, config.scheduler, config.name)
-    for optimizer in trainer.optimizers:
-        optimizer = getattr(optimizer, "optimizer", optimizer)  # DeepSpeed wraps the optimizer
-        if not any(optimizer is other for other in seen):
-            add(optimizer, None, None)
-    return tracked
-
-
-def _group_names(base: str, param_groups: list[dict[str, Any]]) -> list[str]:
-    if len(param_groups) == 1:
-        group_name = param_groups[0].get("name")
-        return [f"{base}/{group_name}" if group_name else base]
-    return [f"{base}/{g.get('name', f'pg{i + 1}')}" for i, g in enumerate(param_groups)]
-
-
-def _plot_history(
-    history: dict[str, tuple[array, array]], tracked: list[_Tracked], path: str
-) -> None:
-    # The object-oriented API with the Agg canvas: no pyplot, no global backend switch.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    lr_keys = [name for entry in tracked for name in entry.names if name in history]
-    momentum_keys = [k + _MOMENTUM for k in lr_keys if k + _MOMENTUM in history]
-    rows = 2 if momentum_keys else 1
-    height = 3.2 * rows
-    fig = Figure(figsize=(9, height))
-    FigureCanvasAgg(fig)
-    # Fixed margins and legend places: a layout engine or loc="best" would draw twice.
-    fig.subplots_adjust(
-        left=0.09, right=0.98, top=1 - 0.35 / height, bottom=0.5 / height, hspace=0.08
-    )
-    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
-    for i, key in enumerate(lr_keys):
-        color = f"C{i % 10}"
-        steps, values = history[key]
-        axes[0].plot(steps, values, color=color, label=f"{key} (optimizer)")
-        if key + _SCHEDULER in history:
-            s_steps, s_values = history[key + _SCHEDULER]
-            axes[0].plot(s_steps, s_values, color=color, linestyle="--", label=f"{key} (scheduler)")
-            off = [
-                (step, value)
-                for step, value, other in zip(s_steps, s_values, values, strict=False)
-                if not math.isclose(value, other, rel_tol=1e-5, abs_tol=1e-12)
-            ]
-            if off:
-                xs, ys = [step for step, _ in off], [value for _, value in off]
-                axes[0].scatter(xs, ys, color="red", marker="x", s=12, zorder=3)
-    axes[0].set_ylabel("learning rate")
-    axes[0].set_title("learning rate per optimizer step (red x: scheduler != optimizer)")
-    axes[0].legend(fontsize="small", loc="upper right")
-    if momentum_keys:
-        for i, key in enumerate(momentum_keys):
-            steps, values = history[key]
-            axes[1].plot(steps, values, color=f"C{i % 10}", label=key)
-        axes[1].set_ylabel("momentum / beta1")
-        axes[1].legend(fontsize="small", loc="lower right")
-    axes[-1].set_xlabel("optimizer step")
-    fig.savefig(path, dpi=100)
