@@ -74,17 +74,19 @@ def test_command_shown_parses(args, monkeypatch, capsys):
 
 
 def test_reference_documents_public_names_only():
-    # Modules move; the names of `__all__` (and the functional core's package) stay.
+    # Modules move; the names of `__all__` (and the functional core's package) stay. The one
+    # exception is `lr_find`, whose module has its name: the directive names the function there.
     public = {f"lightning_recipes.{name}" for name in lightning_recipes.__all__}
     public.add("lightning_recipes.functional")
-    documented = [
-        name for page in PAGES for name in re.findall(r"^::: (\S+)", page.read_text(), re.M)
-    ]
+    aliases = {"lightning_recipes.lr_find.lr_find": "lightning_recipes.lr_find"}
+    documented = {
+        aliases.get(name, name)
+        for page in PAGES
+        for name in re.findall(r"^::: (\S+)", page.read_text(), re.M)
+    }
     assert documented, "no reference directives found"
-    assert set(documented) <= public, sorted(set(documented) - public)
-    assert public <= set(documented), (
-        f"public names without a reference entry: {sorted(public - set(documented))}"
-    )
+    assert documented <= public, sorted(documented - public)
+    assert public <= documented, f"without a reference entry: {sorted(public - documented)}"
 
 
 def test_training_loop_facts_and_their_tests_pair_up():
