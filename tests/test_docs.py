@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -71,6 +72,19 @@ def test_command_shown_parses(args, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["lightning-recipes"])
     parse_only(main, args)
     assert capsys.readouterr().out  # the config or the help was printed
+
+
+YAML_BLOCKS = [block for page in PAGES for block in fenced_blocks(page.read_text(), "yaml")]
+
+
+@pytest.mark.parametrize("block", YAML_BLOCKS)
+def test_yaml_examples_name_importable_classes(block):
+    # A config fragment a reader pastes: valid YAML whose every class_path imports.
+    paths = re.findall(r"class_path: (\S+)", block)
+    assert yaml.safe_load(block) and paths
+    for path in paths:
+        module, _, name = path.rpartition(".")
+        assert hasattr(importlib.import_module(module), name), path
 
 
 def test_reference_documents_public_names_only():
