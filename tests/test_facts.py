@@ -1,7 +1,7 @@
-"""The training-loop facts stated in the README, each demonstrated with plain torch.
+"""The training-loop facts stated in the docs, each demonstrated with plain torch.
 
 These tests check torch (and the loop's order of calls), not this package: they back the
-sentences of the README's section "The training loop, stated right", and each is named after
+sentences of ``docs/training-loop.md``, "The training loop, stated right", and each is named after
 the sentence it backs, so that a change in torch that makes one false shows up here.
 """
 

@@ -1,55 +1,54 @@
-"""The README's Python examples run as written, their fits shortened to a few real steps."""
+"""The README stays a short landing page whose examples run and whose links lead somewhere."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any
 
-import lightning.pytorch as pl
 import pytest
+from _snippets import (
+    README,
+    ROOT,
+    anchors,
+    assert_fits_trained,
+    fenced_blocks,
+    markdown_links,
+    run_examples,
+)
 
-README = Path(__file__).parents[1] / "README.md"
-# Self-contained examples: the blocks that import what they use (the others are fragments).
-BLOCKS = [
-    block
-    for block in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
-    if re.search(r"^(from|import) ", block, flags=re.MULTILINE)
-]
-STEPS = 4
+TEXT = README.read_text()
+BLOCKS = fenced_blocks(TEXT, "python")
+MAX_LINES = 150
 
 
 def test_readme_has_python_examples():
-    assert len(BLOCKS) >= 4
+    assert len(BLOCKS) >= 2
+
+
+def test_readme_is_a_short_landing_page():
+    assert len(TEXT.splitlines()) <= MAX_LINES
+
+
+def test_readme_links_lead_to_files_that_exist():
+    relative = [link for link in markdown_links(TEXT) if not re.match(r"[a-z]+://", link)]
+    assert relative  # the scenario: the README links into the repository
+    for link in relative:
+        path, _, anchor = link.partition("#")
+        assert (ROOT / path).exists(), link
+        if anchor:
+            assert anchor in anchors(ROOT / path), link
+
+
+def test_readme_keeps_the_command_ci_runs():
+    # .ci/run reads and runs the fenced block after this marker.
+    after = TEXT.split("<!-- test-command -->\n", 1)[1]
+    (command,) = fenced_blocks(after, "bash")[:1]
+    assert 'pip install -e ".[dev]"' in command
+    assert "pytest" in command
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
 def test_readme_example_runs(code, monkeypatch, tmp_path):
-    # Every Trainer the example builds keeps its arguments, with a short run on the CPU laid
-    # over them: fits really train, for STEPS optimizer steps.
-    trainers: list[pl.Trainer] = []
-    init = pl.Trainer.__init__
-
-    def short_init(self: pl.Trainer, *args: Any, **kwargs: Any) -> None:
-        kwargs.update(
-            accelerator="cpu",
-            max_steps=STEPS,
-            limit_val_batches=2,
-            num_sanity_val_steps=0,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        init(self, *args, **kwargs)
-        trainers.append(self)
-
-    monkeypatch.setattr(pl.Trainer, "__init__", short_init)
-    monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)
-    if "trainer.fit(" in code:
-        # The scenario happened: the example's fit trained, and its schedule ran to the end.
-        (trainer,) = trainers
-        assert trainer.global_step == STEPS
-        (config,) = trainer.lr_scheduler_configs
-        assert config.scheduler.last_epoch == STEPS
+    # Each block is self-contained, as a reader copies it; its fit trains a few real steps.
+    _, fitted = run_examples([code], str(README), monkeypatch, tmp_path)
+    assert_fits_trained(fitted, code)

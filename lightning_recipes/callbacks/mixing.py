@@ -531,8 +531,10 @@ class CutMix(_SingleMix):
         correct_lam: Weight targets by the clipped box's area (default) rather than the
             sampled lam.
         spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``.
-        p, per_sample, label_smoothing, num_classes, stop_epoch, stop_fraction, input_key,
-            target_key, seed, save_grid, grid_samples, inplace: As for :class:`MixUp`.
+
+    The other arguments (``p``, ``per_sample``, ``label_smoothing``, ``num_classes``,
+    ``stop_epoch``, ``stop_fraction``, ``input_key``, ``target_key``, ``seed``, ``save_grid``,
+    ``grid_samples``, ``inplace``) are as for :class:`MixUp`.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -611,8 +613,10 @@ class FMix(_SingleMix):
             gives binary masks.
         spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``: 1 for audio
             ``(batch, channels, time)``, 3 for volumes ``(batch, channels, D, H, W)``.
-        p, per_sample, label_smoothing, num_classes, stop_epoch, stop_fraction, input_key,
-            target_key, seed, save_grid, grid_samples, inplace: As for :class:`MixUp`.
+
+    The other arguments (``p``, ``per_sample``, ``label_smoothing``, ``num_classes``,
+    ``stop_epoch``, ``stop_fraction``, ``input_key``, ``target_key``, ``seed``, ``save_grid``,
+    ``grid_samples``, ``inplace``) are as for :class:`MixUp`.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -696,8 +700,10 @@ class RandomMix(_MixCallback):
         decay_power: See :class:`FMix`.
         max_soft: See :class:`FMix`.
         spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``.
-        p, per_sample, label_smoothing, num_classes, stop_epoch, stop_fraction, input_key,
-            target_key, seed, save_grid, grid_samples, inplace: As for :class:`MixUp`.
+
+    The other arguments (``p``, ``per_sample``, ``label_smoothing``, ``num_classes``,
+    ``stop_epoch``, ``stop_fraction``, ``input_key``, ``target_key``, ``seed``, ``save_grid``,
+    ``grid_samples``, ``inplace``) are as for :class:`MixUp`.
 
     Example:
         >>> import lightning.pytorch as pl
