@@ -79,7 +79,7 @@ def test_model_help_lists_the_classifier_arguments(capsys):
 BAD_VALUES = {
     "model": (
         ["--model.init_args.max_lr", "-1"],
-        "`max_lr` must be a number > 0, got -1.0",
+        "`max_lr` must be > 0, got -1.0",
         ["--model.init_args.max_lr", "lightning-recipes fit --model.help ImageClassifier"],
     ),
     "data": (
@@ -125,7 +125,7 @@ def test_traceback_variable_shows_the_full_traceback(monkeypatch):
     with pytest.raises(ValueError, match="max_lr") as error_info:
         main(["fit", "--config", DIGITS, "--model.init_args.max_lr", "-1"])
     # jsonargparse's error, caused by the model's own.
-    assert "`max_lr` must be a number > 0" in str(error_info.value.__cause__)
+    assert "`max_lr` must be > 0" in str(error_info.value.__cause__)
 
 
 @pytest.mark.parametrize(
