@@ -114,10 +114,8 @@ class ImageClassifier(OneCycleModule):
             i = int(bad[0])
             raise ValueError(
                 f"ImageClassifier: label {int(y[i])} at position {i} of the {_STAGES[stage]}"
-                f" batch is outside [0, {classes}) for `num_classes`={classes}"
-                f" ({bad.numel()} such label(s) in the batch). Fix: set `num_classes` to the"
-                " number of classes of the data (`lightning-recipes` takes it from the data"
-                " module), or map the labels to 0 .. num_classes - 1"
+                f" batch is outside [0, {classes}) for `num_classes`={classes} ({bad.numel()}"
+                " in the batch); set `num_classes` to the data's, or map the labels to 0..C-1"
             )
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:

@@ -243,11 +243,9 @@ class OneCycleModule(pl.LightningModule):
         total = check_total_steps(trainer.estimated_stepping_batches, trainer)
         if trainer.max_epochs == _LIGHTNING_DEFAULT_MAX_EPOCHS and trainer.max_steps == -1:
             rank_zero_warn(
-                f"The OneCycle schedule spans {total} optimizer steps because"
-                f" `max_epochs={_LIGHTNING_DEFAULT_MAX_EPOCHS}`, which is what Lightning uses"
-                " when neither `max_epochs` nor `max_steps` is set. The LR will barely leave"
-                " its warm-up in a shorter run: set `max_epochs` or `max_steps` to the length"
-                " you will really train."
+                f"The OneCycle spans {total} optimizer steps:"
+                f" `max_epochs={_LIGHTNING_DEFAULT_MAX_EPOCHS}` is Lightning's default when neither"
+                " `max_epochs` nor `max_steps` is set; set one, or the LR barely leaves warm-up."
             )
         group = optimizer.param_groups[0]
         if hp.cycle_momentum and "momentum" not in group and "betas" not in group:
