@@ -25,8 +25,8 @@ def _explicit_links(config: Any) -> dict[str, Any]:
     model_cls = _import(config.get("model.class_path"))
     if init_args is None or model_cls is None:
         return {}
-    params = inspect.signature(model_cls.__init__).parameters
-    carried = inspect.signature(ImageClassifier.__init__).parameters
+    params = inspect.signature(model_cls).parameters
+    carried = inspect.signature(ImageClassifier).parameters
     explicit = {}
     for name in _LINKED:
         value = init_args.get(name)

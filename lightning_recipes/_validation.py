@@ -76,14 +76,14 @@ def check_range(
     open_high: bool = False,
 ) -> float:
     """A finite real number in ``[low, high]``; ``open_low``/``open_high`` leave out that end."""
-    value = check_real(value, name)
-    if not low <= value <= high or (open_low and value == low) or (open_high and value == high):
+    number = check_real(value, name)
+    if not low <= number <= high or (open_low and number == low) or (open_high and number == high):
         interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ValueError(f"`{name}` must be in {interval}, got {value}")
-    return value
+        raise ValueError(f"`{name}` must be in {interval}, got {number}")
+    return number
 
 
-def check_type(value: Any, name: str, expected: type | tuple[type, ...], what: str) -> Any:
+def check_type(value: Any, name: str, expected: Any, what: str) -> Any:
     """``value`` an instance of ``expected`` (``collections.abc`` classes work); ``what`` is
     how the message names it, e.g. ``"a string or a callable"``."""
     if not isinstance(value, expected):

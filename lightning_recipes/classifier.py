@@ -82,7 +82,8 @@ class ImageClassifier(OneCycleModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        out: Tensor = self.net(x)
+        return out
 
     @override
     def on_fit_start(self) -> None:
@@ -150,7 +151,8 @@ class ImageClassifier(OneCycleModule):
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         x = batch if isinstance(batch, Tensor) else _split_batch(batch)[0]
-        return self(x).softmax(dim=1)
+        probabilities: Tensor = self(x).softmax(dim=1)
+        return probabilities
 
 
 _STAGES = {"train": "training", "val": "validation", "test": "test"}

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
@@ -219,15 +220,15 @@ class RecipesCLI(LightningCLI):
                 _ = logger.version
         _set_example_input(self.model, self.datamodule)
 
-    @override
     def after_fit(self) -> None:
+        """Tests the final weights and prints where the run's output went."""
         # The model is tested as training left it: a OneCycle run ends annealed at `min_lr`, and
         # its final weights are the recipe's result. The checkpoint with the best validation
         # score is still saved and named, but picking it on a small validation set selects noise.
         trainer, datamodule = self.trainer, self.datamodule
         if trainer.interrupted:
             return
-        results: list[dict[str, Any]] = []
+        results: list[Mapping[str, float]] = []
         if datamodule is not None and is_overridden("test_dataloader", datamodule):
             results = trainer.test(self.model, datamodule=datamodule)
         log_dir = trainer.log_dir or trainer.default_root_dir
@@ -250,7 +251,8 @@ class RecipesCLI(LightningCLI):
         one also writes ``lr_find_config.yaml`` so that the fit at the suggestion can be run
         (and repeated) with ``lightning-recipes fit --config``.
         """
-        result = self.trainer.lr_find(**kwargs)
+        # `main` builds the CLI with `trainer_class=RecipesTrainer`, whose method this is.
+        result: LRFindResult = cast(RecipesTrainer, self.trainer).lr_find(**kwargs)
         config = self.config["lr_find"].clone()
         for name in self._subcommand_method_arguments["lr_find"]:
             config.pop(name, None)

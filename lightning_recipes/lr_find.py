@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.tuner.tuning import Tuner
 
 from lightning_recipes._lr_suggestions import RULES, LRFindResult, SuggestionRule, suggest_lrs
 from lightning_recipes._validation import check_choice, check_int, check_positive
@@ -123,10 +123,11 @@ def lr_find(
     if finder is None:
         # Lightning returns None under `fast_dev_run`, and in the launching process of a
         # spawned strategy, where the sweep ran in the children.
+        fast_dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # set at run time
         raise ValueError(
             "The LR range test found nothing to return: it cannot run with `fast_dev_run` or a"
             f" spawning strategy (got {type(trainer.strategy).__name__},"
-            f" fast_dev_run={trainer.fast_dev_run}); use `strategy='ddp'` for several devices."
+            f" fast_dev_run={fast_dev_run}); use `strategy='ddp'` for several devices."
         )
     lrs = [float(v) for v in finder.results["lr"]]
     losses = [float(v) for v in finder.results["loss"]]
@@ -147,7 +148,7 @@ def set_max_lr(model: pl.LightningModule, value: float) -> None:
     if isinstance(getattr(type(model), "lr", None), property):
         model.lr = value  # type: ignore[assignment]
         return
-    model.max_lr = value
+    model.max_lr = value  # type: ignore[assignment]  # nn.Module types attributes as tensors
     if "max_lr" in model.hparams:
         model.hparams["max_lr"] = value
 
@@ -179,7 +180,7 @@ def _rng_states() -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 

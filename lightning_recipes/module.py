@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -158,14 +159,16 @@ class OneCycleModule(pl.LightningModule):
         self.optimizer_factory = optimizer
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
         """Lightning's ``load_from_checkpoint``; a damaged file (truncated, empty, not a
         checkpoint) is a ``ValueError`` naming it instead of torch's unpickling error."""
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         except Exception as error:
-            if isinstance(checkpoint_path, (str, os.PathLike)) and _is_damaged(checkpoint_path):
-                raise _unreadable_error(checkpoint_path, error) from error
+            if isinstance(checkpoint_path, (str, os.PathLike)):
+                path = Path(checkpoint_path)
+                if _is_damaged(path):
+                    raise _unreadable_error(path, error) from error
             raise
 
     @property
@@ -215,12 +218,13 @@ class OneCycleModule(pl.LightningModule):
         factory = self.optimizer_factory
         hp = self.hparams
         # Extra keys (`name`, `max_lr`) stay in the groups: torch keeps unknown group keys.
-        if factory == "sgd":
-            return torch.optim.SGD(
-                param_groups, lr=self.max_lr, momentum=hp.max_momentum, nesterov=True
-            )
-        if factory == "adamw":
-            return torch.optim.AdamW(param_groups, lr=self.max_lr, betas=(hp.max_momentum, 0.999))
+        if isinstance(factory, str):
+            momentum = hp["max_momentum"]
+            if factory == "sgd":
+                return torch.optim.SGD(
+                    param_groups, lr=self.max_lr, momentum=momentum, nesterov=True
+                )
+            return torch.optim.AdamW(param_groups, lr=self.max_lr, betas=(momentum, 0.999))
         optimizer = factory(param_groups)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
@@ -248,27 +252,28 @@ class OneCycleModule(pl.LightningModule):
                 " `max_epochs` nor `max_steps` is set; set one, or the LR barely leaves warm-up."
             )
         group = optimizer.param_groups[0]
-        if hp.cycle_momentum and "momentum" not in group and "betas" not in group:
+        if hp["cycle_momentum"] and "momentum" not in group and "betas" not in group:
             raise ValueError(
                 f"`cycle_momentum=True` needs an optimizer with momentum or betas, but"
                 f" {type(optimizer).__name__} has neither. Set `cycle_momentum=False`."
             )
         peaks = [g.get("max_lr", self.max_lr) for g in optimizer.param_groups]
-        resolver = OneCycleResolver(self, peaks, trainer.callbacks)
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at run time
+        resolver = OneCycleResolver(self, peaks, callbacks)
         scheduler = GuardedOneCycleLR(
             optimizer,
             max_lr=peaks,
             total_steps=total,
-            pct_start=hp.pct_start,
-            div_factor=hp.div_factor,
-            final_div_factor=hp.final_div_factor,
-            three_phase=hp.three_phase,
-            anneal_strategy=hp.anneal_strategy,
-            cycle_momentum=hp.cycle_momentum,
-            base_momentum=hp.base_momentum,
-            max_momentum=hp.max_momentum,
-            on_skipped_step=hp.on_skipped_step,
-            on_schedule_mismatch=hp.on_schedule_mismatch,
+            pct_start=hp["pct_start"],
+            div_factor=hp["div_factor"],
+            final_div_factor=hp["final_div_factor"],
+            three_phase=hp["three_phase"],
+            anneal_strategy=hp["anneal_strategy"],
+            cycle_momentum=hp["cycle_momentum"],
+            base_momentum=hp["base_momentum"],
+            max_momentum=hp["max_momentum"],
+            on_skipped_step=hp["on_skipped_step"],
+            on_schedule_mismatch=hp["on_schedule_mismatch"],
             resolver=resolver,
         )
         resolver.scheduler = scheduler

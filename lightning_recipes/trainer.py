@@ -14,7 +14,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from lightning_recipes.lr_find import LRFindResult, SuggestionRule, lr_find
+from lightning_recipes._lr_suggestions import LRFindResult, SuggestionRule
+from lightning_recipes.lr_find import lr_find
 from lightning_recipes.preview import SchedulePreview, preview_schedule
 
 __all__ = ["RecipesTrainer"]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets import CIFAR10
-from torchvision.transforms import v2
+from torchvision.datasets import CIFAR10  # type: ignore[import-untyped]
+from torchvision.transforms import v2  # type: ignore[import-untyped]
 from typing_extensions import override
 
 from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
@@ -70,7 +71,7 @@ class CIFAR10DataModule(SplitDataModule):
             [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *normalize]
         )
         self.eval_transform = v2.Compose(normalize)
-        self._data: dict[str, Dataset] = {}
+        self._data: dict[str, Dataset[Any]] = {}
 
     @override
     def prepare_data(self) -> None:
@@ -103,7 +104,7 @@ class CIFAR10DataModule(SplitDataModule):
         self._data["test"] = CIFAR10(root, train=False, transform=self.eval_transform)
 
     @override
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader[Any]:
         self.setup()
         train = split == "train"
         return make_loader(

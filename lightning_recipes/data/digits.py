@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
@@ -88,13 +90,13 @@ class DigitsDataModule(SplitDataModule):
         labels = digits.target.astype(np.int64)
         index = np.arange(len(labels))
         rest, test = train_test_split(
-            index, test_size=hp.test_fraction, stratify=labels, random_state=hp.seed
+            index, test_size=hp["test_fraction"], stratify=labels, random_state=hp["seed"]
         )
         train, val = train_test_split(
             rest,
-            test_size=hp.val_fraction / (1.0 - hp.test_fraction),
+            test_size=hp["val_fraction"] / (1.0 - hp["test_fraction"]),
             stratify=labels[rest],
-            random_state=hp.seed,
+            random_state=hp["seed"],
         )
         x = torch.from_numpy(images).unsqueeze(1)
         mean, std = x[train].mean(), x[train].std()
@@ -107,13 +109,13 @@ class DigitsDataModule(SplitDataModule):
             self._splits[name] = TensorDataset(x[idx_t].contiguous(), y[idx_t])
 
     @override
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader[Any]:
         if not self._splits:
             self.setup()
         return make_loader(
             self._splits[split],
             self.batch_size,
-            self.hparams.num_workers,
+            self.hparams["num_workers"],
             split == "train",
             trainer=self.trainer,
         )

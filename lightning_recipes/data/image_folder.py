@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2
+from torchvision.datasets import ImageFolder  # type: ignore[import-untyped]
+from torchvision.datasets.folder import IMG_EXTENSIONS  # type: ignore[import-untyped]
+from torchvision.transforms import v2  # type: ignore[import-untyped]
 from typing_extensions import override
 
 from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
@@ -108,7 +109,7 @@ class ImageFolderDataModule(SplitDataModule):
         return (self.in_channels, self.image_size, self.image_size)
 
     @override
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader[Any]:
         folder = self.root / split
         if split == "test" and not folder.is_dir():
             folder = self.root / "val"

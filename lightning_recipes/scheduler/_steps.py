@@ -56,7 +56,8 @@ class OneCycleResolver:
         # `trainer.callbacks` for their own list until they restore their checkpoint. Their
         # steps must not fix the schedule.
         active = any(c.scheduler is self.scheduler for c in trainer.lr_scheduler_configs)
-        if not active or trainer.callbacks is not self.callbacks:
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set at run time
+        if not active or callbacks is not self.callbacks:
             return None
         raise_for_onecycle_module(self.module)
         swa = _steps_before_swa(trainer)
@@ -126,7 +127,7 @@ def _steps_of_this_run(trainer: Any) -> int:
     in_epoch = 0 if last_batch else batch_progress.current.processed // accumulate
     rest = per_epoch * (max_epochs - epochs_done) - in_epoch
     steps = done + rest
-    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
+    return int(min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps)
 
 
 def check_total_steps(total: float, trainer: Any) -> int:
