@@ -10,6 +10,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from lightning_recipes._validation import check_bool, check_int, check_label_smoothing, check_type
 from lightning_recipes.backbones import build_backbone
 from lightning_recipes.module import OneCycleModule
 
@@ -58,12 +59,11 @@ class ImageClassifier(OneCycleModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}")
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"`in_channels` must be an integer >= 1, got {in_channels!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
+        check_type(backbone, "backbone", str, "a string")
+        check_int(num_classes, "num_classes", minimum=2)
+        check_int(in_channels, "in_channels", minimum=1)
+        check_label_smoothing(label_smoothing)
+        check_bool(channels_last, "channels_last")
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last

@@ -11,6 +11,7 @@ from torchvision.datasets import CIFAR10  # type: ignore[import-untyped]
 from torchvision.transforms import v2  # type: ignore[import-untyped]
 from typing_extensions import override
 
+from lightning_recipes._validation import check_int, check_range
 from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
 
 __all__ = ["CIFAR10DataModule"]
@@ -54,8 +55,9 @@ class CIFAR10DataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         check_loader_args(batch_size, num_workers)
-        if not isinstance(val_size, int) or not 0 < val_size < 50000:
-            raise ValueError(f"`val_size` must be an integer in (0, 50000), got {val_size!r}")
+        check_int(val_size, "val_size", minimum=1)
+        check_range(val_size, "val_size", 1, 49999)  # CIFAR-10 has 50000 training images
+        check_int(seed, "seed")
         self.root = Path(root)
         self.download = download
         self.batch_size = batch_size

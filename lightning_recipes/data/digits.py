@@ -12,6 +12,7 @@ from sklearn.model_selection import train_test_split  # type: ignore[import-unty
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
+from lightning_recipes._validation import check_int, check_range
 from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
 
 __all__ = ["DigitsDataModule"]
@@ -61,15 +62,14 @@ class DigitsDataModule(SplitDataModule):
         super().__init__()
         check_loader_args(batch_size, num_workers)
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"`{name}` must be in (0, 1), got {value}")
+            check_range(value, name, 0.0, 1.0, open_low=True, open_high=True)
         if val_fraction + test_fraction >= 0.9:
             raise ValueError(
                 "`val_fraction + test_fraction` must leave at least 10% for training, got"
                 f" {val_fraction} + {test_fraction}"
             )
-        if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
-            raise ValueError(f"`image_size` must be None or an integer >= 8, got {image_size!r}")
+        check_int(image_size, "image_size", minimum=8, optional=True)
+        check_int(seed, "seed")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.image_size = image_size or 8
