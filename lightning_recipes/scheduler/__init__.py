@@ -33,13 +33,11 @@ from lightning_recipes.scheduler._configs import (
 from lightning_recipes.scheduler._guarded import GuardedOneCycleLR, Resolver, ScheduleTarget
 from lightning_recipes.scheduler._mismatch import ScheduleMismatchError
 from lightning_recipes.scheduler._progress import ScheduleProgress, schedule_progress
-from lightning_recipes.scheduler._steps import (
-    _steps_before_swa as _steps_before_swa,
-)
-from lightning_recipes.scheduler._steps import (
-    _steps_of_this_run as _steps_of_this_run,
-)
-from lightning_recipes.scheduler._steps import (
+
+# The two private step counts are also read by the sanity checks' scheduler rules.
+from lightning_recipes.scheduler._steps import (  # noqa: F401
+    _steps_before_swa,
+    _steps_of_this_run,
     check_total_steps,
 )
 
