@@ -106,7 +106,7 @@ def _checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
     ``<version>/checkpoints`` of the run (or ``default_root_dir/checkpoints``)."""
     folders = [
         Path(callback.dirpath)
-        for callback in trainer.callbacks
+        for callback in trainer.callbacks  # type: ignore[attr-defined]
         if isinstance(callback, (ModelCheckpoint, InterruptCheckpoint)) and callback.dirpath
     ]
     root = _run_root(trainer)
@@ -119,7 +119,7 @@ def _checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
 
 def _last_names(trainer: pl.Trainer) -> tuple[str, ...]:
     names = {ModelCheckpoint.CHECKPOINT_NAME_LAST}
-    for callback in trainer.callbacks:
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
         if isinstance(callback, InterruptCheckpoint):
             names.add(callback.filename)
     return tuple(sorted(names))
@@ -155,7 +155,8 @@ def _checkpoint_lines(
 
 
 def _interrupted_summary(trainer: pl.Trainer) -> str:
-    interrupt = next((cb for cb in trainer.callbacks if isinstance(cb, InterruptCheckpoint)), None)
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]
+    interrupt = next((cb for cb in callbacks if isinstance(cb, InterruptCheckpoint)), None)
     stopped_by = interrupt.signal if interrupt is not None else None
     what = stopped_by.name if isinstance(stopped_by, signal.Signals) else "an interrupt"
     lines = [

@@ -72,6 +72,31 @@ def check_real(value: Any, name: str) -> float:
     return float(value)
 
 
+def check_range(
+    value: Any,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> float:
+    """A finite real number in ``[low, high]``; ``open_low``/``open_high`` leave out that end."""
+    number = check_real(value, name)
+    if not low <= number <= high or (open_low and number == low) or (open_high and number == high):
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise ValueError(f"`{name}` must be in {interval}, got {number}")
+    return number
+
+
+def check_type(value: Any, name: str, expected: Any, what: str) -> Any:
+    """``value`` an instance of ``expected`` (``collections.abc`` classes work); ``what`` is
+    how the message names it, e.g. ``"a string or a callable"``."""
+    if not isinstance(value, expected):
+        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}")
+    return value
+
+
 def check_alpha(alpha: Any, name: str = "alpha") -> float:
     alpha = check_real(alpha, name)
     if alpha <= 0:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import torchvision
+from typing import Any
+
+import torchvision  # type: ignore[import-untyped]
 from torch import nn
 
 __all__ = ["SmallCNN", "build_backbone"]
@@ -66,7 +68,7 @@ def build_backbone(name: str, num_classes: int, in_channels: int) -> nn.Module:
             f" (e.g. 'resnet18', 'mobilenet_v3_small'), got {name!r}"
         )
     # weights=None: nothing is downloaded; the model starts from random initialisation.
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    model: nn.Module = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if in_channels != 3:
         _replace_first_conv(model, name, in_channels)
     return model
@@ -76,19 +78,20 @@ def _replace_first_conv(model: nn.Module, name: str, in_channels: int) -> None:
     for parent in model.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                setattr(
-                    parent,
-                    child_name,
-                    nn.Conv2d(
-                        in_channels,
-                        child.out_channels,
-                        child.kernel_size,
-                        child.stride,
-                        child.padding,
-                        child.dilation,
-                        child.groups if child.groups == 1 else in_channels,
-                        child.bias is not None,
-                    ),
+                # The same geometry; torch types these as tuples of any length.
+                geometry: dict[str, Any] = {
+                    "kernel_size": child.kernel_size,
+                    "stride": child.stride,
+                    "padding": child.padding,
+                    "dilation": child.dilation,
+                }
+                conv = nn.Conv2d(
+                    in_channels,
+                    child.out_channels,
+                    groups=child.groups if child.groups == 1 else in_channels,
+                    bias=child.bias is not None,
+                    **geometry,
                 )
+                setattr(parent, child_name, conv)
                 return
     raise ValueError(f"`in_channels={in_channels}` is not supported for backbone {name!r}")

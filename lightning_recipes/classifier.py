@@ -10,6 +10,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from lightning_recipes._validation import check_bool, check_int, check_label_smoothing, check_type
 from lightning_recipes.backbones import build_backbone
 from lightning_recipes.module import OneCycleModule
 
@@ -58,12 +59,11 @@ class ImageClassifier(OneCycleModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an integer >= 2, got {num_classes!r}")
-        if not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f"`in_channels` must be an integer >= 1, got {in_channels!r}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
+        check_type(backbone, "backbone", str, "a string")
+        check_int(num_classes, "num_classes", minimum=2)
+        check_int(in_channels, "in_channels", minimum=1)
+        check_label_smoothing(label_smoothing)
+        check_bool(channels_last, "channels_last")
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.channels_last = channels_last
@@ -82,7 +82,8 @@ class ImageClassifier(OneCycleModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        out: Tensor = self.net(x)
+        return out
 
     @override
     def on_fit_start(self) -> None:
@@ -114,10 +115,8 @@ class ImageClassifier(OneCycleModule):
             i = int(bad[0])
             raise ValueError(
                 f"ImageClassifier: label {int(y[i])} at position {i} of the {_STAGES[stage]}"
-                f" batch is outside [0, {classes}) for `num_classes`={classes}"
-                f" ({bad.numel()} such label(s) in the batch). Fix: set `num_classes` to the"
-                " number of classes of the data (`lightning-recipes` takes it from the data"
-                " module), or map the labels to 0 .. num_classes - 1"
+                f" batch is outside [0, {classes}) for `num_classes`={classes} ({bad.numel()}"
+                " in the batch); set `num_classes` to the data's, or map the labels to 0..C-1"
             )
 
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
@@ -152,7 +151,8 @@ class ImageClassifier(OneCycleModule):
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         x = batch if isinstance(batch, Tensor) else _split_batch(batch)[0]
-        return self(x).softmax(dim=1)
+        probabilities: Tensor = self(x).softmax(dim=1)
+        return probabilities
 
 
 _STAGES = {"train": "training", "val": "validation", "test": "test"}

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -12,30 +12,28 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import OneCycleLR
+from typing_extensions import override
 
-from lightning_recipes._compat import NORM_LAYERS
-from lightning_recipes._validation import check_positive
-from lightning_recipes.checkpointing import _is_damaged, _unreadable_error
-from lightning_recipes.scheduler import (
-    GuardedOneCycleLR,
-    _steps_before_swa,
-    _steps_of_this_run,
-    check_total_steps,
+from lightning_recipes._param_groups import onecycle_param_groups
+from lightning_recipes._validation import (
+    check_bool,
+    check_choice,
+    check_positive,
+    check_range,
+    check_type,
 )
+from lightning_recipes.checkpointing import _is_damaged, _unreadable_error
+from lightning_recipes.scheduler import GuardedOneCycleLR, check_total_steps
+from lightning_recipes.scheduler._configs import raise_for_onecycle_module
+from lightning_recipes.scheduler._guarded import check_guard_modes
+from lightning_recipes.scheduler._steps import OneCycleResolver
 
 __all__ = ["OneCycleModule"]
 
 OptimizerCallable = Callable[[Iterable[Any]], Optimizer]
 
-_NORM_TYPES = (
-    *NORM_LAYERS,
-    nn.GroupNorm,
-    nn.LayerNorm,
-    nn.LocalResponseNorm,
-    nn.RMSNorm,
-)
 _OPTIMIZER_NAMES = ("sgd", "adamw")
+_ANNEAL_STRATEGIES = ("cos", "linear")
 # Lightning's `_parse_loop_limits` turns `max_epochs=None, max_steps=-1` into this silently.
 _LIGHTNING_DEFAULT_MAX_EPOCHS = 1000
 
@@ -56,13 +54,14 @@ class OneCycleModule(pl.LightningModule):
     ``StochasticWeightAveraging`` the cycle spans the epochs before ``swa_epoch_start`` and
     anneals to ``min_lr`` there; SWALR takes over from that epoch.
 
-    No hook needs ``super()``: the schedule, the AMP skip handling and the resume check live in
-    ``configure_optimizers`` and in the scheduler object, never in ``on_train_start``,
-    ``on_before_optimizer_step``, ``on_load_checkpoint`` or other hooks you may override. If you
-    override ``configure_optimizers`` (for example to add a second optimizer), build the
-    OneCycle part with :meth:`onecycle_param_groups`, :meth:`build_optimizer` and
-    :meth:`onecycle_scheduler`; returning no OneCycle scheduler from this class, a plain torch
-    ``OneCycleLR`` or one stepped per epoch raises a ``TypeError``/``ValueError`` at fit start.
+    No hook but ``on_fit_start`` needs ``super()``: the schedule, the AMP skip handling and the
+    resume check live in ``configure_optimizers`` and in the scheduler object, never in
+    ``on_train_start``, ``on_before_optimizer_step``, ``on_load_checkpoint`` or other hooks you
+    may override. If you override ``configure_optimizers`` (for example to add a second
+    optimizer), build the OneCycle part with :meth:`onecycle_param_groups`,
+    :meth:`build_optimizer` and :meth:`onecycle_scheduler`; :meth:`on_fit_start` checks what it
+    returned: no OneCycle scheduler, a plain torch ``OneCycleLR`` or one stepped per epoch
+    raises a ``TypeError``/``ValueError`` before the first step.
 
     Args:
         max_lr: Peak learning rate of the cycle. OneCycle starts at
@@ -129,39 +128,30 @@ class OneCycleModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_positive(max_lr, "max_lr")
+        check_type(
+            param_group_max_lr, "param_group_max_lr", (Mapping, type(None)), "a dict or None"
+        )
         for prefix, lr in (param_group_max_lr or {}).items():
             check_positive(lr, f"param_group_max_lr[{prefix!r}]")
-        if weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be >= 0, got {weight_decay}")
-        if isinstance(optimizer, str) and optimizer not in _OPTIMIZER_NAMES:
-            raise ValueError(
-                f"`optimizer` must be one of {_OPTIMIZER_NAMES} or a callable that takes"
-                f" parameter groups and returns a torch.optim.Optimizer, got {optimizer!r}"
-            )
-        if not isinstance(optimizer, str) and not callable(optimizer):
-            raise TypeError(
-                "`optimizer` must be a string or a callable that takes parameter groups and"
-                f" returns a torch.optim.Optimizer, got {type(optimizer).__name__}"
-            )
-        if not 0.0 < pct_start < 1.0:
-            raise ValueError(f"`pct_start` must be in (0, 1), got {pct_start}")
+        check_positive(weight_decay, "weight_decay", allow_zero=True)
+        check_type(optimizer, "optimizer", (str, Callable), "a string or a callable")
+        if isinstance(optimizer, str):
+            check_choice(optimizer, "optimizer", _OPTIMIZER_NAMES)
+        for name, flag in (
+            ("decay_norm_and_bias", decay_norm_and_bias),
+            ("three_phase", three_phase),
+            ("cycle_momentum", cycle_momentum),
+        ):
+            check_bool(flag, name)
+        check_range(pct_start, "pct_start", 0.0, 1.0, open_low=True, open_high=True)
         check_positive(div_factor, "div_factor")
         check_positive(final_div_factor, "final_div_factor")
-        if anneal_strategy not in ("cos", "linear"):
-            raise ValueError(
-                f"`anneal_strategy` must be 'cos' or 'linear', got {anneal_strategy!r}"
-            )
-        if cycle_momentum and not 0.0 <= base_momentum <= max_momentum < 1.0:
-            raise ValueError(
-                "`base_momentum` <= `max_momentum` < 1 is required when `cycle_momentum=True`,"
-                f" got base_momentum={base_momentum}, max_momentum={max_momentum}"
-            )
-        for name, value, allowed in (
-            ("on_skipped_step", on_skipped_step, ("hold", "advance")),
-            ("on_schedule_mismatch", on_schedule_mismatch, ("error", "rescale")),
-        ):
-            if value not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
+        check_choice(anneal_strategy, "anneal_strategy", _ANNEAL_STRATEGIES)
+        if cycle_momentum:
+            check_range(max_momentum, "max_momentum", 0.0, 1.0, open_high=True)
+            check_range(base_momentum, "base_momentum", 0.0, max_momentum)
+        # The scheduler's own check, so that a bad mode stops here and not at fit start.
+        check_guard_modes(on_skipped_step, on_schedule_mismatch)
         # A callable optimizer is not a hyperparameter Lightning can store as YAML; the CLI
         # records its class path in the saved config instead.
         self.save_hyperparameters(ignore=[] if isinstance(optimizer, str) else ["optimizer"])
@@ -169,14 +159,16 @@ class OneCycleModule(pl.LightningModule):
         self.optimizer_factory = optimizer
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
         """Lightning's ``load_from_checkpoint``; a damaged file (truncated, empty, not a
         checkpoint) is a ``ValueError`` naming it instead of torch's unpickling error."""
         try:
             return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
         except Exception as error:
-            if isinstance(checkpoint_path, (str, os.PathLike)) and _is_damaged(checkpoint_path):
-                raise _unreadable_error(checkpoint_path, error) from error
+            if isinstance(checkpoint_path, (str, os.PathLike)):
+                path = Path(checkpoint_path)
+                if _is_damaged(path):
+                    raise _unreadable_error(path, error) from error
             raise
 
     @property
@@ -212,45 +204,27 @@ class OneCycleModule(pl.LightningModule):
             named_parameters: The parameters to group; defaults to ``self.named_parameters()``.
         """
         hp = self.hparams
-        prefixes = sorted((hp.get("param_group_max_lr") or {}).items(), key=lambda kv: -len(kv[0]))
-        decay_all = bool(hp.get("decay_norm_and_bias"))
-        no_decay = _no_decay_names(self)
-        groups: dict[tuple[str, bool], dict[str, Any]] = {}
-        order = ["", *[p for p, _ in sorted((hp.get("param_group_max_lr") or {}).items())]]
-        for name, param in named_parameters or self.named_parameters():
-            if not param.requires_grad:
-                continue
-            prefix = next((p for p, _ in prefixes if name.startswith(p)), "")
-            decay = _decays(name, param, no_decay, decay_all)
-            key = (prefix, decay)
-            if key not in groups:
-                lr = dict(prefixes).get(prefix, self.max_lr)
-                label = prefix.rstrip(".") or "default"
-                groups[key] = {
-                    "name": label if decay else f"{label}/no_decay",
-                    "params": [],
-                    "weight_decay": hp.get("weight_decay", 0.0) if decay else 0.0,
-                    "max_lr": lr,
-                }
-            groups[key]["params"].append(param)
-        return [
-            groups[(prefix, decay)]
-            for prefix in order
-            for decay in (True, False)
-            if (prefix, decay) in groups
-        ]
+        return onecycle_param_groups(
+            self,
+            self.named_parameters() if named_parameters is None else named_parameters,
+            max_lr=self.max_lr,
+            weight_decay=hp.get("weight_decay", 0.0),
+            decay_norm_and_bias=bool(hp.get("decay_norm_and_bias")),
+            param_group_max_lr=hp.get("param_group_max_lr"),
+        )
 
     def build_optimizer(self, param_groups: list[dict[str, Any]]) -> Optimizer:
         """Create the configured optimizer over ``param_groups``."""
         factory = self.optimizer_factory
         hp = self.hparams
         # Extra keys (`name`, `max_lr`) stay in the groups: torch keeps unknown group keys.
-        if factory == "sgd":
-            return torch.optim.SGD(
-                param_groups, lr=self.max_lr, momentum=hp.max_momentum, nesterov=True
-            )
-        if factory == "adamw":
-            return torch.optim.AdamW(param_groups, lr=self.max_lr, betas=(hp.max_momentum, 0.999))
+        if isinstance(factory, str):
+            momentum = hp["max_momentum"]
+            if factory == "sgd":
+                return torch.optim.SGD(
+                    param_groups, lr=self.max_lr, momentum=momentum, nesterov=True
+                )
+            return torch.optim.AdamW(param_groups, lr=self.max_lr, betas=(momentum, 0.999))
         optimizer = factory(param_groups)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(
@@ -273,34 +247,33 @@ class OneCycleModule(pl.LightningModule):
         total = check_total_steps(trainer.estimated_stepping_batches, trainer)
         if trainer.max_epochs == _LIGHTNING_DEFAULT_MAX_EPOCHS and trainer.max_steps == -1:
             rank_zero_warn(
-                f"The OneCycle schedule spans {total} optimizer steps because"
-                f" `max_epochs={_LIGHTNING_DEFAULT_MAX_EPOCHS}`, which is what Lightning uses"
-                " when neither `max_epochs` nor `max_steps` is set. The LR will barely leave"
-                " its warm-up in a shorter run: set `max_epochs` or `max_steps` to the length"
-                " you will really train."
+                f"The OneCycle spans {total} optimizer steps:"
+                f" `max_epochs={_LIGHTNING_DEFAULT_MAX_EPOCHS}` is Lightning's default when neither"
+                " `max_epochs` nor `max_steps` is set; set one, or the LR barely leaves warm-up."
             )
         group = optimizer.param_groups[0]
-        if hp.cycle_momentum and "momentum" not in group and "betas" not in group:
+        if hp["cycle_momentum"] and "momentum" not in group and "betas" not in group:
             raise ValueError(
                 f"`cycle_momentum=True` needs an optimizer with momentum or betas, but"
                 f" {type(optimizer).__name__} has neither. Set `cycle_momentum=False`."
             )
         peaks = [g.get("max_lr", self.max_lr) for g in optimizer.param_groups]
-        resolver = _Resolver(self, peaks, trainer.callbacks)
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at run time
+        resolver = OneCycleResolver(self, peaks, callbacks)
         scheduler = GuardedOneCycleLR(
             optimizer,
             max_lr=peaks,
             total_steps=total,
-            pct_start=hp.pct_start,
-            div_factor=hp.div_factor,
-            final_div_factor=hp.final_div_factor,
-            three_phase=hp.three_phase,
-            anneal_strategy=hp.anneal_strategy,
-            cycle_momentum=hp.cycle_momentum,
-            base_momentum=hp.base_momentum,
-            max_momentum=hp.max_momentum,
-            on_skipped_step=hp.on_skipped_step,
-            on_schedule_mismatch=hp.on_schedule_mismatch,
+            pct_start=hp["pct_start"],
+            div_factor=hp["div_factor"],
+            final_div_factor=hp["final_div_factor"],
+            three_phase=hp["three_phase"],
+            anneal_strategy=hp["anneal_strategy"],
+            cycle_momentum=hp["cycle_momentum"],
+            base_momentum=hp["base_momentum"],
+            max_momentum=hp["max_momentum"],
+            on_skipped_step=hp["on_skipped_step"],
+            on_schedule_mismatch=hp["on_schedule_mismatch"],
             resolver=resolver,
         )
         resolver.scheduler = scheduler
@@ -314,135 +287,18 @@ class OneCycleModule(pl.LightningModule):
         optimizer = self.build_optimizer(self.onecycle_param_groups())
         return {"optimizer": optimizer, "lr_scheduler": self.onecycle_scheduler(optimizer)}
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        # A subclass's `configure_optimizers` is wrapped so that returning no OneCycle, a plain
-        # torch OneCycleLR (no AMP hold, no resume check) or one stepped per epoch fails before
-        # the first step instead of training with a silently different schedule.
-        super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("configure_optimizers")
-        if own is not None and not getattr(own, "_onecycle_checked", False):
-            cls.configure_optimizers = _checked_configure_optimizers(own)  # type: ignore[method-assign]
+    @override
+    def on_fit_start(self) -> None:
+        """Check the schedulers ``configure_optimizers`` returned; call it from an override.
 
-
-def _checked_configure_optimizers(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(self: OneCycleModule) -> Any:
-        result = fn(self)
-        _validate_schedulers(type(self).__name__, result)
-        return result
-
-    wrapper._onecycle_checked = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-def _scheduler_configs(result: Any) -> Iterator[tuple[Any, str]]:
-    """Yield ``(scheduler, interval)`` for every scheduler in a configure_optimizers result."""
-    if isinstance(result, dict):
-        items: list[Any] = [result]
-    elif isinstance(result, (list, tuple)):
-        if len(result) == 2 and all(isinstance(part, (list, tuple)) for part in result):
-            items = list(result[1])
-        else:
-            items = list(result)
-    else:
-        items = []
-    for item in items:
-        if isinstance(item, dict) and "lr_scheduler" in item:
-            item = item["lr_scheduler"]
-        if isinstance(item, dict) and "scheduler" in item:
-            yield item["scheduler"], item.get("interval", "epoch")
-        elif isinstance(item, torch.optim.lr_scheduler.LRScheduler):
-            yield item, "epoch"
-
-
-def _validate_schedulers(owner: str, result: Any) -> None:
-    fix = (
-        "return `self.onecycle_scheduler(optimizer)` as that optimizer's `lr_scheduler`"
-        " (it sets `interval='step'` and the right `total_steps`)"
-    )
-    found = False
-    for scheduler, interval in _scheduler_configs(result):
-        if not isinstance(scheduler, OneCycleLR):
-            continue
-        if interval != "step":
-            raise ValueError(
-                f"{owner}.configure_optimizers returned a OneCycleLR with interval={interval!r}:"
-                " OneCycle is defined per optimizer step and must be stepped per batch;"
-                f" {fix}."
-            )
-        if not isinstance(scheduler, GuardedOneCycleLR):
-            raise TypeError(
-                f"{owner}.configure_optimizers returned torch's plain OneCycleLR, which keeps"
-                " stepping on AMP-skipped steps and cannot check a resume; " + fix + "."
-            )
-        found = True
-    if not found:
-        raise ValueError(
-            f"{owner}.configure_optimizers (a OneCycleModule) returned no OneCycle scheduler;"
-            f" {fix}, or inherit from LightningModule if you want another schedule."
-        )
-
-
-class _Resolver:
-    """The real total and peaks of a OneCycleModule's schedule, once training really starts.
-
-    ``configure_optimizers`` runs before the callbacks' ``on_fit_start``, where the tuners
-    change the batch size or ``max_lr``; the schedule asks this right before its first real
-    optimizer step instead.
-    """
-
-    def __init__(
-        self, module: OneCycleModule, peaks: list[float], callbacks: list[pl.Callback]
-    ) -> None:
-        self.module = module
-        self.peaks = peaks
-        self.built_max_lr = module.max_lr
-        self.callbacks = callbacks
-        self.scheduler: GuardedOneCycleLR | None = None
-
-    def __call__(self) -> tuple[int, list[float]] | None:
-        try:
-            trainer = self.module.trainer
-        except RuntimeError:  # the module left its trainer
-            return None
-        # Tuner trials: LearningRateFinder swaps in its own scheduler, and both finders swap
-        # `trainer.callbacks` for their own list until they restore their checkpoint. Their
-        # steps must not fix the schedule.
-        active = any(c.scheduler is self.scheduler for c in trainer.lr_scheduler_configs)
-        if not active or trainer.callbacks is not self.callbacks:
-            return None
-        swa = _steps_before_swa(trainer)
-        if swa is None:
-            total = _steps_of_this_run(trainer)
-        elif swa[0] > 0:
-            total = swa[0]  # StochasticWeightAveraging's SWALR takes over from there
-        else:
-            return None  # SWALR replaces the schedule before its first step: it never runs
-        # LearningRateFinder(attr_name="max_lr") writes the suggestion to `max_lr`: every
-        # group's peak moves by the same factor, so per-group ratios hold.
-        max_lr = self.module.max_lr
-        factor = max_lr / self.built_max_lr
-        return total, [
-            max_lr if peak == self.built_max_lr else peak * factor for peak in self.peaks
-        ]
-
-
-def _decays(name: str, param: nn.Parameter, no_decay: set[str], decay_all: bool) -> bool:
-    """Whether ``param`` gets weight decay; lazy parameters by what they will become."""
-    if isinstance(param, nn.parameter.UninitializedParameter):
-        # A lazy layer's weight is a matrix or a kernel once materialised (>= 2-d); its bias
-        # and a lazy norm layer's parameters are 1-d.
-        return decay_all or name not in no_decay
-    if decay_all:
-        return param.ndim >= 1
-    return name not in no_decay and param.ndim > 1
-
-
-def _no_decay_names(module: nn.Module) -> set[str]:
-    names = set()
-    for module_name, sub in module.named_modules():
-        for param_name, _ in sub.named_parameters(recurse=False):
-            full = f"{module_name}.{param_name}" if module_name else param_name
-            if isinstance(sub, _NORM_TYPES) or param_name == "bias":
-                names.add(full)
-    return names
+        Lightning calls this hook once the optimizers and schedulers are set up. Returning no
+        OneCycle scheduler, torch's plain ``OneCycleLR`` (it keeps stepping on AMP-skipped steps
+        and cannot check a resume) or one not stepped once per optimizer step
+        (``interval="epoch"``, ``frequency`` other than 1) raises a ``TypeError``/``ValueError``
+        here, before the first step (:func:`~lightning_recipes.scheduler.check_scheduler_configs`).
+        If you override ``on_fit_start``, call ``super().on_fit_start()``: without it, the
+        :class:`~lightning_recipes.scheduler.GuardedOneCycleLR` of :meth:`onecycle_scheduler`
+        still runs the same check right before its first optimizer step, but a fit with no
+        such scheduler is not checked.
+        """
+        raise_for_onecycle_module(self)

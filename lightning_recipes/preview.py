@@ -117,19 +117,19 @@ def preview_schedule(
     capture = _Capture()
     loop = trainer.fit_loop
     saved = (
-        trainer.callbacks,
+        trainer.callbacks,  # type: ignore[attr-defined]
         trainer.loggers,
         trainer.num_sanity_val_steps,
         loop.min_epochs,
         loop.epoch_loop.min_steps,
     )
-    trainer.callbacks = [capture]
+    trainer.callbacks = [capture]  # type: ignore[attr-defined]
     trainer.loggers = []
     trainer.num_sanity_val_steps = 0
     try:
         trainer.fit(model, train_dataloaders=train_dataloaders, datamodule=datamodule)
     finally:
-        trainer.callbacks, trainer.loggers, trainer.num_sanity_val_steps = saved[:3]
+        trainer.callbacks, trainer.loggers, trainer.num_sanity_val_steps = saved[:3]  # type: ignore[attr-defined]
         loop.min_epochs, loop.epoch_loop.min_steps = saved[3:]
         trainer.should_stop = False
     if capture.preview is None:

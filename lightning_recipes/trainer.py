@@ -8,19 +8,25 @@ and :func:`~lightning_recipes.preview_schedule` with any ``pl.Trainer``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 
-from lightning_recipes.lr_find import LRFindResult, SuggestionRule, lr_find
+from lightning_recipes._lr_suggestions import LRFindResult, SuggestionRule
+from lightning_recipes.lr_find import lr_find
 from lightning_recipes.preview import SchedulePreview, preview_schedule
 
 __all__ = ["RecipesTrainer"]
 
 
 class RecipesTrainer(pl.Trainer):
-    """A ``pl.Trainer`` with :meth:`lr_find` and :meth:`preview`; everything else is Lightning's."""
+    """A ``pl.Trainer`` with :meth:`lr_find` and :meth:`preview`; everything else is Lightning's.
+
+    Both methods take the module and its data as ``fit`` does: ``model`` (a OneCycle module),
+    and ``datamodule`` or, when there is no data module, ``train_dataloaders``.
+    """
 
     def lr_find(
         self,
@@ -36,9 +42,6 @@ class RecipesTrainer(pl.Trainer):
         """Run an LR range test and set its suggestion as OneCycle's max_lr.
 
         Args:
-            model: The OneCycle module.
-            train_dataloaders: Training loaders, when there is no data module.
-            datamodule: The data module.
             min_lr: First learning rate of the sweep.
             max_lr: Last learning rate of the sweep.
             num_training: Number of sweep steps.
@@ -57,11 +60,8 @@ class RecipesTrainer(pl.Trainer):
             rule=rule,
             plot_path=path,
         )
-        if self.is_global_zero:
-            print(f"\nLR range test, {len(result.lrs)} steps from {min_lr:g} to {max_lr:g}:")
-            print(result.table())
-            if result.plot_path is not None:
-                print(f"plot: {result.plot_path}")
+        title = f"LR range test, {len(result.lrs)} steps from {min_lr:g} to {max_lr:g}"
+        self._report(title, result.table(), lambda: result.plot_path)
         return result
 
     def preview(
@@ -74,15 +74,23 @@ class RecipesTrainer(pl.Trainer):
         """Show the LR and momentum curve a fit will follow, with no training step.
 
         Args:
-            model: The OneCycle module.
-            train_dataloaders: Training loaders, when there is no data module.
-            datamodule: The data module.
             plot: PNG of the curve, relative to ``default_root_dir``; ``None``: none.
         """
         result = preview_schedule(model, self, datamodule, train_dataloaders=train_dataloaders)
-        if self.is_global_zero:
-            print("\nOneCycle schedule of this fit:")
-            print(result.table())
-            if plot is not None:
-                print(f"plot: {result.plot(Path(self.default_root_dir) / plot)}")
+        path = None if plot is None else Path(self.default_root_dir) / plot
+        self._report(
+            "OneCycle schedule of this fit",
+            result.table(),
+            lambda: None if path is None else result.plot(path),
+        )
         return result
+
+    def _report(self, title: str, table: str, plot: Callable[[], Path | None]) -> None:
+        """Print a title, a table and the plot's path, once (on global rank zero)."""
+        if not self.is_global_zero:
+            return
+        print(f"\n{title}:")
+        print(table)
+        path = plot()
+        if path is not None:
+            print(f"plot: {path}")

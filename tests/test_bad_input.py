@@ -191,7 +191,7 @@ CLI_CASES = [
     (["--data.init_args.batch_size", "0"], ValueError, r"`batch_size` must be an integer >= 1"),
     (["--data.init_args.batch_size", "1.5"], SystemExit, r'"batch_size":\s+Expected a .*int'),
     (["--data.init_args.num_workers", "-1"], ValueError, r"`num_workers` must be an integer >= 0"),
-    (["--data.init_args.image_size", "-3"], ValueError, r"`image_size` must be None or an int"),
+    (["--data.init_args.image_size", "-3"], ValueError, r"`image_size` must be an integer >= 8"),
     (
         ["--data.init_args.val_fraction", "0.5", "--data.init_args.test_fraction", "0.5"],
         ValueError,

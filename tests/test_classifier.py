@@ -224,22 +224,22 @@ def test_hyperparameters_saved():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        (
-            {"backbone": "resnet9000"},
-            "`backbone` must be 'small_cnn' or a torchvision classification model name"
-            " (e.g. 'resnet18', 'mobilenet_v3_small'), got 'resnet9000'",
-        ),
-        ({"num_classes": 1}, "`num_classes` must be an integer >= 2, got 1"),
-        ({"num_classes": 10.0}, "`num_classes` must be an integer >= 2, got 10.0"),
-        ({"in_channels": 0}, "`in_channels` must be an integer >= 1, got 0"),
-        ({"label_smoothing": 1.0}, "`label_smoothing` must be in [0, 1), got 1.0"),
-        ({"label_smoothing": -0.1}, "`label_smoothing` must be in [0, 1), got -0.1"),
+        ({"backbone": "resnet9000"}, ValueError, "`backbone` must be 'small_cnn' or a torchvision"),
+        ({"backbone": None}, TypeError, "`backbone` must be a string, got NoneType"),
+        ({"num_classes": 1}, ValueError, "`num_classes` must be an integer >= 2, got 1"),
+        ({"num_classes": 10.0}, TypeError, "`num_classes` must be an integer, got 10.0"),
+        ({"in_channels": 0}, ValueError, "`in_channels` must be an integer >= 1, got 0"),
+        ({"in_channels": "1"}, TypeError, "`in_channels`"),
+        ({"label_smoothing": 1.0}, ValueError, "`label_smoothing` must be in [0, 1), got 1.0"),
+        ({"label_smoothing": -0.1}, ValueError, "`label_smoothing` must be in [0, 1), got -0.1"),
+        ({"label_smoothing": "0.1"}, TypeError, "`label_smoothing`"),
+        ({"channels_last": 1}, TypeError, "`channels_last`"),
     ],
 )
-def test_argument_errors(kwargs, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+def test_argument_errors(kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
         _model(**kwargs)
 
 

@@ -165,24 +165,25 @@ def test_digits_upscaled_to_image_size(digits_splits):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"batch_size": 0}, "`batch_size` must be an integer >= 1, got 0"),
-        ({"batch_size": 8.0}, "`batch_size` must be an integer, got 8.0"),
-        ({"num_workers": -1}, "`num_workers` must be an integer >= 0, got -1"),
-        ({"val_fraction": 0.0}, "`val_fraction` must be in (0, 1), got 0.0"),
-        ({"test_fraction": 1.0}, "`test_fraction` must be in (0, 1), got 1.0"),
+        ({"batch_size": 0}, ValueError, "`batch_size` must be an integer >= 1, got 0"),
+        ({"batch_size": 8.0}, TypeError, "`batch_size` must be an integer, got 8.0"),
+        ({"num_workers": -1}, ValueError, "`num_workers` must be an integer >= 0, got -1"),
+        ({"val_fraction": 0.0}, ValueError, "`val_fraction` must be in (0, 1), got 0.0"),
+        ({"val_fraction": "0.1"}, TypeError, "`val_fraction`"),
+        ({"test_fraction": 1.0}, ValueError, "`test_fraction` must be in (0, 1), got 1.0"),
         (
             {"val_fraction": 0.4, "test_fraction": 0.5},
+            ValueError,
             "`val_fraction + test_fraction` must leave at least 10% for training, got 0.4 + 0.5",
         ),
-        ({"image_size": 4}, "`image_size` must be None or an integer >= 8, got 4"),
-        ({"image_size": 16.0}, "`image_size` must be None or an integer >= 8, got 16.0"),
+        ({"image_size": 4}, ValueError, "`image_size` must be an integer >= 8, got 4"),
+        ({"image_size": 16.0}, TypeError, "`image_size` must be None or an integer, got 16.0"),
+        ({"seed": "0"}, TypeError, "`seed`"),
     ],
 )
-def test_digits_errors(kwargs, message):
-    # A wrong type is a TypeError, a bad value of the right type a ValueError.
-    error = TypeError if "must be an integer, got" in message else ValueError
+def test_digits_errors(kwargs, error, message):
     with pytest.raises(error, match=re.escape(message)):
         DigitsDataModule(**kwargs)
 
@@ -330,16 +331,19 @@ def test_image_folder_val_classes_differ(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"crop_fraction": 0.0}, "`crop_fraction` must be in (0, 1], got 0.0"),
-        ({"crop_fraction": 1.5}, "`crop_fraction` must be in (0, 1], got 1.5"),
-        ({"batch_size": 0}, "`batch_size` must be an integer >= 1, got 0"),
-        ({"num_workers": -2}, "`num_workers` must be an integer >= 0, got -2"),
+        ({"crop_fraction": 0.0}, ValueError, "`crop_fraction` must be in (0, 1], got 0.0"),
+        ({"crop_fraction": 1.5}, ValueError, "`crop_fraction` must be in (0, 1], got 1.5"),
+        ({"crop_fraction": "1"}, TypeError, "`crop_fraction`"),
+        ({"batch_size": 0}, ValueError, "`batch_size` must be an integer >= 1, got 0"),
+        ({"num_workers": -2}, ValueError, "`num_workers` must be an integer >= 0, got -2"),
+        ({"image_size": 0}, ValueError, "`image_size` must be an integer >= 1, got 0"),
+        ({"image_size": 8.0}, TypeError, "`image_size` must be an integer, got 8.0"),
     ],
 )
-def test_image_folder_argument_errors(image_tree, kwargs, message):
-    with pytest.raises(ValueError, match=re.escape(message)):
+def test_image_folder_argument_errors(image_tree, kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
         ImageFolderDataModule(image_tree, **kwargs)
 
 
@@ -481,17 +485,16 @@ def test_cifar_download_true_asks_torchvision(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"val_size": 0}, "`val_size` must be an integer in (0, 50000), got 0"),
-        ({"val_size": 50000}, "`val_size` must be an integer in (0, 50000), got 50000"),
-        ({"val_size": 10.5}, "`val_size` must be an integer in (0, 50000), got 10.5"),
-        ({"batch_size": -1}, "`batch_size` must be an integer >= 1, got -1"),
-        ({"num_workers": 1.5}, "`num_workers` must be an integer, got 1.5"),
+        ({"val_size": 0}, ValueError, "`val_size` must be an integer >= 1, got 0"),
+        ({"val_size": 50000}, ValueError, "`val_size` must be in [1, 49999], got 50000"),
+        ({"val_size": 10.5}, TypeError, "`val_size` must be an integer, got 10.5"),
+        ({"batch_size": -1}, ValueError, "`batch_size` must be an integer >= 1, got -1"),
+        ({"num_workers": 1.5}, TypeError, "`num_workers` must be an integer, got 1.5"),
     ],
 )
-def test_cifar_argument_errors(kwargs, message):
-    error = TypeError if "must be an integer, got" in message else ValueError
+def test_cifar_argument_errors(kwargs, error, message):
     with pytest.raises(error, match=re.escape(message)):
         CIFAR10DataModule(**kwargs)
 
@@ -504,8 +507,3 @@ def test_image_folder_class_folder_without_images(tmp_path):
     # torchvision's ImageFolder would list `empty` as a class and fail in the first epoch.
     with pytest.raises(FileNotFoundError, match=r"Class folder '.*train/empty' holds no image"):
         ImageFolderDataModule(root, image_size=8, num_workers=0)
-
-
-def test_image_folder_image_size_checked(image_tree):
-    with pytest.raises(ValueError, match=r"`image_size` must be an integer >= 1, got 0"):
-        ImageFolderDataModule(image_tree, image_size=0, num_workers=0)

@@ -103,8 +103,14 @@ def _trainer(tmp_path, callbacks=(), **kwargs) -> pl.Trainer:
         ({"min_lr": 0.0}, ValueError, "`min_lr`"),
         ({"max_lr": -1.0}, ValueError, "`max_lr`"),
         ({"min_lr": 1.0, "max_lr": 0.1}, ValueError, "`min_lr` must be < `max_lr`"),
+        ({"num_training": 10.0}, TypeError, "`num_training`"),
+        ({"min_lr": "1e-7"}, TypeError, "`min_lr`"),
+        ({"max_lr": None}, TypeError, "`max_lr`"),
     ],
-    ids=["rule", "num_training", "min_lr", "max_lr", "order"],
+    ids=[
+        *["rule", "num_training", "min_lr", "max_lr", "order"],
+        *["num_training_type", "min_lr_type", "max_lr_type"],
+    ],
 )
 def test_lr_find_argument_errors(tmp_path, kwargs, error, match):
     model = ImageClassifier(num_classes=10, in_channels=1)

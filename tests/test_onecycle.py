@@ -13,8 +13,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
-from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.lr_scheduler import CyclicLR, OneCycleLR, StepLR
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_recipes import GuardedOneCycleLR, OneCycleModule, ScheduleMismatchError
@@ -244,6 +245,39 @@ def test_lazy_parameters_are_grouped_by_what_they_become(decay_norm_and_bias, de
     assert _group_names(model) == expected
 
 
+class EveryKind(OneCycleModule):
+    """One parameter of each kind the weight-decay rule tells apart."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc = nn.Linear(4, 8)  # weight 2-d, bias 1-d
+        self.bn = nn.BatchNorm1d(8)  # weight and bias 1-d, in a norm layer
+        self.ln = nn.LayerNorm(8)  # the same for another norm type
+        self.plain = nn.Linear(8, 8, bias=False)  # a weight without bias
+        self.offset = nn.Parameter(torch.zeros(8))  # 1-d, neither bias nor norm
+        self.temperature = nn.Parameter(torch.tensor(1.0))  # 0-d
+        self.lazy = nn.LazyLinear(2)  # not materialised yet
+
+
+# Written out by hand from the rule: without the flag only >= 2-d weights outside norm layers
+# are decayed; with it every parameter of >= 1 dim; 0-d parameters never.
+_WEIGHTS = {"fc.weight", "plain.weight", "lazy.weight"}
+_ONE_DIM = {"fc.bias", "bn.weight", "bn.bias", "ln.weight", "ln.bias", "offset", "lazy.bias"}
+
+
+@pytest.mark.parametrize(
+    ("decay_norm_and_bias", "decayed", "plain"),
+    [(False, _WEIGHTS, _ONE_DIM | {"temperature"}), (True, _WEIGHTS | _ONE_DIM, {"temperature"})],
+    ids=["default", "decay_norm_and_bias"],
+)
+def test_weight_decay_by_parameter_kind(decay_norm_and_bias, decayed, plain):
+    model = EveryKind(weight_decay=0.1, decay_norm_and_bias=decay_norm_and_bias)
+    assert isinstance(model.lazy.weight, nn.parameter.UninitializedParameter)  # the scenario
+    assert _group_names(model) == {"default": decayed, "default/no_decay": plain}
+    decay = {g["name"]: g["weight_decay"] for g in model.onecycle_param_groups()}
+    assert decay == {"default": 0.1, "default/no_decay": 0.0}
+
+
 def test_readme_example_1_keeps_weight_decay():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL) if "MyModel" in b)
@@ -333,34 +367,53 @@ def test_explicit_max_epochs_does_not_warn(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"max_lr": 0}, r"`max_lr` must be > 0, got 0"),
-        ({"max_lr": -1.0}, r"`max_lr` must be > 0, got -1.0"),
-        ({"param_group_max_lr": {"head.": 0}}, r"`param_group_max_lr\['head.'\]` must be"),
-        ({"weight_decay": -0.1}, r"`weight_decay` must be >= 0, got -0.1"),
-        ({"optimizer": "adam"}, r"`optimizer` must be one of \('sgd', 'adamw'\).*got 'adam'"),
-        ({"optimizer": 3}, r"`optimizer` must be a string or a callable.*got int"),
-        ({"pct_start": 1.0}, r"`pct_start` must be in \(0, 1\), got 1.0"),
-        ({"div_factor": 0.0}, r"`div_factor` must be > 0"),
-        ({"final_div_factor": -2.0}, r"`final_div_factor` must be > 0"),
-        ({"anneal_strategy": "exp"}, r"`anneal_strategy` must be 'cos' or 'linear', got 'exp'"),
-        ({"base_momentum": 0.99}, r"`base_momentum` <= `max_momentum` < 1"),
-        ({"on_skipped_step": "skip"}, r"`on_skipped_step` must be one of"),
-        ({"on_schedule_mismatch": "x"}, r"`on_schedule_mismatch` must be one of"),
+        ({"max_lr": 0}, ValueError, r"`max_lr` must be > 0, got 0"),
+        ({"max_lr": -1.0}, ValueError, r"`max_lr` must be > 0, got -1.0"),
+        ({"max_lr": "0.1"}, TypeError, r"`max_lr`"),
+        ({"param_group_max_lr": {"head.": 0}}, ValueError, r"`param_group_max_lr\['head.'\]`"),
+        ({"param_group_max_lr": [("head.", 0.1)]}, TypeError, r"`param_group_max_lr`"),
+        ({"weight_decay": -0.1}, ValueError, r"`weight_decay` must be >= 0, got -0.1"),
+        ({"weight_decay": None}, TypeError, r"`weight_decay`"),
+        ({"optimizer": "adam"}, ValueError, r"`optimizer` must be one of .*got 'adam'"),
+        ({"optimizer": 3}, TypeError, r"`optimizer` must be a string or a callable, got int"),
+        ({"decay_norm_and_bias": "yes"}, TypeError, r"`decay_norm_and_bias`"),
+        ({"pct_start": 1.0}, ValueError, r"`pct_start` must be in \(0, 1\), got 1.0"),
+        ({"pct_start": 0.0}, ValueError, r"`pct_start`"),
+        ({"div_factor": 0.0}, ValueError, r"`div_factor` must be > 0"),
+        ({"final_div_factor": -2.0}, ValueError, r"`final_div_factor` must be > 0"),
+        ({"three_phase": 1}, TypeError, r"`three_phase`"),
+        ({"anneal_strategy": "exp"}, ValueError, r"`anneal_strategy` must be one of"),
+        ({"cycle_momentum": None}, TypeError, r"`cycle_momentum`"),
+        ({"base_momentum": 0.99}, ValueError, r"`base_momentum` must be in \[0, 0.95\]"),
+        ({"base_momentum": -0.1}, ValueError, r"`base_momentum`"),
+        ({"max_momentum": 1.0}, ValueError, r"`max_momentum` must be in \[0, 1\)"),
+        ({"on_skipped_step": "skip"}, ValueError, r"`on_skipped_step` must be one of"),
+        ({"on_schedule_mismatch": "x"}, ValueError, r"`on_schedule_mismatch` must be one of"),
     ],
 )
-def test_init_errors(kwargs, match):
-    with pytest.raises((ValueError, TypeError), match=match):
+def test_init_errors(kwargs, error, match):
+    with pytest.raises(error, match=match):
         Net(**kwargs)
 
 
-def test_scheduler_init_errors():
+def test_momenta_are_not_checked_without_cycle_momentum():
+    model = Net(cycle_momentum=False, base_momentum=0.99, max_momentum=0.5)
+    assert model.hparams.base_momentum == 0.99
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"on_skipped_step": "no"}, r"`on_skipped_step` must be one of.*got 'no'"),
+        ({"on_schedule_mismatch": "no"}, r"`on_schedule_mismatch` must be one of.*got 'no'"),
+    ],
+)
+def test_scheduler_init_errors(kwargs, match):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1, momentum=0.9)
-    with pytest.raises(ValueError, match=r"`on_skipped_step` must be one of.*got 'no'"):
-        GuardedOneCycleLR(opt, max_lr=0.1, total_steps=5, on_skipped_step="no")
-    with pytest.raises(ValueError, match=r"`on_schedule_mismatch` must be one of.*got 'no'"):
-        GuardedOneCycleLR(opt, max_lr=0.1, total_steps=5, on_schedule_mismatch="no")
+    with pytest.raises(ValueError, match=match):
+        GuardedOneCycleLR(opt, max_lr=0.1, total_steps=5, **kwargs)
 
 
 def test_optimizer_without_momentum_needs_cycle_momentum_off(tmp_path):
@@ -409,6 +462,105 @@ class ReturnsEpochInterval(Net):
 def test_overridden_configure_optimizers_is_checked(tmp_path, cls, error, match):
     with pytest.raises(error, match=match):
         trainer(tmp_path).fit(cls(), loader())
+
+
+def test_configure_optimizers_is_not_wrapped():
+    # The check runs in `on_fit_start`: a subclass's method is the one it defined, and calling
+    # it outside a fit returns what it returns.
+    assert (
+        ReturnsNoSchedule.configure_optimizers is ReturnsNoSchedule.__dict__["configure_optimizers"]
+    )
+    assert not hasattr(ReturnsNoSchedule.configure_optimizers, "__wrapped__")
+    assert isinstance(ReturnsNoSchedule().configure_optimizers(), torch.optim.SGD)
+
+
+class FitStartWithSuper(ReturnsNoSchedule):
+    def on_fit_start(self):
+        self.started = True
+        super().on_fit_start()
+
+
+class FitStartWithoutSuper(ReturnsEpochInterval):
+    def on_fit_start(self):
+        self.started = True
+
+
+class CountSteps(Callback):
+    def __init__(self):
+        self.steps = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps += 1
+
+
+@pytest.mark.parametrize(
+    ("cls", "match"),
+    [
+        (FitStartWithSuper, r"FitStartWithSuper.configure_optimizers: returned no OneCycle"),
+        # No super(): the GuardedOneCycleLR checks right before its first optimizer step.
+        (FitStartWithoutSuper, r"FitStartWithoutSuper.configure_optimizers: .*interval='epoch'"),
+    ],
+)
+def test_check_survives_an_on_fit_start_override(tmp_path, cls, match):
+    model, steps = cls(), CountSteps()
+    with pytest.raises(ValueError, match=match):
+        trainer(tmp_path, [steps]).fit(model, loader())
+    assert model.started  # the override ran
+    assert steps.steps == 0  # and no parameter update happened with the wrong schedule
+
+
+def _configs():
+    """One config of each kind the check tells apart, over one optimizer."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)
+    guarded = GuardedOneCycleLR(opt, max_lr=0.1, total_steps=10)
+    return {
+        "guarded": LRSchedulerConfig(guarded, interval="step"),
+        "guarded_epoch": LRSchedulerConfig(guarded, name="main", interval="epoch"),
+        "guarded_every_2": LRSchedulerConfig(guarded, interval="step", frequency=2),
+        "plain": LRSchedulerConfig(OneCycleLR(opt, max_lr=0.1, total_steps=10), interval="step"),
+        "cyclic_epoch": LRSchedulerConfig(CyclicLR(opt, 0.01, 0.1)),
+        "step_lr_epoch": LRSchedulerConfig(StepLR(opt, 5)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("names", "require_guarded", "automatic", "kinds"),
+    [
+        (["guarded"], True, True, []),
+        (["guarded", "step_lr_epoch"], True, True, []),  # a per-epoch StepLR may be per epoch
+        (["guarded_epoch"], True, True, ["interval"]),
+        (["guarded_every_2"], True, True, ["interval"]),
+        (["guarded_epoch"], True, False, []),  # manual optimization steps it itself
+        (["plain"], True, True, ["plain"]),
+        (["plain"], False, True, []),
+        (["guarded", "plain"], True, True, ["plain"]),
+        (["step_lr_epoch"], True, True, ["missing"]),
+        ([], True, True, ["missing"]),
+        ([], False, True, []),
+        (["cyclic_epoch"], False, True, ["interval"]),
+    ],
+)
+def test_check_scheduler_configs(names, require_guarded, automatic, kinds):
+    configs = _configs()
+    problems = scheduler_module.check_scheduler_configs(
+        [configs[n] for n in names],
+        automatic_optimization=automatic,
+        require_guarded=require_guarded,
+    )
+    assert [p.kind for p in problems] == kinds
+    for problem in problems:
+        given = any(problem.config is configs[n] for n in names)
+        assert given if problem.kind != "missing" else problem.config is None
+        assert 1 <= len(problem.message) <= 300  # at most three lines
+
+
+def test_scheduler_problem_names_the_config():
+    (problem,) = scheduler_module.check_scheduler_configs([_configs()["guarded_epoch"]])
+    assert problem.message.startswith(
+        "GuardedOneCycleLR 'main' is configured with interval='epoch', frequency=1."
+    )
+    assert isinstance(problem.error("Model"), ValueError)
+    assert str(problem.error("Model")).startswith("Model.configure_optimizers: GuardedOneCycleLR")
 
 
 # --------------------------------------------------------------------------- hook overrides

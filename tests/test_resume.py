@@ -238,9 +238,11 @@ def test_graceful_stop_sets_lightnings_sigterm_flag_or_falls_back_to_keyboard_in
         request_graceful_stop(OtherTrainer())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("filename", ["", "a/b", 3])
-def test_interrupt_checkpoint_filename_checked(filename):
-    with pytest.raises(ValueError, match="filename"):
+@pytest.mark.parametrize(
+    ("filename", "error"), [("", ValueError), ("a/b", ValueError), (3, TypeError)]
+)
+def test_interrupt_checkpoint_filename_checked(filename, error):
+    with pytest.raises(error, match="`filename`"):
         InterruptCheckpoint(filename=filename)  # type: ignore[arg-type]
 
 

@@ -33,14 +33,14 @@ class SplitDataModule(pl.LightningDataModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self._train_loader: DataLoader | None = None
+        self._train_loader: DataLoader[Any] | None = None
         self._train_loader_state: dict[str, Any] = {}
 
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader[Any]:
         raise NotImplementedError
 
     @override
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader[Any]:
         loader = self._loader("train")
         if isinstance(loader, _ResumableLoader) and self._train_loader_state:
             loader.load_state_dict(self._train_loader_state)
@@ -59,15 +59,15 @@ class SplitDataModule(pl.LightningDataModule):
         self._train_loader_state = dict(state_dict.get("train_loader") or {})
 
     @override
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[Any]:
         return self._loader("val")
 
     @override
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader[Any]:
         return self._loader("test")
 
     @override
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> DataLoader[Any]:
         return self._loader("test")
 
 
@@ -76,7 +76,7 @@ def check_loader_args(batch_size: int, num_workers: int) -> None:
     check_int(num_workers, "num_workers", minimum=0)
 
 
-class _EpochSampler(DistributedSampler):
+class _EpochSampler(DistributedSampler[Any]):
     """Torch's ``DistributedSampler`` (the permutation of an epoch is drawn from ``seed + epoch``)
     that can start an epoch part-way.
 
@@ -88,7 +88,7 @@ class _EpochSampler(DistributedSampler):
     next epoch are skipped once, then ``start`` returns to 0.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+    def __init__(self, dataset: Dataset[Any], num_replicas: int, rank: int, seed: int) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.start = 0
         self._ready = True  # `epoch` has not been iterated yet
@@ -113,7 +113,7 @@ class _EpochSampler(DistributedSampler):
         return itertools.islice(super().__iter__(), start, None)
 
 
-class _ResumableLoader(DataLoader):
+class _ResumableLoader(DataLoader[Any]):
     """A ``DataLoader`` with the ``state_dict``/``load_state_dict`` pair Lightning saves in
     checkpoints and restores before the interrupted epoch goes on.
 
@@ -136,7 +136,7 @@ class _ResumableLoader(DataLoader):
         self._yielded = 0
         sampler = self.sampler
         epoch = sampler.begin_epoch() if isinstance(sampler, _EpochSampler) else None
-        if resume is not None and resume[0] == epoch:
+        if resume is not None and isinstance(sampler, _EpochSampler) and resume[0] == epoch:
             self._yielded = resume[1]
             sampler.start = resume[1] * self.batch_size  # type: ignore[operator]
         for batch in super().__iter__():
@@ -177,13 +177,13 @@ def _run_seed() -> int:
 
 
 def make_loader(
-    dataset: Dataset,
+    dataset: Dataset[Any],
     batch_size: int,
     num_workers: int,
     train: bool,
     pin_memory: bool = False,
     trainer: pl.Trainer | None = None,
-) -> DataLoader:
+) -> DataLoader[Any]:
     """A loader of ``dataset``; in training a :class:`_ResumableLoader` over this process's
     share of a seeded per-epoch permutation (``trainer`` gives the process count and rank)."""
     common: dict[str, Any] = {

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets import CIFAR10
-from torchvision.transforms import v2
+from torchvision.datasets import CIFAR10  # type: ignore[import-untyped]
+from torchvision.transforms import v2  # type: ignore[import-untyped]
 from typing_extensions import override
 
+from lightning_recipes._validation import check_int, check_range
 from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
 
 __all__ = ["CIFAR10DataModule"]
@@ -53,8 +55,9 @@ class CIFAR10DataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         check_loader_args(batch_size, num_workers)
-        if not isinstance(val_size, int) or not 0 < val_size < 50000:
-            raise ValueError(f"`val_size` must be an integer in (0, 50000), got {val_size!r}")
+        check_int(val_size, "val_size", minimum=1)
+        check_range(val_size, "val_size", 1, 49999)  # CIFAR-10 has 50000 training images
+        check_int(seed, "seed")
         self.root = Path(root)
         self.download = download
         self.batch_size = batch_size
@@ -70,7 +73,7 @@ class CIFAR10DataModule(SplitDataModule):
             [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip(), *normalize]
         )
         self.eval_transform = v2.Compose(normalize)
-        self._data: dict[str, Dataset] = {}
+        self._data: dict[str, Dataset[Any]] = {}
 
     @override
     def prepare_data(self) -> None:
@@ -103,7 +106,7 @@ class CIFAR10DataModule(SplitDataModule):
         self._data["test"] = CIFAR10(root, train=False, transform=self.eval_transform)
 
     @override
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader[Any]:
         self.setup()
         train = split == "train"
         return make_loader(

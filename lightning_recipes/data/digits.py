@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]
 from torch.utils.data import DataLoader, TensorDataset
 from typing_extensions import override
 
+from lightning_recipes._validation import check_int, check_range
 from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
 
 __all__ = ["DigitsDataModule"]
@@ -59,15 +62,14 @@ class DigitsDataModule(SplitDataModule):
         super().__init__()
         check_loader_args(batch_size, num_workers)
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"`{name}` must be in (0, 1), got {value}")
+            check_range(value, name, 0.0, 1.0, open_low=True, open_high=True)
         if val_fraction + test_fraction >= 0.9:
             raise ValueError(
                 "`val_fraction + test_fraction` must leave at least 10% for training, got"
                 f" {val_fraction} + {test_fraction}"
             )
-        if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
-            raise ValueError(f"`image_size` must be None or an integer >= 8, got {image_size!r}")
+        check_int(image_size, "image_size", minimum=8, optional=True)
+        check_int(seed, "seed")
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.image_size = image_size or 8
@@ -88,13 +90,13 @@ class DigitsDataModule(SplitDataModule):
         labels = digits.target.astype(np.int64)
         index = np.arange(len(labels))
         rest, test = train_test_split(
-            index, test_size=hp.test_fraction, stratify=labels, random_state=hp.seed
+            index, test_size=hp["test_fraction"], stratify=labels, random_state=hp["seed"]
         )
         train, val = train_test_split(
             rest,
-            test_size=hp.val_fraction / (1.0 - hp.test_fraction),
+            test_size=hp["val_fraction"] / (1.0 - hp["test_fraction"]),
             stratify=labels[rest],
-            random_state=hp.seed,
+            random_state=hp["seed"],
         )
         x = torch.from_numpy(images).unsqueeze(1)
         mean, std = x[train].mean(), x[train].std()
@@ -107,13 +109,13 @@ class DigitsDataModule(SplitDataModule):
             self._splits[name] = TensorDataset(x[idx_t].contiguous(), y[idx_t])
 
     @override
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader[Any]:
         if not self._splits:
             self.setup()
         return make_loader(
             self._splits[split],
             self.batch_size,
-            self.hparams.num_workers,
+            self.hparams["num_workers"],
             split == "train",
             trainer=self.trainer,
         )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.transforms import v2
+from torchvision.datasets import ImageFolder  # type: ignore[import-untyped]
+from torchvision.datasets.folder import IMG_EXTENSIONS  # type: ignore[import-untyped]
+from torchvision.transforms import v2  # type: ignore[import-untyped]
 from typing_extensions import override
 
+from lightning_recipes._validation import check_int, check_range
 from lightning_recipes.data._common import SplitDataModule, check_loader_args, make_loader
 
 __all__ = ["ImageFolderDataModule"]
@@ -62,10 +64,8 @@ class ImageFolderDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         check_loader_args(batch_size, num_workers)
-        if not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(f"`image_size` must be an integer >= 1, got {image_size!r}")
-        if not 0.0 < crop_fraction <= 1.0:
-            raise ValueError(f"`crop_fraction` must be in (0, 1], got {crop_fraction}")
+        check_int(image_size, "image_size", minimum=1)
+        check_range(crop_fraction, "crop_fraction", 0.0, 1.0, open_low=True)
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"`root` must be an existing folder, got {str(self.root)!r}")
@@ -78,9 +78,8 @@ class ImageFolderDataModule(SplitDataModule):
             if split_classes != self.classes:
                 raise ValueError(
                     f"The class folders of {str(self.root / split)!r} ({split_classes}) differ"
-                    f" from those of {str(self.root / 'train')!r} ({self.classes}); ImageFolder"
-                    " would give the same class different labels. Fix: the same class"
-                    " sub-folders in every split"
+                    f" from those of {str(self.root / 'train')!r} ({self.classes}), so ImageFolder"
+                    " would label them differently; use the same class sub-folders in every split"
                 )
         self.num_classes = len(self.classes)
         self.image_size = image_size
@@ -108,7 +107,7 @@ class ImageFolderDataModule(SplitDataModule):
         return (self.in_channels, self.image_size, self.image_size)
 
     @override
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader[Any]:
         folder = self.root / split
         if split == "test" and not folder.is_dir():
             folder = self.root / "val"
