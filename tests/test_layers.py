@@ -20,8 +20,18 @@ ROOT = Path(lightning_recipes.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_compat", "_validation"),
     ("functional",),
-    ("callbacks", "module", "scheduler", "checkpointing", "data", "backbones", "classifier"),
-    ("lr_find", "preview", "trainer", "_cli_runs", "cli", "__main__"),
+    (
+        "callbacks",
+        "module",
+        "_param_groups",
+        "scheduler",
+        "checkpointing",
+        "_interrupt",
+        "data",
+        "backbones",
+        "classifier",
+    ),
+    ("lr_find", "_lr_suggestions", "preview", "trainer", "_cli", "cli", "__main__"),
 )
 
 
@@ -32,7 +42,7 @@ def _layer(dotted: str) -> int:
     best: tuple[int, int] | None = None
     for level, names in enumerate(LAYERS):
         for name in names:
-            if (dotted == name or dotted.startswith(name + ".")) and (
+            if (dotted == name or dotted.startswith((name + ".", name + "_"))) and (
                 best is None or len(name) > best[1]
             ):
                 best = (level, len(name))

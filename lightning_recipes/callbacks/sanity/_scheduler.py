@@ -13,6 +13,7 @@ from lightning_recipes.scheduler import (
     GuardedOneCycleLR,
     _steps_before_swa,
     _steps_of_this_run,
+    check_scheduler_configs,
     schedule_progress,
 )
 
@@ -47,24 +48,19 @@ class _SchedulerRules(_Rules):
 
     # ------------------------------------------------------------------ rule: scheduler_interval
     def _check_scheduler_interval(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The same check as OneCycleModule's at fit start, reported by this rule's mode.
         automatic = pl_module.automatic_optimization
-        for config in trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            if not isinstance(scheduler, (OneCycleLR, CyclicLR)):
-                continue
-            kind = type(scheduler).__name__
-            label = f"{kind} '{config.name}'" if config.name else kind
-            if automatic and (config.interval != "step" or config.frequency != 1):
-                self._report(
-                    "scheduler_interval",
-                    f"interval:{id(scheduler)}",
-                    f"{label} is configured with interval={config.interval!r},"
-                    f" frequency={config.frequency}, but it sets the LR per optimizer step. Fix:"
-                    " return `{'scheduler': scheduler, 'interval': 'step', 'frequency': 1}` as"
-                    " the `lr_scheduler` of `configure_optimizers`.",
-                )
-            if automatic and isinstance(scheduler, OneCycleLR):
-                self._check_total_steps(trainer, scheduler, label)
+        configs = trainer.lr_scheduler_configs
+        for problem in check_scheduler_configs(configs, automatic_optimization=automatic):
+            key = f"interval:{id(problem.config.scheduler if problem.config else None)}"
+            self._report("scheduler_interval", key, problem.message)
+        if not automatic:
+            return
+        for config in configs:
+            if isinstance(config.scheduler, OneCycleLR):
+                name = type(config.scheduler).__name__
+                label = f"{name} '{config.name}'" if config.name else name
+                self._check_total_steps(trainer, config.scheduler, label)
 
     def _check_total_steps(self, trainer: pl.Trainer, scheduler: OneCycleLR, label: str) -> None:
         if isinstance(scheduler, GuardedOneCycleLR) and not scheduler.resolve():
