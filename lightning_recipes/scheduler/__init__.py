@@ -35,9 +35,7 @@ from lightning_recipes.scheduler._mismatch import ScheduleMismatchError
 from lightning_recipes.scheduler._progress import ScheduleProgress, schedule_progress
 
 # The two private step counts are also read by the sanity checks' scheduler rules.
-from lightning_recipes.scheduler._steps import (  # noqa: F401
-    _steps_before_swa,
-    _steps_of_this_run,
+from lightning_recipes.scheduler._steps import (
     check_total_steps,
 )
 

@@ -11,11 +11,10 @@ from torch.optim.lr_scheduler import CyclicLR, OneCycleLR
 from lightning_recipes.callbacks.sanity._modes import Mode, _Rules
 from lightning_recipes.scheduler import (
     GuardedOneCycleLR,
-    _steps_before_swa,
-    _steps_of_this_run,
     check_scheduler_configs,
     schedule_progress,
 )
+from lightning_recipes.scheduler._steps import _steps_before_swa, _steps_of_this_run
 
 
 class _SchedulerRules(_Rules):
