@@ -153,11 +153,11 @@ def _outside_mask(low: Tensor, high: Tensor, size: tuple[int, ...], dtype: torch
     batch_shape = low.shape[:-1]
     coords = _grid(size, low.device)[2]
     outside = (coords < low.unsqueeze(-1)).logical_or_(coords >= high.unsqueeze(-1)).to(dtype)
-    mask = None
+    masks = []
     for dim, length in enumerate(size):  # the 1 to 3 spatial dims, not the samples
         shape = (*batch_shape, *(length if d == dim else 1 for d in range(len(size))))
-        along = outside[..., dim, :length].reshape(shape)
-        mask = along if mask is None else torch.maximum(mask, along)
+        masks.append(outside[..., dim, :length].reshape(shape))
+    mask = functools.reduce(torch.maximum, masks)
     return mask.expand(*batch_shape, *size).contiguous()
 
 

@@ -37,9 +37,9 @@ def save_grid(trainer: pl.Trainer, x: Tensor, targets: Tensor, name: str, sample
     folder = Path(trainer.log_dir or trainer.default_root_dir) / "mix_grids"
     folder.mkdir(parents=True, exist_ok=True)
     figure.savefig(folder / f"{name}-epoch={epoch:03d}.png", dpi=100)
-    experiment = getattr(trainer.logger, "experiment", None)
-    if hasattr(experiment, "add_figure"):  # TensorBoard
-        experiment.add_figure(f"mix_grid-{name}", figure, trainer.global_step)
+    add_figure = getattr(getattr(trainer.logger, "experiment", None), "add_figure", None)
+    if add_figure is not None:  # TensorBoard
+        add_figure(f"mix_grid-{name}", figure, trainer.global_step)
 
 
 def render_grid(images: Tensor, targets: Tensor, title: str, top: int = 2) -> Figure:
