@@ -60,9 +60,12 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
 
 
 def check_real(value: Any, name: str) -> float:
-    """A finite real number (not a bool), as a float."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+    """A finite real number (not a bool), as a float: NaN and inf are bad values of the right
+    type (``ValueError``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a finite real number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite real number, got {value!r}")
     return float(value)
 
 
@@ -106,18 +109,17 @@ def check_num_classes(num_classes: Any, name: str = "num_classes") -> int | None
 
 
 def check_spatial_dims(spatial_dims: Any) -> int | None:
-    if spatial_dims is not None and (
-        isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS
-    ):
+    check_int(spatial_dims, "spatial_dims", optional=True)
+    if spatial_dims is not None and spatial_dims not in SPATIAL_DIMS:
         raise ValueError(f"`spatial_dims` must be None, 1, 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
+    return spatial_dims  # type: ignore[no-any-return]
 
 
 def check_spatial_size(spatial_size: Any) -> tuple[int, ...]:
     size = tuple(spatial_size)
-    if not 1 <= len(size) <= 3 or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size
-    ):
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise TypeError(f"`spatial_size` must be 1 to 3 positive integers, got {size!r}")
+    if not 1 <= len(size) <= 3 or min(size) < 1:
         raise ValueError(f"`spatial_size` must be 1 to 3 positive integers, got {size!r}")
     return size
 
@@ -161,7 +163,8 @@ def check_lam(lam: Any, batch_size: int, device: torch.device, name: str = "lam"
     """
     if isinstance(lam, Tensor):
         if not lam.is_floating_point() or lam.shape != (batch_size,):
-            raise ValueError(
+            error = ValueError if lam.is_floating_point() else TypeError
+            raise error(
                 f"`{name}` must be a float or a floating-point tensor of shape ({batch_size},),"
                 f" got a {lam.dtype} tensor of shape {_shape(lam)}"
             )
@@ -185,7 +188,8 @@ def check_perm(perm: Any, batch_size: int, device: torch.device, name: str = "pe
             if isinstance(perm, Tensor)
             else type(perm).__name__
         )
-        raise ValueError(
+        wrong_type = not isinstance(perm, Tensor) or perm.dtype != torch.long
+        raise (TypeError if wrong_type else ValueError)(
             f"`{name}` must be a torch.long tensor of shape ({batch_size},), got {got}"
         )
     if perm.device != device:

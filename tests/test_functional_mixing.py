@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -444,97 +446,118 @@ def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
 # --------------------------------------------------------------------------- errors
 
 
-def test_errors_name_the_argument() -> None:
-    x = torch.randn(4, 3, 8, 8)
-    perm = torch.tensor([1, 2, 3, 0])
-    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got 0.0"):
-        sample_lam(0.0)
-    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got -1.0"):
-        sample_lam(-1)
-    with pytest.raises(TypeError, match=r"`alpha` must be a finite real number, got nan"):
-        sample_lam(float("nan"))
-    with pytest.raises(ValueError, match=r"`decay_power` must be > 0, got 0.0"):
-        sample_fmix_mask((8, 8), 0.5, decay_power=0)
-    with pytest.raises(ValueError, match=r"`max_soft` must be in \[0, 0.5\], got 0.6"):
-        sample_fmix_mask((8, 8), 0.5, max_soft=0.6)
-    with pytest.raises(ValueError, match=r"`max_soft` must be in \[0, 0.5\], got -0.1"):
-        fmix(x, 0.5, perm, max_soft=-0.1)
-    with pytest.raises(ValueError, match=r"`lam` must be in \[0, 1\], got 1.5"):
-        mixup(x, 1.5, perm)
-    with pytest.raises(ValueError, match=r"`lam` must be a float or a floating-point tensor"):
-        mixup(x, torch.rand(3), perm)
-    with pytest.raises(ValueError, match=r"`perm` must be a torch.long tensor of shape \(4,\)"):
-        mixup(x, 0.5, perm[:3])
-    with pytest.raises(TypeError, match=r"`x` must be a floating-point tensor .* got dtype"):
-        mixup(x.to(torch.uint8), 0.5, perm)
-    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, channels, \*spatial\)"):
-        fmix(torch.randn(4, 10), 0.5, perm)
-    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, channels, \*spatial\)"):
-        cutmix(torch.randn(4, 1, 2, 3, 4, 5), 0.5, perm)
-    with pytest.raises(ValueError, match=r"`x` must have at least 3 dims .* got shape \(4, 8\)"):
-        fmix(torch.randn(4, 8), 0.5, perm, spatial_dims=2)
-    with pytest.raises(ValueError, match=r"`spatial_dims` must be None, 1, 2 or 3, got 4"):
-        cutmix(x, 0.5, perm, spatial_dims=4)
-    with pytest.raises(ValueError, match=r"`spatial_size` must be 1 to 3 positive integers"):
-        sample_fmix_mask((0, 3), 0.5)
-    with pytest.raises(TypeError, match=r"`generator` must be a torch.Generator, got int"):
-        cutmix(x, 0.5, perm, generator=3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`boxes` must have shape \(\.\.\., 2, 2\)"):
-        box_mask(torch.zeros(3, 2), (4, 4))
-    with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1, got 0"):
-        sample_partners(0)
-    with pytest.raises(TypeError, match=r"`x` must be a torch.Tensor, got list"):
-        mixup([[1.0]], 0.5, perm)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`x` must have a non-empty batch dimension, got"):
-        mixup(torch.zeros(0, 3), 0.5, torch.zeros(0, dtype=torch.long))
-    with pytest.raises(
-        ValueError, match=r"`perm` must be a torch.long tensor of shape .* got list"
-    ):
-        blend(x, [1, 2, 3, 0], 0.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"`inplace` must be a bool, got 1"):
-        mixup(x, 0.5, perm, inplace=1)  # type: ignore[arg-type]
-    stored = torch.randn(10, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"`inplace=True` would write into `x`, a view of"):
-        cutmix(stored[2:6], 0.5, perm, inplace=True)
-    with pytest.raises(ValueError, match=r"`inplace=True` cannot write into `x`, which requires"):
-        fmix(x.clone().requires_grad_(), 0.5, perm, inplace=True)
-    with pytest.raises(ValueError, match=r"`inplace=True` would write into `x`, a view of"):
-        blend(stored[:4], perm, 0.5, inplace=True)
-    # Device mismatches, shown with the "meta" device (no accelerator needed).
-    meta = torch.empty(4, 3, 8, 8, device="meta")
-    meta_perm = torch.empty(4, dtype=torch.long, device="meta")
-    with pytest.raises(ValueError, match=r"`lam` must be on meta, got a tensor on cpu"):
-        mixup(meta, torch.rand(4), meta_perm)
-    with pytest.raises(ValueError, match=r"`perm` must be on meta, got a tensor on cpu"):
-        mixup(meta, 0.5, perm)
-    with pytest.raises(ValueError, match=r"`generator` must be on the device of the data \(meta"):
-        cutmix(meta, torch.rand(4, device="meta"), meta_perm, generator=_gen())
+_X = torch.randn(4, 3, 8, 8)
+_PERM = torch.tensor([1, 2, 3, 0])
+_STORED = torch.randn(10, 3, 8, 8)
+# Device mismatches, shown with the "meta" device (no accelerator needed).
+_META = torch.empty(4, 3, 8, 8, device="meta")
+_META_PERM = torch.empty(4, dtype=torch.long, device="meta")
+
+ERROR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
+    (lambda: sample_lam(0.0), ValueError, r"`alpha` must be > 0, got 0.0"),
+    (lambda: sample_lam(-1), ValueError, r"`alpha` must be > 0, got -1.0"),
+    (
+        lambda: sample_lam(float("nan")),
+        ValueError,
+        r"`alpha` must be a finite real number, got nan",
+    ),
+    (lambda: sample_lam("1"), TypeError, r"`alpha` must be a finite real number, got '1'"),
+    (lambda: sample_fmix_mask((8, 8), 0.5, decay_power=0), ValueError, r"`decay_power` must be"),
+    (lambda: sample_fmix_mask((8, 8), 0.5, max_soft=0.6), ValueError, r"`max_soft` must be in"),
+    (lambda: fmix(_X, 0.5, _PERM, max_soft=-0.1), ValueError, r"`max_soft` must be in \[0, 0.5\]"),
+    (lambda: mixup(_X, 1.5, _PERM), ValueError, r"`lam` must be in \[0, 1\], got 1.5"),
+    (lambda: mixup(_X, float("inf"), _PERM), ValueError, r"`lam` must be a finite real number"),
+    (lambda: mixup(_X, torch.rand(3), _PERM), ValueError, r"`lam` must be a float or a floating"),
+    (lambda: mixup(_X, torch.ones(4, dtype=torch.long), _PERM), TypeError, r"`lam` must be a"),
+    (lambda: mixup(_X, 0.5, _PERM[:3]), ValueError, r"`perm` must be a torch.long tensor of sha"),
+    (lambda: mixup(_X, 0.5, _PERM.int()), TypeError, r"`perm` must be a torch.long tensor"),
+    (lambda: blend(_X, [1, 2, 3, 0], 0.5), TypeError, r"`perm` must be a torch.long .* got list"),
+    (lambda: mixup(_X.to(torch.uint8), 0.5, _PERM), TypeError, r"`x` must be a floating-point"),
+    (lambda: mixup([[1.0]], 0.5, _PERM), TypeError, r"`x` must be a torch.Tensor, got list"),
+    (
+        lambda: mixup(torch.zeros(0, 3), 0.5, torch.zeros(0, dtype=torch.long)),
+        ValueError,
+        r"`x` must have a non-empty batch dimension",
+    ),
+    (lambda: fmix(torch.randn(4, 10), 0.5, _PERM), ValueError, r"`x` must have shape \(batch, c"),
+    (
+        lambda: cutmix(torch.randn(4, 1, 2, 3, 4, 5), 0.5, _PERM),
+        ValueError,
+        r"`x` must have shape \(batch, channels, \*spatial\)",
+    ),
+    (
+        lambda: fmix(torch.randn(4, 8), 0.5, _PERM, spatial_dims=2),
+        ValueError,
+        r"`x` must have at least 3 dims .* got shape \(4, 8\)",
+    ),
+    (lambda: cutmix(_X, 0.5, _PERM, spatial_dims=4), ValueError, r"`spatial_dims` must be None,"),
+    (lambda: cutmix(_X, 0.5, _PERM, spatial_dims=2.0), TypeError, r"`spatial_dims` must be None"),
+    (lambda: sample_fmix_mask((0, 3), 0.5), ValueError, r"`spatial_size` must be 1 to 3 positive"),
+    (lambda: sample_fmix_mask((4.0, 3), 0.5), TypeError, r"`spatial_size` must be 1 to 3 positi"),
+    (lambda: cutmix(_X, 0.5, _PERM, generator=3), TypeError, r"`generator` must be a torch.Gene"),
+    (lambda: box_mask(torch.zeros(3, 2), (4, 4)), ValueError, r"`boxes` must have shape \(\.\.\."),
+    (lambda: sample_partners(0), ValueError, r"`batch_size` must be an integer >= 1, got 0"),
+    (lambda: sample_partners(2.0), TypeError, r"`batch_size` must be an integer, got 2.0"),
+    (lambda: mixup(_X, 0.5, _PERM, inplace=1), TypeError, r"`inplace` must be a bool, got 1"),
+    (
+        lambda: cutmix(_STORED[2:6], 0.5, _PERM, inplace=True),
+        ValueError,
+        r"`inplace=True` would write into `x`, a view of",
+    ),
+    (
+        lambda: fmix(_X.clone().requires_grad_(), 0.5, _PERM, inplace=True),
+        ValueError,
+        r"`inplace=True` cannot write into `x`, which requires",
+    ),
+    (
+        lambda: blend(_STORED[:4], _PERM, 0.5, inplace=True),
+        ValueError,
+        r"`inplace=True` would write into `x`, a view of",
+    ),
+    (lambda: mixup(_META, torch.rand(4), _META_PERM), ValueError, r"`lam` must be on meta, got"),
+    (lambda: mixup(_META, 0.5, _PERM), ValueError, r"`perm` must be on meta, got a tensor on cpu"),
+    (
+        lambda: cutmix(_META, torch.rand(4, device="meta"), _META_PERM, generator=_gen()),
+        ValueError,
+        r"`generator` must be on the device of the data \(meta",
+    ),
+    # Targets.
+    (
+        lambda: mix_targets(torch.tensor([0, 3]), torch.ones(2), _PERM[:2], num_classes=3),
+        ValueError,
+        r"`y` must hold class indices in \[0, 3\), got .*\[0, 3\]",
+    ),
+    (
+        lambda: soft_targets(torch.tensor([-1, 0]), 3),
+        ValueError,
+        r"`y` must hold class indices in \[0, 3\), got .*\[-1, 0\]",
+    ),
+    (lambda: soft_targets(torch.tensor([0, 1])), ValueError, r"`num_classes` is needed .* None"),
+    (lambda: soft_targets(torch.tensor([[0], [1]]), 3), ValueError, r"`y` must be integer label"),
+    (lambda: soft_targets(torch.zeros(2, 3), 4), ValueError, r"`y` must have `num_classes`=4 co"),
+    (
+        lambda: soft_targets(torch.zeros(2, dtype=torch.bool), 2),
+        TypeError,
+        r"`y` must hold integer labels \(int64\) or float",
+    ),
+    (lambda: soft_targets(torch.tensor([0, 1]), 2, 1.0), ValueError, r"`label_smoothing` must be"),
+    (lambda: soft_targets(torch.tensor([0, 1]), 0), ValueError, r"`num_classes` must be an integ"),
+    (lambda: soft_targets(torch.tensor([0, 1]), 2.0), TypeError, r"`num_classes` must be None or"),
+    (lambda: soft_targets([0, 1], 2), TypeError, r"`y` must be a torch.Tensor, got list"),
+    (
+        lambda: mix_targets(torch.tensor([0, 1]), torch.ones(3), _PERM[:2], num_classes=2),
+        ValueError,
+        r"`weights` must be a tensor of shape \(2,\), got \(3,\)",
+    ),
+    (
+        lambda: mix_targets(torch.tensor([0, 1]), [1.0, 1.0], _PERM[:2], num_classes=2),
+        TypeError,
+        r"`weights` must be a tensor of shape \(2,\), got list",
+    ),
+]
 
 
-def test_target_errors_name_the_argument() -> None:
-    perm = torch.tensor([1, 0])
-    w = torch.ones(2)
-    with pytest.raises(
-        ValueError, match=r"`y` must hold class indices in \[0, 3\), got .*\[0, 3\]"
-    ):
-        mix_targets(torch.tensor([0, 3]), w, perm, num_classes=3)
-    with pytest.raises(
-        ValueError, match=r"`y` must hold class indices in \[0, 3\), got .*\[-1, 0\]"
-    ):
-        soft_targets(torch.tensor([-1, 0]), 3)
-    with pytest.raises(ValueError, match=r"`num_classes` is needed .* got None"):
-        soft_targets(torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"`y` must be integer labels of shape \(2,\)"):
-        soft_targets(torch.tensor([[0], [1]]), 3)
-    with pytest.raises(ValueError, match=r"`y` must have `num_classes`=4 columns, got shape"):
-        soft_targets(torch.zeros(2, 3), 4)
-    with pytest.raises(TypeError, match=r"`y` must hold integer labels \(int64\) or float"):
-        soft_targets(torch.zeros(2, dtype=torch.bool), 2)
-    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0, 1\), got 1.0"):
-        soft_targets(torch.tensor([0, 1]), 2, label_smoothing=1.0)
-    with pytest.raises(ValueError, match=r"`num_classes` must be an integer >= 1, got 0"):
-        soft_targets(torch.tensor([0, 1]), 0)
-    with pytest.raises(TypeError, match=r"`y` must be a torch.Tensor, got list"):
-        soft_targets([0, 1], 2)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`weights` must be a tensor of shape \(2,\), got \(3,\)"):
-        mix_targets(torch.tensor([0, 1]), torch.ones(3), perm, num_classes=2)
+@pytest.mark.parametrize(("call", "error", "match"), ERROR_CASES, ids=lambda v: "")
+def test_errors_name_the_argument(call: Callable[[], Any], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()

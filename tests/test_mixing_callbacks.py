@@ -374,7 +374,8 @@ def _fit_batch(tmp_path: Path, callback: Any, batch: Any, num_classes: int | Non
     [
         (lambda: MixUp(alpha=0), ValueError, r"^MixUp: `alpha` must be > 0, got 0.0$"),
         (lambda: CutMix(alpha=-1), ValueError, r"^CutMix: `alpha` must be > 0, got -1.0$"),
-        (lambda: MixUp(alpha=float("nan")), TypeError, r"^MixUp: `alpha` must be a finite real"),
+        (lambda: MixUp(alpha=float("nan")), ValueError, r"^MixUp: `alpha` must be a finite real"),
+        (lambda: MixUp(p=float("inf")), ValueError, r"^MixUp: `p` must be a finite real number"),
         (lambda: MixUp(alpha="1"), TypeError, r"^MixUp: `alpha` must be a finite real number"),
         (lambda: FMix(p=1.5), ValueError, r"^FMix: `p` must be in \[0, 1\], got 1.5$"),
         (lambda: MixUp(p=-0.1), ValueError, r"`p` must be in \[0, 1\], got -0.1"),
@@ -398,6 +399,7 @@ def _fit_batch(tmp_path: Path, callback: Any, batch: Any, num_classes: int | Non
         (lambda: MixUp(grid_samples=2.0), TypeError, r"`grid_samples` must be an integer"),
         (lambda: FMix(seed="a"), TypeError, r"`seed` must be None or an integer, got 'a'"),
         (lambda: CutMix(spatial_dims=4), ValueError, r"^CutMix: `spatial_dims` must be None"),
+        (lambda: FMix(spatial_dims="2"), TypeError, r"^FMix: `spatial_dims` must be None or an"),
         (lambda: CutMix(correct_lam="no"), TypeError, r"`correct_lam` must be a bool"),
         (lambda: RandomMix({"mosaic": 1.0}), ValueError, r"`probs` keys must be among .*mosaic"),
         (lambda: RandomMix({"mixup": 0.5}), ValueError, r"^RandomMix: `probs` must sum to 1"),

@@ -6,12 +6,13 @@ mask) is fixed: a resumed run and the pinned draws of the tests rely on it.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from lightning_recipes.callbacks.mixing._kernels import Mixed, MixKernel, compose
+from lightning_recipes.callbacks.mixing._kernels import Mixed, MixKernel, WeightMap, apply_map
 from lightning_recipes.callbacks.mixing._randomness import (
     BatchRandomness,
     MethodChoice,
@@ -92,9 +93,19 @@ def draw_mix(
 def apply_mix(methods: Methods, x: Tensor, draw: Draw, inplace: bool) -> Mixed:
     """Mixes ``x`` as ``draw`` says: one method's kernel, or one per sample composed."""
     method, lam, perm, generator = draw
-    if isinstance(method, Tensor):
-        return compose(methods.kernels, method, x, lam, perm, generator, inplace)
-    return methods.kernels[method].mix(x, lam, perm, generator, inplace)
+    if not isinstance(method, Tensor):
+        return methods.kernels[method].mix(x, lam, perm, generator, inplace)
+    # Each kernel maps the samples that did not choose it with lam = 1: weight 1 everywhere
+    # (no box, a full mask). A sample's map is then the product of all kernels' maps, and its
+    # weight the product of their weights: one multiplication per extra kernel instead of a
+    # `where` over the full masks, and no sample-dependent shapes (so no device sync).
+    maps = [
+        kernel.weight_map(x, torch.where(method == index, lam, 1.0), generator)
+        for index, kernel in enumerate(methods.kernels)
+    ]
+    weight = functools.reduce(torch.mul, [m.weight for m in maps])
+    weights = functools.reduce(torch.mul, [m.weights for m in maps])
+    return apply_map(x, perm, WeightMap(weight, weights), inplace)
 
 
 def _alpha_per_sample(alphas: tuple[float, ...], method: Tensor) -> float | Tensor:

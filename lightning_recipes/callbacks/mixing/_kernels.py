@@ -8,12 +8,11 @@ MixUp, a box or Fourier mask for CutMix and FMix) and the exact float32 weight o
 the share of it that stays its own. :meth:`MixKernel.mix` then *applies* the map with
 :func:`~lightning_recipes.functional.blend`'s kernel, which leaves a sample unmixed when its
 partner holds NaN or inf. :class:`~lightning_recipes.callbacks.mixing.RandomMix` composes
-kernels by multiplying their maps (see :func:`compose`).
+kernels by multiplying their maps.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -26,7 +25,15 @@ from lightning_recipes.functional.cutmix import _cutmix_mask, _paste_box
 from lightning_recipes.functional.fmix import _fmix_mask
 from lightning_recipes.functional.mixup import _mixup_weight
 
-__all__ = ["CutMixKernel", "FMixKernel", "MixKernel", "MixUpKernel", "Mixed", "WeightMap"]
+__all__ = [
+    "CutMixKernel",
+    "FMixKernel",
+    "MixKernel",
+    "MixUpKernel",
+    "Mixed",
+    "WeightMap",
+    "apply_map",
+]
 
 
 class WeightMap(NamedTuple):
@@ -73,6 +80,13 @@ class MixKernel:
         """Samples the weight of each sample itself at every element of ``x``."""
         raise NotImplementedError
 
+    def paste(
+        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator
+    ) -> Mixed | None:
+        """Mixes ``x`` in place with one per-batch ``lam`` without a full weight map, or
+        returns None where the method has no such shortcut (CutMix has: it copies the box)."""
+        return None
+
     def mix(
         self,
         x: Tensor,
@@ -82,8 +96,11 @@ class MixKernel:
         inplace: bool,
     ) -> Mixed:
         """Samples the weight map and blends ``x`` with its partners ``x[perm]`` through it."""
-        weight, weights = self.weight_map(x, lam, generator)
-        return Mixed(*_blend_finite(x, perm, weight, weights, inplace), perm)
+        if inplace and not isinstance(lam, Tensor):
+            pasted = self.paste(x, lam, perm, generator)
+            if pasted is not None:
+                return pasted
+        return apply_map(x, perm, self.weight_map(x, lam, generator), inplace)
 
 
 @dataclass(frozen=True)
@@ -126,18 +143,11 @@ class CutMixKernel(_SpatialKernel):
             )
         )
 
-    def mix(
-        self,
-        x: Tensor,
-        lam: float | Tensor,
-        perm: Tensor,
-        generator: torch.Generator,
-        inplace: bool,
-    ) -> Mixed:
-        if inplace and not isinstance(lam, Tensor):  # one box: only the box is copied
-            pasted = _paste_box(x, lam, perm, generator, self.correct_lam, self.spatial_dims)
-            return Mixed(*pasted, perm)
-        return super().mix(x, lam, perm, generator, inplace)
+    def paste(
+        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator
+    ) -> Mixed | None:
+        pasted = _paste_box(x, lam, perm, generator, self.correct_lam, self.spatial_dims)
+        return Mixed(*pasted, perm)
 
 
 @dataclass(frozen=True)
@@ -162,26 +172,8 @@ class FMixKernel(_SpatialKernel):
         )
 
 
-def compose(
-    kernels: tuple[MixKernel, ...],
-    choice: Tensor,
-    x: Tensor,
-    lam: float | Tensor,
-    perm: Tensor,
-    generator: torch.Generator,
-    inplace: bool,
-) -> Mixed:
-    """Mixes each sample with the kernel of index ``choice[i]`` and its own ``lam[i]``.
-
-    Each kernel maps the samples that did not choose it with lam = 1: weight 1 everywhere (no
-    box, a full mask). A sample's map is then the product of all kernels' maps, and its weight
-    the product of their weights: one multiplication per extra kernel instead of a ``where``
-    over the full masks, and no sample-dependent shapes (so no device sync).
-    """
-    maps = [
-        kernel.weight_map(x, torch.where(choice == index, lam, 1.0), generator)
-        for index, kernel in enumerate(kernels)
-    ]
-    weight = functools.reduce(torch.mul, [m.weight for m in maps])
-    weights = functools.reduce(torch.mul, [m.weights for m in maps])
-    return Mixed(*_blend_finite(x, perm, weight, weights, inplace), perm)
+def apply_map(x: Tensor, perm: Tensor, weight_map: WeightMap, inplace: bool) -> Mixed:
+    """``m * x + (1 - m) * x[perm]`` for the weight map ``m``; a sample whose partner holds
+    NaN or inf is left unmixed, with weight 1."""
+    mixed, weights = _blend_finite(x, perm, weight_map.weight, weight_map.weights, inplace)
+    return Mixed(mixed, weights, perm)
