@@ -51,7 +51,7 @@ def check_choice(value: Any, name: str, choices: Collection[_T]) -> _T:
     return value  # type: ignore[no-any-return]
 
 
-def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
     """A finite real number > 0 (>= 0 with ``allow_zero``)."""
     value = check_real(value, name)
     if value < 0 or (value == 0 and not allow_zero):
@@ -64,40 +64,41 @@ def check_real(value: Any, name: str) -> float:
     type (``ValueError``)."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a finite real number, got {value!r}")
-    if not math.isfinite(value):
+    number = float(value)
+    if not math.isfinite(number):
         raise ValueError(f"`{name}` must be a finite real number, got {value!r}")
-    return float(value)
+    return number
 
 
-def check_alpha(alpha: Any, name: str = "alpha") -> float:
+def check_alpha(alpha: object, name: str = "alpha") -> float:
     alpha = check_real(alpha, name)
     if alpha <= 0:
         raise ValueError(f"`{name}` must be > 0, got {alpha}")
     return alpha
 
 
-def check_probability(p: Any, name: str = "p") -> float:
+def check_probability(p: object, name: str = "p") -> float:
     p = check_real(p, name)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"`{name}` must be in [0, 1], got {p}")
     return p
 
 
-def check_decay_power(decay_power: Any) -> float:
+def check_decay_power(decay_power: object) -> float:
     decay_power = check_real(decay_power, "decay_power")
     if decay_power <= 0:
         raise ValueError(f"`decay_power` must be > 0, got {decay_power}")
     return decay_power
 
 
-def check_max_soft(max_soft: Any) -> float:
+def check_max_soft(max_soft: object) -> float:
     max_soft = check_real(max_soft, "max_soft")
     if not 0.0 <= max_soft <= 0.5:
         raise ValueError(f"`max_soft` must be in [0, 0.5], got {max_soft}")
     return max_soft
 
 
-def check_label_smoothing(label_smoothing: Any) -> float:
+def check_label_smoothing(label_smoothing: object) -> float:
     label_smoothing = check_real(label_smoothing, "label_smoothing")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
@@ -174,7 +175,7 @@ def check_lam(lam: Any, batch_size: int, device: torch.device, name: str = "lam"
     return check_lam_value(lam, name)
 
 
-def check_lam_value(lam: Any, name: str = "lam") -> float:
+def check_lam_value(lam: object, name: str = "lam") -> float:
     lam = check_real(lam, name)
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"`{name}` must be in [0, 1], got {lam}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]
 
 from lightning_recipes.functional import (
     blend,
@@ -83,9 +83,9 @@ def test_blend_is_exact_at_zero_and_one() -> None:
 def test_mixup_pixels_and_weights(per_sample: bool) -> None:
     x = torch.randn(7, 3, 6, 5, generator=_gen())
     perm = sample_partners(7, generator=_gen(1))
-    lam = sample_lam(1.0, (7,), generator=_gen(2)) if per_sample else 0.3
+    lam: float | torch.Tensor = sample_lam(1.0, (7,), generator=_gen(2)) if per_sample else 0.3
     mixed, weights = mixup(x, lam, perm)
-    expected_lam = lam if per_sample else torch.full((7,), 0.3)
+    expected_lam = lam if isinstance(lam, torch.Tensor) else torch.full((7,), 0.3)
     torch.testing.assert_close(weights, expected_lam)
     torch.testing.assert_close(mixed.double(), _reference_mix(x, expected_lam, perm))
     assert mixed.shape == x.shape and weights.dtype == torch.float32
@@ -271,7 +271,7 @@ def test_fmix_pixels_and_weights(per_sample: bool, shape: tuple[int, ...]) -> No
     own = (mixed.round() == x.round()).flatten(1).float().mean(1)
     torch.testing.assert_close(weights, own)
     n = math.prod(size)
-    lam_t = lam if per_sample else torch.full((batch,), 0.4)
+    lam_t = lam if isinstance(lam, torch.Tensor) else torch.full((batch,), 0.4)
     torch.testing.assert_close(weights, (lam_t * n).round() / n)
 
 
@@ -331,7 +331,7 @@ def test_dtype_and_channels_last_are_kept(
         mixed, weights = fmix(x, lam, perm, generator=_gen(3))
     assert mixed.dtype == dtype and weights.dtype == torch.float32
     assert mixed.is_contiguous(memory_format=torch.channels_last)
-    if method == "mixup" and per_sample:
+    if method == "mixup" and isinstance(lam, torch.Tensor):
         # The weights are the lam actually applied, i.e. rounded to the input's dtype.
         assert torch.equal(weights, lam.to(dtype).float())
 
@@ -346,7 +346,7 @@ def test_inplace_writes_the_same_values_into_the_input(
     x = _distinct_batch(7, 11, 9, channels=3).to(dtype, memory_format=torch.channels_last)
     perm = sample_partners(7, generator=_gen(1))
     lam = sample_lam(1.0, (7,), generator=_gen(2)) if per_sample else 0.35
-    kwargs = {} if method == "mixup" else {"generator": _gen(3)}
+    kwargs: dict[str, Any] = {} if method == "mixup" else {"generator": _gen(3)}
     expected, expected_weights = fn(x, lam, perm, **kwargs)
     target = x.clone()
     kwargs = {} if method == "mixup" else {"generator": _gen(3)}  # the same draws again
@@ -404,7 +404,9 @@ def test_every_method_mixes_pixels_and_targets_consistently(
 # --------------------------------------------------------------------------- non-finite inputs
 
 
-def _mix_with(method: str, x: torch.Tensor, lam: object, perm: torch.Tensor, inplace: bool):
+def _mix_with(
+    method: str, x: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor, inplace: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     if method == "mixup":
         return mixup(x, lam, perm, inplace=inplace)
     if method == "blend":
@@ -434,7 +436,7 @@ def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
     assert torch.equal(mixed[0], x[0])
     others = [1, 3, 4, 5]
     assert torch.equal(mixed[others], expected[others])
-    if weights is not None:
+    if weights is not None and expected_weights is not None:
         assert weights[0] == 1.0 and expected_weights[0] < 1.0
         assert torch.equal(weights[others], expected_weights[others])
         y = torch.tensor([0, 1, 2, 3, 0, 1])
@@ -444,6 +446,11 @@ def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
 
 
 # --------------------------------------------------------------------------- errors
+
+
+def _wrong(value: object) -> Any:
+    """A value of the wrong type, passed on purpose."""
+    return value
 
 
 _X = torch.randn(4, 3, 8, 8)
@@ -461,7 +468,7 @@ ERROR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
         ValueError,
         r"`alpha` must be a finite real number, got nan",
     ),
-    (lambda: sample_lam("1"), TypeError, r"`alpha` must be a finite real number, got '1'"),
+    (lambda: sample_lam(_wrong("1")), TypeError, r"`alpha` must be a finite real number, got '1'"),
     (lambda: sample_fmix_mask((8, 8), 0.5, decay_power=0), ValueError, r"`decay_power` must be"),
     (lambda: sample_fmix_mask((8, 8), 0.5, max_soft=0.6), ValueError, r"`max_soft` must be in"),
     (lambda: fmix(_X, 0.5, _PERM, max_soft=-0.1), ValueError, r"`max_soft` must be in \[0, 0.5\]"),
@@ -471,9 +478,17 @@ ERROR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
     (lambda: mixup(_X, torch.ones(4, dtype=torch.long), _PERM), TypeError, r"`lam` must be a"),
     (lambda: mixup(_X, 0.5, _PERM[:3]), ValueError, r"`perm` must be a torch.long tensor of sha"),
     (lambda: mixup(_X, 0.5, _PERM.int()), TypeError, r"`perm` must be a torch.long tensor"),
-    (lambda: blend(_X, [1, 2, 3, 0], 0.5), TypeError, r"`perm` must be a torch.long .* got list"),
+    (
+        lambda: blend(_X, _wrong([1, 2, 3, 0]), 0.5),
+        TypeError,
+        r"`perm` must be a torch.long .* got list",
+    ),
     (lambda: mixup(_X.to(torch.uint8), 0.5, _PERM), TypeError, r"`x` must be a floating-point"),
-    (lambda: mixup([[1.0]], 0.5, _PERM), TypeError, r"`x` must be a torch.Tensor, got list"),
+    (
+        lambda: mixup(_wrong([[1.0]]), 0.5, _PERM),
+        TypeError,
+        r"`x` must be a torch.Tensor, got list",
+    ),
     (
         lambda: mixup(torch.zeros(0, 3), 0.5, torch.zeros(0, dtype=torch.long)),
         ValueError,
@@ -491,14 +506,30 @@ ERROR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
         r"`x` must have at least 3 dims .* got shape \(4, 8\)",
     ),
     (lambda: cutmix(_X, 0.5, _PERM, spatial_dims=4), ValueError, r"`spatial_dims` must be None,"),
-    (lambda: cutmix(_X, 0.5, _PERM, spatial_dims=2.0), TypeError, r"`spatial_dims` must be None"),
+    (
+        lambda: cutmix(_X, 0.5, _PERM, spatial_dims=_wrong(2.0)),
+        TypeError,
+        r"`spatial_dims` must be None",
+    ),
     (lambda: sample_fmix_mask((0, 3), 0.5), ValueError, r"`spatial_size` must be 1 to 3 positive"),
-    (lambda: sample_fmix_mask((4.0, 3), 0.5), TypeError, r"`spatial_size` must be 1 to 3 positi"),
-    (lambda: cutmix(_X, 0.5, _PERM, generator=3), TypeError, r"`generator` must be a torch.Gene"),
+    (
+        lambda: sample_fmix_mask(_wrong((4.0, 3)), 0.5),
+        TypeError,
+        r"`spatial_size` must be 1 to 3 positi",
+    ),
+    (
+        lambda: cutmix(_X, 0.5, _PERM, generator=_wrong(3)),
+        TypeError,
+        r"`generator` must be a torch.Gene",
+    ),
     (lambda: box_mask(torch.zeros(3, 2), (4, 4)), ValueError, r"`boxes` must have shape \(\.\.\."),
     (lambda: sample_partners(0), ValueError, r"`batch_size` must be an integer >= 1, got 0"),
-    (lambda: sample_partners(2.0), TypeError, r"`batch_size` must be an integer, got 2.0"),
-    (lambda: mixup(_X, 0.5, _PERM, inplace=1), TypeError, r"`inplace` must be a bool, got 1"),
+    (lambda: sample_partners(_wrong(2.0)), TypeError, r"`batch_size` must be an integer, got 2.0"),
+    (
+        lambda: mixup(_X, 0.5, _PERM, inplace=_wrong(1)),
+        TypeError,
+        r"`inplace` must be a bool, got 1",
+    ),
     (
         lambda: cutmix(_STORED[2:6], 0.5, _PERM, inplace=True),
         ValueError,
@@ -542,15 +573,19 @@ ERROR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
     ),
     (lambda: soft_targets(torch.tensor([0, 1]), 2, 1.0), ValueError, r"`label_smoothing` must be"),
     (lambda: soft_targets(torch.tensor([0, 1]), 0), ValueError, r"`num_classes` must be an integ"),
-    (lambda: soft_targets(torch.tensor([0, 1]), 2.0), TypeError, r"`num_classes` must be None or"),
-    (lambda: soft_targets([0, 1], 2), TypeError, r"`y` must be a torch.Tensor, got list"),
+    (
+        lambda: soft_targets(torch.tensor([0, 1]), _wrong(2.0)),
+        TypeError,
+        r"`num_classes` must be None or",
+    ),
+    (lambda: soft_targets(_wrong([0, 1]), 2), TypeError, r"`y` must be a torch.Tensor, got list"),
     (
         lambda: mix_targets(torch.tensor([0, 1]), torch.ones(3), _PERM[:2], num_classes=2),
         ValueError,
         r"`weights` must be a tensor of shape \(2,\), got \(3,\)",
     ),
     (
-        lambda: mix_targets(torch.tensor([0, 1]), [1.0, 1.0], _PERM[:2], num_classes=2),
+        lambda: mix_targets(torch.tensor([0, 1]), _wrong([1.0, 1.0]), _PERM[:2], num_classes=2),
         TypeError,
         r"`weights` must be a tensor of shape \(2,\), got list",
     ),

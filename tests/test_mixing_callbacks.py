@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes.callbacks.mixing._base import MixingCallback
 
-CALLBACKS = {
+CALLBACKS: dict[str, Callable[..., MixingCallback]] = {
     "MixUp": lambda **kw: MixUp(**kw),
     "CutMix": lambda **kw: CutMix(**kw),
     "FMix": lambda **kw: FMix(**kw),
@@ -52,7 +54,7 @@ class Recorder(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> pl.Trainer:
+def _trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:
     defaults: dict[str, Any] = dict(
         accelerator="cpu",
         devices=1,
@@ -81,7 +83,7 @@ def _constant_images(n: int, size: int = 8, seed: int = 0) -> TensorDataset:
     return TensorDataset(images.contiguous(), labels)
 
 
-def _loader(dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+def _loader(dataset: Dataset[Any], batch_size: int, **kwargs: Any) -> DataLoader[Any]:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
 
 
@@ -114,8 +116,8 @@ def test_mixup_per_sample_lam_is_beta_and_targets_follow_the_pixels(tmp_path: Pa
         )
         torch.testing.assert_close(targets, expected)
         lams.append(lam)
-    lam = torch.cat(lams).double().numpy()
-    assert stats.kstest(lam, stats.beta(0.5, 0.5).cdf).pvalue > 0.01
+    lam_values = torch.cat(lams).double().numpy()
+    assert stats.kstest(lam_values, stats.beta(0.5, 0.5).cdf).pvalue > 0.01
 
 
 @pytest.mark.parametrize("name", ["CutMix", "FMix", "RandomMix"])
@@ -126,6 +128,7 @@ def test_mask_targets_are_weighted_by_the_true_area(
     pl.seed_everything(1)
     data = _constant_images(21, size=9)
     module = Recorder(81)
+    callback: MixingCallback
     if name == "RandomMix":  # the mask methods only: pixels must come whole from one sample
         callback = RandomMix({"cutmix": 0.5, "fmix": 0.5}, per_sample=per_sample)
     else:
@@ -166,7 +169,7 @@ def test_dtype_and_memory_format_are_kept(tmp_path: Path, name: str) -> None:
     images = images.contiguous(memory_format=torch.channels_last)
     data = TensorDataset(images, torch.randint(0, 4, (16,)))
 
-    def collate(samples: list) -> list:
+    def collate(samples: list[Any]) -> list[torch.Tensor]:
         x = torch.stack([s[0] for s in samples]).contiguous(memory_format=torch.channels_last)
         return [x, torch.stack([s[1] for s in samples])]
 
@@ -180,11 +183,11 @@ def test_dtype_and_memory_format_are_kept(tmp_path: Path, name: str) -> None:
 
 
 def test_dict_batches_and_untouched_evaluation(tmp_path: Path) -> None:
-    class DictData(Dataset):
+    class DictData(Dataset[dict[str, Any]]):
         def __len__(self) -> int:
             return 12
 
-        def __getitem__(self, i: int) -> dict:
+        def __getitem__(self, i: int) -> dict[str, Any]:
             return {"image": torch.full((1, 4, 4), float(i)), "target": i % 4, "id": i}
 
     module = Recorder(16)
@@ -223,7 +226,9 @@ def test_batch_of_one_is_unmixed_and_p_zero_never_mixes(tmp_path: Path) -> None:
         ({"stop_fraction": 0.5}, [True, True, True, False, False, False]),
     ],
 )
-def test_mixing_stops_at_the_end_point(tmp_path: Path, kwargs: dict, expected: list) -> None:
+def test_mixing_stops_at_the_end_point(
+    tmp_path: Path, kwargs: dict[str, Any], expected: list[bool]
+) -> None:
     data = _identity_data(8)
     module = Recorder(8)
     _trainer(tmp_path, [MixUp(**kwargs)], max_epochs=3).fit(module, _loader(data, 4))
@@ -277,7 +282,7 @@ def _fit_and_record(
 ) -> list[torch.Tensor]:
     pl.seed_everything(seed)
     module = Recorder(12)
-    callbacks = [
+    callbacks: list[Callback] = [
         RandomMix({"mixup": 0.5, "fmix": 0.5}, per_sample=per_sample, p=0.8, spatial_dims=1)
     ]
     callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True))
@@ -360,13 +365,19 @@ def _fit_batch(tmp_path: Path, callback: Any, batch: Any, num_classes: int | Non
     """Fits one step on ``batch`` (given as the loader's only batch) and returns what
     ``training_step`` received."""
     module = BatchRecorder(num_classes)
-    loader = DataLoader([batch], batch_size=None, collate_fn=lambda item: item)
+    one_batch = cast("Dataset[Any]", [batch])
+    loader = DataLoader(one_batch, batch_size=None, collate_fn=lambda item: item)
     _trainer(tmp_path, [callback], max_steps=1).fit(module, loader)
     assert len(module.batches) == 1  # the step ran
     return module.batches[0]
 
 
 # --------------------------------------------------------------------------- errors
+
+
+def _wrong(value: object) -> Any:
+    """A value of the wrong type, passed on purpose."""
+    return value
 
 
 @pytest.mark.parametrize(
@@ -376,7 +387,11 @@ def _fit_batch(tmp_path: Path, callback: Any, batch: Any, num_classes: int | Non
         (lambda: CutMix(alpha=-1), ValueError, r"^CutMix: `alpha` must be > 0, got -1.0$"),
         (lambda: MixUp(alpha=float("nan")), ValueError, r"^MixUp: `alpha` must be a finite real"),
         (lambda: MixUp(p=float("inf")), ValueError, r"^MixUp: `p` must be a finite real number"),
-        (lambda: MixUp(alpha="1"), TypeError, r"^MixUp: `alpha` must be a finite real number"),
+        (
+            lambda: MixUp(alpha=_wrong("1")),
+            TypeError,
+            r"^MixUp: `alpha` must be a finite real number",
+        ),
         (lambda: FMix(p=1.5), ValueError, r"^FMix: `p` must be in \[0, 1\], got 1.5$"),
         (lambda: MixUp(p=-0.1), ValueError, r"`p` must be in \[0, 1\], got -0.1"),
         (lambda: MixUp(p="1"), TypeError, r"`p` must be a finite real number"),
@@ -399,13 +414,25 @@ def _fit_batch(tmp_path: Path, callback: Any, batch: Any, num_classes: int | Non
         (lambda: MixUp(grid_samples=2.0), TypeError, r"`grid_samples` must be an integer"),
         (lambda: FMix(seed="a"), TypeError, r"`seed` must be None or an integer, got 'a'"),
         (lambda: CutMix(spatial_dims=4), ValueError, r"^CutMix: `spatial_dims` must be None"),
-        (lambda: FMix(spatial_dims="2"), TypeError, r"^FMix: `spatial_dims` must be None or an"),
-        (lambda: CutMix(correct_lam="no"), TypeError, r"`correct_lam` must be a bool"),
+        (
+            lambda: FMix(spatial_dims=_wrong("2")),
+            TypeError,
+            r"^FMix: `spatial_dims` must be None or an",
+        ),
+        (lambda: CutMix(correct_lam=_wrong("no")), TypeError, r"`correct_lam` must be a bool"),
         (lambda: RandomMix({"mosaic": 1.0}), ValueError, r"`probs` keys must be among .*mosaic"),
         (lambda: RandomMix({"mixup": 0.5}), ValueError, r"^RandomMix: `probs` must sum to 1"),
         (lambda: RandomMix({"mixup": 1.5, "fmix": -0.5}), ValueError, r"`probs\['fmix'\]` must"),
-        (lambda: RandomMix({"mixup": "half"}), TypeError, r"`probs\['mixup'\]` must be a finite"),
-        (lambda: RandomMix(["mixup"]), TypeError, r"`probs` must be a dict of method names"),
+        (
+            lambda: RandomMix({"mixup": _wrong("half")}),
+            TypeError,
+            r"`probs\['mixup'\]` must be a finite",
+        ),
+        (
+            lambda: RandomMix(_wrong(["mixup"])),
+            TypeError,
+            r"`probs` must be a dict of method names",
+        ),
         (lambda: RandomMix(alpha={"fmix": 0}), ValueError, r"^RandomMix: `alpha\['fmix'\]`"),
         (lambda: RandomMix(alpha={"mosaic": 1.0}), ValueError, r"`alpha` keys must be among"),
         (lambda: RandomMix(max_soft=-1), ValueError, r"`max_soft` must be in \[0, 0.5\]"),
@@ -467,7 +494,7 @@ def test_stop_fraction_needs_a_run_of_known_length(tmp_path: Path) -> None:
         trainer.fit(Recorder(8), _loader(_identity_data(8), 4))
 
 
-INPLACE_CALLBACKS = {
+INPLACE_CALLBACKS: dict[str, Callable[..., MixingCallback]] = {
     **CALLBACKS,
     # Per batch, RandomMix pastes a CutMix box in place: its own code path.
     "RandomMix cutmix": lambda **kw: RandomMix({"cutmix": 1.0}, **kw),

@@ -134,7 +134,7 @@ class MixingCallback(Callback):
         self._seed: int | None = None
         self._batches = 0
         self._rank = 0
-        self._classes: int | None = num_classes
+        self._classes: int | None = self.num_classes
         self._labels_checked = False
         self._grid_epoch = -1
         self._random = RandomSource()
