@@ -65,9 +65,9 @@ def draw_mix(
 ) -> Draw | None:
     """Draws method, lam and partners of a batch, or returns None to leave it unmixed.
 
-    Per batch, the coin of ``p``, the method and lam are Python numbers from the host's
-    generator (reading them costs no device sync); per sample, they are tensors drawn on the
-    data's device, with lam 1 (unmixed) for the samples that lose the coin.
+    Per batch, the coin of ``p``, the method and lam are Python numbers from
+    ``randomness.python`` (reading them costs no device sync); per sample, they are tensors
+    drawn on the data's device, with lam 1 (unmixed) for the samples that lose the coin.
     """
     kernels, alphas, choice = methods
     python, generator = randomness.python, randomness.device_generator
