@@ -311,6 +311,18 @@ def test_resume_repeats_the_mixing_exactly(tmp_path: Path, per_sample: bool) -> 
     assert not torch.equal(uninterrupted[0], uninterrupted[3])
 
 
+def test_the_seed_is_used_outside_a_fit_too(tmp_path: Path) -> None:
+    # A hook called by hand (no `setup`) draws from `seed`, as the fit with that seed does.
+    x, y = torch.randn(6, 1, 5, 5), torch.tensor([0, 1, 2, 2, 0, 1])
+    expected = _fit_batch(tmp_path, MixUp(seed=7), [x, y])
+    callback = MixUp(seed=7, num_classes=3)
+    trainer, module = pl.Trainer(logger=False, log_every_n_steps=50), BatchRecorder()
+    batch = [x, y]
+    callback.on_train_batch_start(trainer, module, batch, 0)
+    assert not torch.equal(batch[0], x)  # it mixed
+    assert torch.equal(batch[0], expected[0]) and torch.equal(batch[1], expected[1])
+
+
 class _RankRecorder(Recorder):
     def __init__(self, out: str) -> None:
         super().__init__(16)

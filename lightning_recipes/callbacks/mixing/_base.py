@@ -151,7 +151,7 @@ class MixingCallback(Callback):
         # The rank enters each draw, so DDP processes mix differently. A resumed run
         # overwrites the seed and the batch count from the checkpoint in `load_state_dict`,
         # which Lightning calls after `setup`.
-        self._seed = run_seed() if self.seed is None else self.seed
+        self._seed = self._run_seed()
         self._rank = trainer.global_rank
         self._classes = self.num_classes or module_num_classes(pl_module)
         self._labels_checked = False
@@ -229,9 +229,13 @@ class MixingCallback(Callback):
         """The sources of this batch's randomness, reseeded from (seed, rank, batch count,
         callback)."""
         if self._seed is None:  # used outside `Trainer.fit`
-            self._seed = run_seed()
+            self._seed = self._run_seed()
         key = f"{self._seed}/{self._rank}/{self._batches}/{self._LOG_NAME}"
         return self._random.for_batch(key, device)
+
+    def _run_seed(self) -> int:
+        """``seed`` if given, else the run's seed."""
+        return run_seed() if self.seed is None else self.seed
 
     def _mix(self, x: Tensor, randomness: BatchRandomness) -> Mixed | None:
         """Samples this batch's mix, then applies it; None leaves the batch unmixed."""
