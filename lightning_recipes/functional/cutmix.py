@@ -283,9 +283,9 @@ def _per_sample_mask(
 ) -> tuple[Tensor, Tensor]:
     """Masks ``(batch, *size)`` and weights ``1 - clipped box area`` for one box per sample.
 
-    :func:`sample_boxes` then :func:`box_mask` with fewer small ops (each costs microseconds
-    of dispatch on the CPU, where 256 masks of 32x32 take less than that to write): the
-    mask comes from the unclipped corners, and only the area is clipped.
+    :func:`sample_boxes` then :func:`box_mask` with fewer small ops (on the CPU the dispatch
+    of each small op can cost more than writing the masks of a small batch): the mask comes
+    from the unclipped corners, and only the area is clipped.
     """
     low, high = _box_corners(size, lam, generator)
     sizes = _grid(size, lam.device)[0]

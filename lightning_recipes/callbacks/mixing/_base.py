@@ -178,8 +178,8 @@ class MixingCallback(Callback):
         else:
             batch[items.input_key] = mixed.x
             batch[items.target_key] = _mix_soft_targets(targets, mixed.weights, mixed.perm)
-        # On-step values of other steps never reach a logger, and `self.log` costs about as
-        # much as a small model's mix; Lightning's `LearningRateMonitor` skips them too.
+        # On-step values of other steps never reach a logger, so `self.log` (not free on the
+        # hot path) is skipped for them, as Lightning's `LearningRateMonitor` does.
         if should_update_logs(trainer):
             # A tensor even when unmixed: Lightning would copy a Python number to the device.
             lam = torch.ones((), device=items.x.device) if mixed is None else mixed.weights.mean()

@@ -24,8 +24,8 @@ class BatchRandomness(NamedTuple):
     """The sources of one batch's randomness, all seeded from the same per-batch seed.
 
     Attributes:
-        python: Draws the per-batch numbers (the coin of ``p``, lam, RandomMix's method): a
-            Python float from it costs a microsecond, from a tensor op some 30 and more.
+        python: Draws the per-batch numbers (the coin of ``p``, lam, RandomMix's method) as
+            Python floats: no tensor op, and no device sync to read them.
         cpu_generator: Draws the CutMix box of a per-batch lam (Python ints, no device sync).
         device_generator: Draws everything else, on the data's device; on the CPU it is
             ``cpu_generator`` itself.
