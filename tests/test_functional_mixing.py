@@ -420,10 +420,11 @@ def _mix_with(
 @pytest.mark.parametrize("method", ["mixup", "cutmix", "fmix", "blend"])
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
-    bad: float, method: str, per_sample: bool, inplace: bool
+    bad: float, method: str, per_sample: bool, inplace: bool, dtype: torch.dtype
 ) -> None:
-    clean = _distinct_batch(6, 8, 8)
+    clean = _distinct_batch(6, 8, 8).to(dtype)
     x = clean.clone()
     x[2, 0] = bad  # one channel of image 2: any box or mask region reaches it
     perm = torch.tensor([2, 0, 1, 4, 5, 3])  # sample 0 takes image 2 as its partner
@@ -443,6 +444,18 @@ def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
         targets = mix_targets(y, weights, perm, num_classes=4)
         assert targets[0].tolist() == [1.0, 0.0, 0.0, 0.0]
         assert targets.isfinite().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_large_finite_half_precision_images_are_mixed(dtype: torch.dtype) -> None:
+    # Every image sums to 64 * 60000, far beyond float16's largest value (65504): the
+    # finiteness check must not sum in float16, or no sample would be mixed.
+    x = torch.full((4, 1, 8, 8), 60000.0, dtype=dtype) * torch.tensor([1.0, -1.0, 0.5, -0.5]).to(
+        dtype
+    ).view(4, 1, 1, 1)
+    mixed, weights = mixup(x, 0.25, torch.tensor([1, 2, 3, 0]))
+    assert weights.tolist() == [0.25] * 4
+    assert mixed.isfinite().all() and not torch.equal(mixed, x)
 
 
 # --------------------------------------------------------------------------- errors
