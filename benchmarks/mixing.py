@@ -20,13 +20,14 @@ Every contender of a row is timed in the same interleaved rounds and the median 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,7 +58,9 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def median_times(fns: dict[str, Callable[[], Any]], rounds: int, budget_s: float) -> dict:
+def median_times(
+    fns: dict[str, Callable[[], Any]], rounds: int, budget_s: float
+) -> dict[str, float]:
     """Median seconds per call of each function, timed in interleaved rounds."""
     for fn in fns.values():  # warm-up (allocator, FFT plans, lazy imports)
         fn()
@@ -107,7 +110,7 @@ def callback_mix(callback: Any, x: torch.Tensor) -> Callable[[], Any]:
     """Only the mix of the callback's per-batch work: seeding its generators, drawing lam,
     partners and boxes or masks, and mixing the images (no batch checks, no targets)."""
     _set_up(callback)
-    return lambda: callback._mix(x, callback._generator_for(x.device))
+    return lambda: callback._mix(x, callback._randomness(x.device))
 
 
 def inplace_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
@@ -119,7 +122,7 @@ def inplace_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[]
 def timm_mixup(x: torch.Tensor, y: torch.Tensor, method: str, mode: str) -> Callable[[], Any]:
     from timm.data.mixup import Mixup
 
-    mix = Mixup(
+    mix = Mixup(  # type: ignore[no-untyped-call]
         mixup_alpha=1.0 if method == "mixup" else 0.0,
         cutmix_alpha=1.0 if method == "cutmix" else 0.0,
         mode=mode,
@@ -132,7 +135,7 @@ def timm_mixup(x: torch.Tensor, y: torch.Tensor, method: str, mode: str) -> Call
 
 
 def torchvision_mix(x: torch.Tensor, y: torch.Tensor, method: str) -> Callable[[], Any]:
-    from torchvision.transforms import v2
+    from torchvision.transforms import v2  # type: ignore[import-untyped]
 
     cls = v2.MixUp if method == "mixup" else v2.CutMix
     mix = cls(alpha=1.0, num_classes=NUM_CLASSES)
@@ -160,7 +163,8 @@ def paper_fmix_numpy_per_sample(
         spectrum = scale[..., None] * rng.standard_normal((*freqs.shape, 2))
         grey = np.fft.irfftn(spectrum[..., 0] + 1j * spectrum[..., 1], size, axes=(0, 1))
         grey = grey - grey.min()
-        return grey / grey.max()
+        normalised: np.ndarray = grey / grey.max()
+        return normalised
 
     def binarise(grey: np.ndarray, lam: float) -> np.ndarray:
         order = grey.reshape(-1).argsort()[::-1]
@@ -196,7 +200,7 @@ def verdict(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
-def bench_batches(rounds: int, budget: float, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
     out = []
     vs_libs, vs_elem, vs_clone, vs_numpy = [], [], [], []
     for shape_name, shape in shapes.items():
@@ -205,13 +209,13 @@ def bench_batches(rounds: int, budget: float, shapes: dict[str, tuple[int, ...]]
         y = torch.randint(0, NUM_CLASSES, (shape[0],))
         spectrum_shape = (shape[0], *shape[2:-1], shape[-1] // 2 + 1)
         buffer = torch.empty_like(x)
-        fns = {
-            "clone": lambda x=x: x.clone(),
+        fns: dict[str, Callable[[], Any]] = {
+            "clone": x.clone,
             # Lower bounds: the FMix spectra of one mask per sample (the paper draws a complex
             # Gaussian per frequency), and one read and one write of the batch into memory
             # that exists (a vectorised per-sample mix touches every element at least once).
-            "spectrum draw": lambda s=spectrum_shape: torch.randn(s, dtype=torch.complex64),
-            "copy floor": lambda x=x, b=buffer: b.copy_(x),
+            "spectrum draw": functools.partial(torch.randn, spectrum_shape, dtype=torch.complex64),
+            "copy floor": functools.partial(buffer.copy_, x),
             "MixUp batch inplace": inplace_step(MixUp(seed=0, inplace=True), x, y),
             "CutMix batch inplace": inplace_step(CutMix(seed=0, inplace=True), x, y),
             **{

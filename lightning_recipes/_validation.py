@@ -57,7 +57,7 @@ def check_choice(value: Any, name: str, choices: Collection[_T]) -> _T:
     return value  # type: ignore[no-any-return]
 
 
-def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
+def check_positive(value: object, name: str, *, allow_zero: bool = False) -> float:
     """A finite real number > 0 (>= 0 with ``allow_zero``)."""
     value = check_real(value, name)
     if value < 0 or (value == 0 and not allow_zero):
@@ -66,10 +66,14 @@ def check_positive(value: Any, name: str, *, allow_zero: bool = False) -> float:
 
 
 def check_real(value: Any, name: str) -> float:
-    """A finite real number (not a bool), as a float."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+    """A finite real number (not a bool), as a float: NaN and inf are bad values of the right
+    type (``ValueError``)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"`{name}` must be a finite real number, got {value!r}")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"`{name}` must be a finite real number, got {value!r}")
+    return number
 
 
 def check_range(
@@ -97,35 +101,35 @@ def check_type(value: Any, name: str, expected: Any, what: str) -> Any:
     return value
 
 
-def check_alpha(alpha: Any, name: str = "alpha") -> float:
+def check_alpha(alpha: object, name: str = "alpha") -> float:
     alpha = check_real(alpha, name)
     if alpha <= 0:
         raise ValueError(f"`{name}` must be > 0, got {alpha}")
     return alpha
 
 
-def check_probability(p: Any, name: str = "p") -> float:
+def check_probability(p: object, name: str = "p") -> float:
     p = check_real(p, name)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"`{name}` must be in [0, 1], got {p}")
     return p
 
 
-def check_decay_power(decay_power: Any) -> float:
+def check_decay_power(decay_power: object) -> float:
     decay_power = check_real(decay_power, "decay_power")
     if decay_power <= 0:
         raise ValueError(f"`decay_power` must be > 0, got {decay_power}")
     return decay_power
 
 
-def check_max_soft(max_soft: Any) -> float:
+def check_max_soft(max_soft: object) -> float:
     max_soft = check_real(max_soft, "max_soft")
     if not 0.0 <= max_soft <= 0.5:
         raise ValueError(f"`max_soft` must be in [0, 0.5], got {max_soft}")
     return max_soft
 
 
-def check_label_smoothing(label_smoothing: Any) -> float:
+def check_label_smoothing(label_smoothing: object) -> float:
     label_smoothing = check_real(label_smoothing, "label_smoothing")
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}")
@@ -137,18 +141,17 @@ def check_num_classes(num_classes: Any, name: str = "num_classes") -> int | None
 
 
 def check_spatial_dims(spatial_dims: Any) -> int | None:
-    if spatial_dims is not None and (
-        isinstance(spatial_dims, bool) or spatial_dims not in SPATIAL_DIMS
-    ):
+    check_int(spatial_dims, "spatial_dims", optional=True)
+    if spatial_dims is not None and spatial_dims not in SPATIAL_DIMS:
         raise ValueError(f"`spatial_dims` must be None, 1, 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
+    return spatial_dims  # type: ignore[no-any-return]
 
 
 def check_spatial_size(spatial_size: Any) -> tuple[int, ...]:
     size = tuple(spatial_size)
-    if not 1 <= len(size) <= 3 or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size
-    ):
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise TypeError(f"`spatial_size` must be 1 to 3 positive integers, got {size!r}")
+    if not 1 <= len(size) <= 3 or min(size) < 1:
         raise ValueError(f"`spatial_size` must be 1 to 3 positive integers, got {size!r}")
     return size
 
@@ -192,7 +195,8 @@ def check_lam(lam: Any, batch_size: int, device: torch.device, name: str = "lam"
     """
     if isinstance(lam, Tensor):
         if not lam.is_floating_point() or lam.shape != (batch_size,):
-            raise ValueError(
+            error = ValueError if lam.is_floating_point() else TypeError
+            raise error(
                 f"`{name}` must be a float or a floating-point tensor of shape ({batch_size},),"
                 f" got a {lam.dtype} tensor of shape {_shape(lam)}"
             )
@@ -202,7 +206,7 @@ def check_lam(lam: Any, batch_size: int, device: torch.device, name: str = "lam"
     return check_lam_value(lam, name)
 
 
-def check_lam_value(lam: Any, name: str = "lam") -> float:
+def check_lam_value(lam: object, name: str = "lam") -> float:
     lam = check_real(lam, name)
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"`{name}` must be in [0, 1], got {lam}")
@@ -216,7 +220,8 @@ def check_perm(perm: Any, batch_size: int, device: torch.device, name: str = "pe
             if isinstance(perm, Tensor)
             else type(perm).__name__
         )
-        raise ValueError(
+        wrong_type = not isinstance(perm, Tensor) or perm.dtype != torch.long
+        raise (TypeError if wrong_type else ValueError)(
             f"`{name}` must be a torch.long tensor of shape ({batch_size},), got {got}"
         )
     if perm.device != device:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]
 
 from lightning_recipes.functional import (
     blend,
@@ -81,9 +83,9 @@ def test_blend_is_exact_at_zero_and_one() -> None:
 def test_mixup_pixels_and_weights(per_sample: bool) -> None:
     x = torch.randn(7, 3, 6, 5, generator=_gen())
     perm = sample_partners(7, generator=_gen(1))
-    lam = sample_lam(1.0, (7,), generator=_gen(2)) if per_sample else 0.3
+    lam: float | torch.Tensor = sample_lam(1.0, (7,), generator=_gen(2)) if per_sample else 0.3
     mixed, weights = mixup(x, lam, perm)
-    expected_lam = lam if per_sample else torch.full((7,), 0.3)
+    expected_lam = lam if isinstance(lam, torch.Tensor) else torch.full((7,), 0.3)
     torch.testing.assert_close(weights, expected_lam)
     torch.testing.assert_close(mixed.double(), _reference_mix(x, expected_lam, perm))
     assert mixed.shape == x.shape and weights.dtype == torch.float32
@@ -269,7 +271,7 @@ def test_fmix_pixels_and_weights(per_sample: bool, shape: tuple[int, ...]) -> No
     own = (mixed.round() == x.round()).flatten(1).float().mean(1)
     torch.testing.assert_close(weights, own)
     n = math.prod(size)
-    lam_t = lam if per_sample else torch.full((batch,), 0.4)
+    lam_t = lam if isinstance(lam, torch.Tensor) else torch.full((batch,), 0.4)
     torch.testing.assert_close(weights, (lam_t * n).round() / n)
 
 
@@ -329,7 +331,7 @@ def test_dtype_and_channels_last_are_kept(
         mixed, weights = fmix(x, lam, perm, generator=_gen(3))
     assert mixed.dtype == dtype and weights.dtype == torch.float32
     assert mixed.is_contiguous(memory_format=torch.channels_last)
-    if method == "mixup" and per_sample:
+    if method == "mixup" and isinstance(lam, torch.Tensor):
         # The weights are the lam actually applied, i.e. rounded to the input's dtype.
         assert torch.equal(weights, lam.to(dtype).float())
 
@@ -344,7 +346,7 @@ def test_inplace_writes_the_same_values_into_the_input(
     x = _distinct_batch(7, 11, 9, channels=3).to(dtype, memory_format=torch.channels_last)
     perm = sample_partners(7, generator=_gen(1))
     lam = sample_lam(1.0, (7,), generator=_gen(2)) if per_sample else 0.35
-    kwargs = {} if method == "mixup" else {"generator": _gen(3)}
+    kwargs: dict[str, Any] = {} if method == "mixup" else {"generator": _gen(3)}
     expected, expected_weights = fn(x, lam, perm, **kwargs)
     target = x.clone()
     kwargs = {} if method == "mixup" else {"generator": _gen(3)}  # the same draws again
@@ -402,7 +404,9 @@ def test_every_method_mixes_pixels_and_targets_consistently(
 # --------------------------------------------------------------------------- non-finite inputs
 
 
-def _mix_with(method: str, x: torch.Tensor, lam: object, perm: torch.Tensor, inplace: bool):
+def _mix_with(
+    method: str, x: torch.Tensor, lam: float | torch.Tensor, perm: torch.Tensor, inplace: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     if method == "mixup":
         return mixup(x, lam, perm, inplace=inplace)
     if method == "blend":
@@ -416,10 +420,11 @@ def _mix_with(method: str, x: torch.Tensor, lam: object, perm: torch.Tensor, inp
 @pytest.mark.parametrize("method", ["mixup", "cutmix", "fmix", "blend"])
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
-    bad: float, method: str, per_sample: bool, inplace: bool
+    bad: float, method: str, per_sample: bool, inplace: bool, dtype: torch.dtype
 ) -> None:
-    clean = _distinct_batch(6, 8, 8)
+    clean = _distinct_batch(6, 8, 8).to(dtype)
     x = clean.clone()
     x[2, 0] = bad  # one channel of image 2: any box or mask region reaches it
     perm = torch.tensor([2, 0, 1, 4, 5, 3])  # sample 0 takes image 2 as its partner
@@ -432,7 +437,7 @@ def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
     assert torch.equal(mixed[0], x[0])
     others = [1, 3, 4, 5]
     assert torch.equal(mixed[others], expected[others])
-    if weights is not None:
+    if weights is not None and expected_weights is not None:
         assert weights[0] == 1.0 and expected_weights[0] < 1.0
         assert torch.equal(weights[others], expected_weights[others])
         y = torch.tensor([0, 1, 2, 3, 0, 1])
@@ -441,100 +446,166 @@ def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
         assert targets.isfinite().all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_large_finite_half_precision_images_are_mixed(dtype: torch.dtype) -> None:
+    # Every image sums to 64 * 60000, far beyond float16's largest value (65504): the
+    # finiteness check must not sum in float16, or no sample would be mixed.
+    x = torch.full((4, 1, 8, 8), 60000.0, dtype=dtype) * torch.tensor([1.0, -1.0, 0.5, -0.5]).to(
+        dtype
+    ).view(4, 1, 1, 1)
+    mixed, weights = mixup(x, 0.25, torch.tensor([1, 2, 3, 0]))
+    assert weights.tolist() == [0.25] * 4
+    assert mixed.isfinite().all() and not torch.equal(mixed, x)
+
+
 # --------------------------------------------------------------------------- errors
 
 
-def test_errors_name_the_argument() -> None:
-    x = torch.randn(4, 3, 8, 8)
-    perm = torch.tensor([1, 2, 3, 0])
-    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got 0.0"):
-        sample_lam(0.0)
-    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got -1.0"):
-        sample_lam(-1)
-    with pytest.raises(TypeError, match=r"`alpha` must be a finite real number, got nan"):
-        sample_lam(float("nan"))
-    with pytest.raises(ValueError, match=r"`decay_power` must be > 0, got 0.0"):
-        sample_fmix_mask((8, 8), 0.5, decay_power=0)
-    with pytest.raises(ValueError, match=r"`max_soft` must be in \[0, 0.5\], got 0.6"):
-        sample_fmix_mask((8, 8), 0.5, max_soft=0.6)
-    with pytest.raises(ValueError, match=r"`max_soft` must be in \[0, 0.5\], got -0.1"):
-        fmix(x, 0.5, perm, max_soft=-0.1)
-    with pytest.raises(ValueError, match=r"`lam` must be in \[0, 1\], got 1.5"):
-        mixup(x, 1.5, perm)
-    with pytest.raises(ValueError, match=r"`lam` must be a float or a floating-point tensor"):
-        mixup(x, torch.rand(3), perm)
-    with pytest.raises(ValueError, match=r"`perm` must be a torch.long tensor of shape \(4,\)"):
-        mixup(x, 0.5, perm[:3])
-    with pytest.raises(TypeError, match=r"`x` must be a floating-point tensor .* got dtype"):
-        mixup(x.to(torch.uint8), 0.5, perm)
-    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, channels, \*spatial\)"):
-        fmix(torch.randn(4, 10), 0.5, perm)
-    with pytest.raises(ValueError, match=r"`x` must have shape \(batch, channels, \*spatial\)"):
-        cutmix(torch.randn(4, 1, 2, 3, 4, 5), 0.5, perm)
-    with pytest.raises(ValueError, match=r"`x` must have at least 3 dims .* got shape \(4, 8\)"):
-        fmix(torch.randn(4, 8), 0.5, perm, spatial_dims=2)
-    with pytest.raises(ValueError, match=r"`spatial_dims` must be None, 1, 2 or 3, got 4"):
-        cutmix(x, 0.5, perm, spatial_dims=4)
-    with pytest.raises(ValueError, match=r"`spatial_size` must be 1 to 3 positive integers"):
-        sample_fmix_mask((0, 3), 0.5)
-    with pytest.raises(TypeError, match=r"`generator` must be a torch.Generator, got int"):
-        cutmix(x, 0.5, perm, generator=3)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`boxes` must have shape \(\.\.\., 2, 2\)"):
-        box_mask(torch.zeros(3, 2), (4, 4))
-    with pytest.raises(ValueError, match=r"`batch_size` must be an integer >= 1, got 0"):
-        sample_partners(0)
-    with pytest.raises(TypeError, match=r"`x` must be a torch.Tensor, got list"):
-        mixup([[1.0]], 0.5, perm)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`x` must have a non-empty batch dimension, got"):
-        mixup(torch.zeros(0, 3), 0.5, torch.zeros(0, dtype=torch.long))
-    with pytest.raises(
-        ValueError, match=r"`perm` must be a torch.long tensor of shape .* got list"
-    ):
-        blend(x, [1, 2, 3, 0], 0.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"`inplace` must be a bool, got 1"):
-        mixup(x, 0.5, perm, inplace=1)  # type: ignore[arg-type]
-    stored = torch.randn(10, 3, 8, 8)
-    with pytest.raises(ValueError, match=r"`inplace=True` would write into `x`, a view of"):
-        cutmix(stored[2:6], 0.5, perm, inplace=True)
-    with pytest.raises(ValueError, match=r"`inplace=True` cannot write into `x`, which requires"):
-        fmix(x.clone().requires_grad_(), 0.5, perm, inplace=True)
-    with pytest.raises(ValueError, match=r"`inplace=True` would write into `x`, a view of"):
-        blend(stored[:4], perm, 0.5, inplace=True)
-    # Device mismatches, shown with the "meta" device (no accelerator needed).
-    meta = torch.empty(4, 3, 8, 8, device="meta")
-    meta_perm = torch.empty(4, dtype=torch.long, device="meta")
-    with pytest.raises(ValueError, match=r"`lam` must be on meta, got a tensor on cpu"):
-        mixup(meta, torch.rand(4), meta_perm)
-    with pytest.raises(ValueError, match=r"`perm` must be on meta, got a tensor on cpu"):
-        mixup(meta, 0.5, perm)
-    with pytest.raises(ValueError, match=r"`generator` must be on the device of the data \(meta"):
-        cutmix(meta, torch.rand(4, device="meta"), meta_perm, generator=_gen())
+def _wrong(value: object) -> Any:
+    """A value of the wrong type, passed on purpose."""
+    return value
 
 
-def test_target_errors_name_the_argument() -> None:
-    perm = torch.tensor([1, 0])
-    w = torch.ones(2)
-    with pytest.raises(
-        ValueError, match=r"`y` must hold class indices in \[0, 3\), got .*\[0, 3\]"
-    ):
-        mix_targets(torch.tensor([0, 3]), w, perm, num_classes=3)
-    with pytest.raises(
-        ValueError, match=r"`y` must hold class indices in \[0, 3\), got .*\[-1, 0\]"
-    ):
-        soft_targets(torch.tensor([-1, 0]), 3)
-    with pytest.raises(ValueError, match=r"`num_classes` is needed .* got None"):
-        soft_targets(torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match=r"`y` must be integer labels of shape \(2,\)"):
-        soft_targets(torch.tensor([[0], [1]]), 3)
-    with pytest.raises(ValueError, match=r"`y` must have `num_classes`=4 columns, got shape"):
-        soft_targets(torch.zeros(2, 3), 4)
-    with pytest.raises(TypeError, match=r"`y` must hold integer labels \(int64\) or float"):
-        soft_targets(torch.zeros(2, dtype=torch.bool), 2)
-    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0, 1\), got 1.0"):
-        soft_targets(torch.tensor([0, 1]), 2, label_smoothing=1.0)
-    with pytest.raises(ValueError, match=r"`num_classes` must be an integer >= 1, got 0"):
-        soft_targets(torch.tensor([0, 1]), 0)
-    with pytest.raises(TypeError, match=r"`y` must be a torch.Tensor, got list"):
-        soft_targets([0, 1], 2)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`weights` must be a tensor of shape \(2,\), got \(3,\)"):
-        mix_targets(torch.tensor([0, 1]), torch.ones(3), perm, num_classes=2)
+_X = torch.randn(4, 3, 8, 8)
+_PERM = torch.tensor([1, 2, 3, 0])
+_STORED = torch.randn(10, 3, 8, 8)
+# Device mismatches, shown with the "meta" device (no accelerator needed).
+_META = torch.empty(4, 3, 8, 8, device="meta")
+_META_PERM = torch.empty(4, dtype=torch.long, device="meta")
+
+ERROR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
+    (lambda: sample_lam(0.0), ValueError, r"`alpha` must be > 0, got 0.0"),
+    (lambda: sample_lam(-1), ValueError, r"`alpha` must be > 0, got -1.0"),
+    (
+        lambda: sample_lam(float("nan")),
+        ValueError,
+        r"`alpha` must be a finite real number, got nan",
+    ),
+    (lambda: sample_lam(_wrong("1")), TypeError, r"`alpha` must be a finite real number, got '1'"),
+    (lambda: sample_fmix_mask((8, 8), 0.5, decay_power=0), ValueError, r"`decay_power` must be"),
+    (lambda: sample_fmix_mask((8, 8), 0.5, max_soft=0.6), ValueError, r"`max_soft` must be in"),
+    (lambda: fmix(_X, 0.5, _PERM, max_soft=-0.1), ValueError, r"`max_soft` must be in \[0, 0.5\]"),
+    (lambda: mixup(_X, 1.5, _PERM), ValueError, r"`lam` must be in \[0, 1\], got 1.5"),
+    (lambda: mixup(_X, float("inf"), _PERM), ValueError, r"`lam` must be a finite real number"),
+    (lambda: mixup(_X, torch.rand(3), _PERM), ValueError, r"`lam` must be a float or a floating"),
+    (lambda: mixup(_X, torch.ones(4, dtype=torch.long), _PERM), TypeError, r"`lam` must be a"),
+    (lambda: mixup(_X, 0.5, _PERM[:3]), ValueError, r"`perm` must be a torch.long tensor of sha"),
+    (lambda: mixup(_X, 0.5, _PERM.int()), TypeError, r"`perm` must be a torch.long tensor"),
+    (
+        lambda: blend(_X, _wrong([1, 2, 3, 0]), 0.5),
+        TypeError,
+        r"`perm` must be a torch.long .* got list",
+    ),
+    (lambda: mixup(_X.to(torch.uint8), 0.5, _PERM), TypeError, r"`x` must be a floating-point"),
+    (
+        lambda: mixup(_wrong([[1.0]]), 0.5, _PERM),
+        TypeError,
+        r"`x` must be a torch.Tensor, got list",
+    ),
+    (
+        lambda: mixup(torch.zeros(0, 3), 0.5, torch.zeros(0, dtype=torch.long)),
+        ValueError,
+        r"`x` must have a non-empty batch dimension",
+    ),
+    (lambda: fmix(torch.randn(4, 10), 0.5, _PERM), ValueError, r"`x` must have shape \(batch, c"),
+    (
+        lambda: cutmix(torch.randn(4, 1, 2, 3, 4, 5), 0.5, _PERM),
+        ValueError,
+        r"`x` must have shape \(batch, channels, \*spatial\)",
+    ),
+    (
+        lambda: fmix(torch.randn(4, 8), 0.5, _PERM, spatial_dims=2),
+        ValueError,
+        r"`x` must have at least 3 dims .* got shape \(4, 8\)",
+    ),
+    (lambda: cutmix(_X, 0.5, _PERM, spatial_dims=4), ValueError, r"`spatial_dims` must be None,"),
+    (
+        lambda: cutmix(_X, 0.5, _PERM, spatial_dims=_wrong(2.0)),
+        TypeError,
+        r"`spatial_dims` must be None",
+    ),
+    (lambda: sample_fmix_mask((0, 3), 0.5), ValueError, r"`spatial_size` must be 1 to 3 positive"),
+    (
+        lambda: sample_fmix_mask(_wrong((4.0, 3)), 0.5),
+        TypeError,
+        r"`spatial_size` must be 1 to 3 positi",
+    ),
+    (
+        lambda: cutmix(_X, 0.5, _PERM, generator=_wrong(3)),
+        TypeError,
+        r"`generator` must be a torch.Gene",
+    ),
+    (lambda: box_mask(torch.zeros(3, 2), (4, 4)), ValueError, r"`boxes` must have shape \(\.\.\."),
+    (lambda: sample_partners(0), ValueError, r"`batch_size` must be an integer >= 1, got 0"),
+    (lambda: sample_partners(_wrong(2.0)), TypeError, r"`batch_size` must be an integer, got 2.0"),
+    (
+        lambda: mixup(_X, 0.5, _PERM, inplace=_wrong(1)),
+        TypeError,
+        r"`inplace` must be a bool, got 1",
+    ),
+    (
+        lambda: cutmix(_STORED[2:6], 0.5, _PERM, inplace=True),
+        ValueError,
+        r"`inplace=True` would write into `x`, a view of",
+    ),
+    (
+        lambda: fmix(_X.clone().requires_grad_(), 0.5, _PERM, inplace=True),
+        ValueError,
+        r"`inplace=True` cannot write into `x`, which requires",
+    ),
+    (
+        lambda: blend(_STORED[:4], _PERM, 0.5, inplace=True),
+        ValueError,
+        r"`inplace=True` would write into `x`, a view of",
+    ),
+    (lambda: mixup(_META, torch.rand(4), _META_PERM), ValueError, r"`lam` must be on meta, got"),
+    (lambda: mixup(_META, 0.5, _PERM), ValueError, r"`perm` must be on meta, got a tensor on cpu"),
+    (
+        lambda: cutmix(_META, torch.rand(4, device="meta"), _META_PERM, generator=_gen()),
+        ValueError,
+        r"`generator` must be on the device of the data \(meta",
+    ),
+    # Targets.
+    (
+        lambda: mix_targets(torch.tensor([0, 3]), torch.ones(2), _PERM[:2], num_classes=3),
+        ValueError,
+        r"`y` must hold class indices in \[0, 3\), got .*\[0, 3\]",
+    ),
+    (
+        lambda: soft_targets(torch.tensor([-1, 0]), 3),
+        ValueError,
+        r"`y` must hold class indices in \[0, 3\), got .*\[-1, 0\]",
+    ),
+    (lambda: soft_targets(torch.tensor([0, 1])), ValueError, r"`num_classes` is needed .* None"),
+    (lambda: soft_targets(torch.tensor([[0], [1]]), 3), ValueError, r"`y` must be integer label"),
+    (lambda: soft_targets(torch.zeros(2, 3), 4), ValueError, r"`y` must have `num_classes`=4 co"),
+    (
+        lambda: soft_targets(torch.zeros(2, dtype=torch.bool), 2),
+        TypeError,
+        r"`y` must hold integer labels \(int64\) or float",
+    ),
+    (lambda: soft_targets(torch.tensor([0, 1]), 2, 1.0), ValueError, r"`label_smoothing` must be"),
+    (lambda: soft_targets(torch.tensor([0, 1]), 0), ValueError, r"`num_classes` must be an integ"),
+    (
+        lambda: soft_targets(torch.tensor([0, 1]), _wrong(2.0)),
+        TypeError,
+        r"`num_classes` must be None or",
+    ),
+    (lambda: soft_targets(_wrong([0, 1]), 2), TypeError, r"`y` must be a torch.Tensor, got list"),
+    (
+        lambda: mix_targets(torch.tensor([0, 1]), torch.ones(3), _PERM[:2], num_classes=2),
+        ValueError,
+        r"`weights` must be a tensor of shape \(2,\), got \(3,\)",
+    ),
+    (
+        lambda: mix_targets(torch.tensor([0, 1]), _wrong([1.0, 1.0]), _PERM[:2], num_classes=2),
+        TypeError,
+        r"`weights` must be a tensor of shape \(2,\), got list",
+    ),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), ERROR_CASES, ids=lambda v: "")
+def test_errors_name_the_argument(call: Callable[[], Any], error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        call()

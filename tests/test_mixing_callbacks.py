@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes.callbacks.mixing._base import MixingCallback
 
-CALLBACKS = {
+CALLBACKS: dict[str, Callable[..., MixingCallback]] = {
     "MixUp": lambda **kw: MixUp(**kw),
     "CutMix": lambda **kw: CutMix(**kw),
     "FMix": lambda **kw: FMix(**kw),
@@ -53,7 +54,7 @@ class Recorder(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> pl.Trainer:
+def _trainer(tmp_path: Path, callbacks: list[Callback], **kwargs: Any) -> pl.Trainer:
     defaults: dict[str, Any] = dict(
         accelerator="cpu",
         devices=1,
@@ -82,7 +83,7 @@ def _constant_images(n: int, size: int = 8, seed: int = 0) -> TensorDataset:
     return TensorDataset(images.contiguous(), labels)
 
 
-def _loader(dataset: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+def _loader(dataset: Dataset[Any], batch_size: int, **kwargs: Any) -> DataLoader[Any]:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
 
 
@@ -115,8 +116,8 @@ def test_mixup_per_sample_lam_is_beta_and_targets_follow_the_pixels(tmp_path: Pa
         )
         torch.testing.assert_close(targets, expected)
         lams.append(lam)
-    lam = torch.cat(lams).double().numpy()
-    assert stats.kstest(lam, stats.beta(0.5, 0.5).cdf).pvalue > 0.01
+    lam_values = torch.cat(lams).double().numpy()
+    assert stats.kstest(lam_values, stats.beta(0.5, 0.5).cdf).pvalue > 0.01
 
 
 @pytest.mark.parametrize("name", ["CutMix", "FMix", "RandomMix"])
@@ -127,6 +128,7 @@ def test_mask_targets_are_weighted_by_the_true_area(
     pl.seed_everything(1)
     data = _constant_images(21, size=9)
     module = Recorder(81)
+    callback: MixingCallback
     if name == "RandomMix":  # the mask methods only: pixels must come whole from one sample
         callback = RandomMix({"cutmix": 0.5, "fmix": 0.5}, per_sample=per_sample)
     else:
@@ -150,16 +152,14 @@ def test_mask_targets_are_weighted_by_the_true_area(
 
 
 @pytest.mark.parametrize("alpha", [0.4, 2.0])
-def test_mixup_per_batch_lam_is_beta(alpha: float) -> None:
+def test_mixup_per_batch_lam_is_beta(tmp_path: Path, alpha: float) -> None:
     # Two samples of classes 0 and 1, each the other's partner: the first target row is
     # (lam, 1 - lam). Each batch reseeds the callback's generators from its batch count.
-    callback, trainer, module = MixUp(alpha=alpha, seed=5), _stub_trainer(), _stub_module(2)
-    callback.setup(trainer, module, "fit")
-    lams = []
-    for _ in range(400):
-        batch = [torch.zeros(2, 1, 3, 3), torch.tensor([0, 1])]
-        callback.on_train_batch_start(trainer, module, batch, 0)
-        lams.append(float(batch[1][0, 0]))
+    data = TensorDataset(torch.zeros(600, 1, 3, 3), torch.tensor([0, 1] * 300))
+    module = Recorder(9, num_classes=2)
+    _trainer(tmp_path, [MixUp(alpha=alpha, seed=5)]).fit(module, _loader(data, 2))
+    lams = [float(y[0, 0]) for _, y in module.train_batches]
+    assert len(lams) == 300
     assert stats.kstest(lams, stats.beta(alpha, alpha).cdf).pvalue > 1e-3
 
 
@@ -169,7 +169,7 @@ def test_dtype_and_memory_format_are_kept(tmp_path: Path, name: str) -> None:
     images = images.contiguous(memory_format=torch.channels_last)
     data = TensorDataset(images, torch.randint(0, 4, (16,)))
 
-    def collate(samples: list) -> list:
+    def collate(samples: list[Any]) -> list[torch.Tensor]:
         x = torch.stack([s[0] for s in samples]).contiguous(memory_format=torch.channels_last)
         return [x, torch.stack([s[1] for s in samples])]
 
@@ -183,11 +183,11 @@ def test_dtype_and_memory_format_are_kept(tmp_path: Path, name: str) -> None:
 
 
 def test_dict_batches_and_untouched_evaluation(tmp_path: Path) -> None:
-    class DictData(Dataset):
+    class DictData(Dataset[dict[str, Any]]):
         def __len__(self) -> int:
             return 12
 
-        def __getitem__(self, i: int) -> dict:
+        def __getitem__(self, i: int) -> dict[str, Any]:
             return {"image": torch.full((1, 4, 4), float(i)), "target": i % 4, "id": i}
 
     module = Recorder(16)
@@ -226,7 +226,9 @@ def test_batch_of_one_is_unmixed_and_p_zero_never_mixes(tmp_path: Path) -> None:
         ({"stop_fraction": 0.5}, [True, True, True, False, False, False]),
     ],
 )
-def test_mixing_stops_at_the_end_point(tmp_path: Path, kwargs: dict, expected: list) -> None:
+def test_mixing_stops_at_the_end_point(
+    tmp_path: Path, kwargs: dict[str, Any], expected: list[bool]
+) -> None:
     data = _identity_data(8)
     module = Recorder(8)
     _trainer(tmp_path, [MixUp(**kwargs)], max_epochs=3).fit(module, _loader(data, 4))
@@ -280,7 +282,7 @@ def _fit_and_record(
 ) -> list[torch.Tensor]:
     pl.seed_everything(seed)
     module = Recorder(12)
-    callbacks = [
+    callbacks: list[Callback] = [
         RandomMix({"mixup": 0.5, "fmix": 0.5}, per_sample=per_sample, p=0.8, spatial_dims=1)
     ]
     callbacks.append(ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True))
@@ -307,6 +309,18 @@ def test_resume_repeats_the_mixing_exactly(tmp_path: Path, per_sample: bool) -> 
     assert len(resumed) == 3
     assert all(torch.equal(a, b) for a, b in zip(resumed, uninterrupted[3:], strict=True))
     assert not torch.equal(uninterrupted[0], uninterrupted[3])
+
+
+def test_the_seed_is_used_outside_a_fit_too(tmp_path: Path) -> None:
+    # A hook called by hand (no `setup`) draws from `seed`, as the fit with that seed does.
+    x, y = torch.randn(6, 1, 5, 5), torch.tensor([0, 1, 2, 2, 0, 1])
+    expected = _fit_batch(tmp_path, MixUp(seed=7), [x, y])
+    callback = MixUp(seed=7, num_classes=3)
+    trainer, module = pl.Trainer(logger=False, log_every_n_steps=50), BatchRecorder()
+    batch = [x, y]
+    callback.on_train_batch_start(trainer, module, batch, 0)
+    assert not torch.equal(batch[0], x)  # it mixed
+    assert torch.equal(batch[0], expected[0]) and torch.equal(batch[1], expected[1])
 
 
 class _RankRecorder(Recorder):
@@ -338,54 +352,44 @@ def test_ddp_ranks_mix_differently(tmp_path: Path, per_sample: bool) -> None:
     assert not torch.allclose(lam0, lam1)
 
 
+# --------------------------------------------------------------------------- one batch
+
+
+class BatchRecorder(pl.LightningModule):
+    """Records the batch ``training_step`` receives, whatever its structure."""
+
+    def __init__(self, num_classes: int | None = 3) -> None:
+        super().__init__()
+        if num_classes is not None:
+            self.num_classes = num_classes
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.batches: list[Any] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.batches.append(batch)
+        return self.weight * 0.0
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit_batch(tmp_path: Path, callback: Any, batch: Any, num_classes: int | None = 3) -> Any:
+    """Fits one step on ``batch`` (given as the loader's only batch) and returns what
+    ``training_step`` received."""
+    module = BatchRecorder(num_classes)
+    one_batch = cast("Dataset[Any]", [batch])
+    loader = DataLoader(one_batch, batch_size=None, collate_fn=lambda item: item)
+    _trainer(tmp_path, [callback], max_steps=1).fit(module, loader)
+    assert len(module.batches) == 1  # the step ran
+    return module.batches[0]
+
+
 # --------------------------------------------------------------------------- errors
 
 
-def test_constructor_errors_name_the_argument() -> None:
-    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got 0.0"):
-        MixUp(alpha=0)
-    with pytest.raises(ValueError, match=r"`alpha` must be > 0, got -1.0"):
-        CutMix(alpha=-1)
-    with pytest.raises(ValueError, match=r"`p` must be in \[0, 1\], got 1.5"):
-        FMix(p=1.5)
-    with pytest.raises(ValueError, match=r"`p` must be in \[0, 1\], got -0.1"):
-        MixUp(p=-0.1)
-    with pytest.raises(ValueError, match=r"`decay_power` must be > 0, got 0.0"):
-        FMix(decay_power=0)
-    with pytest.raises(ValueError, match=r"`max_soft` must be in \[0, 0.5\], got 0.7"):
-        FMix(max_soft=0.7)
-    with pytest.raises(ValueError, match=r"`label_smoothing` must be in \[0, 1\), got 1.0"):
-        MixUp(label_smoothing=1.0)
-    with pytest.raises(ValueError, match=r"`num_classes` must be an integer >= 1, got 0"):
-        MixUp(num_classes=0)
-    with pytest.raises(ValueError, match=r"pass one, got stop_epoch=2 and stop_fraction=0.5"):
-        MixUp(stop_epoch=2, stop_fraction=0.5)
-    with pytest.raises(ValueError, match=r"`stop_epoch` must be None or an integer >= 0, got -1"):
-        MixUp(stop_epoch=-1)
-    with pytest.raises(ValueError, match=r"`stop_fraction` must be None or in \(0, 1\], got 0"):
-        MixUp(stop_fraction=0)
-    with pytest.raises(TypeError, match=r"`input_key` must be None, an int .* got 1.5"):
-        MixUp(input_key=1.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"`per_sample` must be a bool, got 1"):
-        MixUp(per_sample=1)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`grid_samples` must be an integer >= 1, got 0"):
-        MixUp(grid_samples=0)
-    with pytest.raises(ValueError, match=r"`spatial_dims` must be None, 1, 2 or 3, got 0"):
-        CutMix(spatial_dims=0)
-    with pytest.raises(TypeError, match=r"`seed` must be None or an int, got 'a'"):
-        FMix(seed="a")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"`probs` keys must be among .* got \['mosaic'\]"):
-        RandomMix({"mosaic": 1.0})
-    with pytest.raises(ValueError, match=r"`probs` must sum to 1, got 0.8"):
-        RandomMix({"mixup": 0.5, "cutmix": 0.3})
-    with pytest.raises(ValueError, match=r"`probs\['fmix'\]` must be >= 0, got -0.5"):
-        RandomMix({"mixup": 1.5, "fmix": -0.5})
-    with pytest.raises(ValueError, match=r"`alpha\['cutmix'\]` must be > 0, got 0.0"):
-        RandomMix(alpha={"cutmix": 0.0})
-    with pytest.raises(ValueError, match=r"`alpha` keys must be among .* got \['mosaic'\]"):
-        RandomMix(alpha={"mosaic": 1.0})
-    with pytest.raises(TypeError, match=r"`probs\['mixup'\]` must be a finite real number"):
-        RandomMix({"mixup": "half"})  # type: ignore[dict-item]
+def _wrong(value: object) -> Any:
+    """A value of the wrong type, passed on purpose."""
+    return value
 
 
 @pytest.mark.parametrize(
@@ -393,18 +397,63 @@ def test_constructor_errors_name_the_argument() -> None:
     [
         (lambda: MixUp(alpha=0), ValueError, r"^MixUp: `alpha` must be > 0, got 0.0$"),
         (lambda: CutMix(alpha=-1), ValueError, r"^CutMix: `alpha` must be > 0, got -1.0$"),
+        (lambda: MixUp(alpha=float("nan")), ValueError, r"^MixUp: `alpha` must be a finite real"),
+        (lambda: MixUp(p=float("inf")), ValueError, r"^MixUp: `p` must be a finite real number"),
+        (
+            lambda: MixUp(alpha=_wrong("1")),
+            TypeError,
+            r"^MixUp: `alpha` must be a finite real number",
+        ),
         (lambda: FMix(p=1.5), ValueError, r"^FMix: `p` must be in \[0, 1\], got 1.5$"),
+        (lambda: MixUp(p=-0.1), ValueError, r"`p` must be in \[0, 1\], got -0.1"),
+        (lambda: MixUp(p="1"), TypeError, r"`p` must be a finite real number"),
         (lambda: FMix(decay_power=0), ValueError, r"^FMix: `decay_power` must be > 0"),
-        (lambda: CutMix(spatial_dims=4), ValueError, r"^CutMix: `spatial_dims` must be None"),
+        (lambda: FMix(max_soft=0.7), ValueError, r"`max_soft` must be in \[0, 0.5\], got 0.7"),
+        (lambda: MixUp(label_smoothing=1.0), ValueError, r"`label_smoothing` must be in \[0, 1\)"),
+        (lambda: MixUp(num_classes=0), ValueError, r"`num_classes` must be an integer >= 1"),
+        (lambda: MixUp(num_classes=2.0), TypeError, r"`num_classes` must be None or an integer"),
+        (lambda: MixUp(stop_epoch=2, stop_fraction=0.5), ValueError, r"`stop_epoch` and `stop_"),
+        (lambda: MixUp(stop_epoch=-1), ValueError, r"`stop_epoch` must be an integer >= 0"),
+        (lambda: MixUp(stop_epoch=1.5), TypeError, r"`stop_epoch` must be None or an integer"),
+        (lambda: MixUp(stop_fraction=0), ValueError, r"`stop_fraction` must be None or in \(0"),
+        (lambda: MixUp(stop_fraction="all"), TypeError, r"`stop_fraction` must be a finite real"),
+        (lambda: MixUp(input_key=1.5), TypeError, r"`input_key` must be None, an int .* got 1.5"),
+        (lambda: MixUp(target_key=True), TypeError, r"`target_key` must be None, an int"),
         (lambda: MixUp(per_sample=1), TypeError, r"^MixUp: `per_sample` must be a bool, got 1$"),
+        (lambda: MixUp(inplace="yes"), TypeError, r"`inplace` must be a bool, got 'yes'"),
+        (lambda: MixUp(save_grid=None), TypeError, r"`save_grid` must be a bool"),
+        (lambda: MixUp(grid_samples=0), ValueError, r"`grid_samples` must be an integer >= 1"),
+        (lambda: MixUp(grid_samples=2.0), TypeError, r"`grid_samples` must be an integer"),
+        (lambda: FMix(seed="a"), TypeError, r"`seed` must be None or an integer, got 'a'"),
+        (lambda: CutMix(spatial_dims=4), ValueError, r"^CutMix: `spatial_dims` must be None"),
+        (
+            lambda: FMix(spatial_dims=_wrong("2")),
+            TypeError,
+            r"^FMix: `spatial_dims` must be None or an",
+        ),
+        (lambda: CutMix(correct_lam=_wrong("no")), TypeError, r"`correct_lam` must be a bool"),
+        (lambda: RandomMix({"mosaic": 1.0}), ValueError, r"`probs` keys must be among .*mosaic"),
         (lambda: RandomMix({"mixup": 0.5}), ValueError, r"^RandomMix: `probs` must sum to 1"),
+        (lambda: RandomMix({"mixup": 1.5, "fmix": -0.5}), ValueError, r"`probs\['fmix'\]` must"),
+        (
+            lambda: RandomMix({"mixup": _wrong("half")}),
+            TypeError,
+            r"`probs\['mixup'\]` must be a finite",
+        ),
+        (
+            lambda: RandomMix(_wrong(["mixup"])),
+            TypeError,
+            r"`probs` must be a dict of method names",
+        ),
         (lambda: RandomMix(alpha={"fmix": 0}), ValueError, r"^RandomMix: `alpha\['fmix'\]`"),
-        (lambda: MixUp(alpha=float("nan")), TypeError, r"^MixUp: `alpha` must be a finite real"),
-        (lambda: MixUp(alpha="1"), TypeError, r"^MixUp: `alpha` must be a finite real number"),
+        (lambda: RandomMix(alpha={"mosaic": 1.0}), ValueError, r"`alpha` keys must be among"),
+        (lambda: RandomMix(max_soft=-1), ValueError, r"`max_soft` must be in \[0, 0.5\]"),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-def test_constructor_errors_name_the_callback(factory: Any, error: type, match: str) -> None:
+def test_constructor_errors_name_the_callback_and_the_argument(
+    factory: Any, error: type, match: str
+) -> None:
     with pytest.raises(error, match=match):
         factory()
 
@@ -418,69 +467,46 @@ def test_errors_of_a_subclass_name_it_once() -> None:
         MyMix(-1.0)
 
 
-def _stub_trainer() -> SimpleNamespace:
-    return SimpleNamespace(
-        global_rank=0,
-        current_epoch=0,
-        global_step=0,
-        is_global_zero=True,
-        estimated_stepping_batches=10,
-    )
-
-
-def _stub_module(num_classes: int | None = 3) -> SimpleNamespace:
-    return SimpleNamespace(num_classes=num_classes, hparams={}, log=lambda *args, **kwargs: None)
-
-
-def _step(callback: Any, batch: Any, num_classes: int | None = 3) -> Any:
-    trainer, module = _stub_trainer(), _stub_module(num_classes)
-    callback.setup(trainer, module, "fit")
-    callback.on_train_batch_start(trainer, module, batch, 0)
-    return batch
-
-
-def test_batch_errors_name_the_item_and_the_fix() -> None:
-    x, y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
-    with pytest.raises(TypeError, match=r"must be a list or a dict, got a tuple; return a list"):
-        _step(MixUp(), (x, y))
-    with pytest.raises(TypeError, match=r"`batch\[0\]` must be a floating-point tensor"):
-        _step(MixUp(), [x.to(torch.uint8), y])
-    with pytest.raises(ValueError, match=r"`batch\[1\]` must hold class indices in \[0, 3\)"):
-        _step(MixUp(), [x, torch.tensor([0, 1, 2, 3])])
-    with pytest.raises(ValueError, match=r"`batch\[1\]` must be integer labels of shape \(4,\)"):
-        _step(MixUp(), [x, y[:3]])
-    with pytest.raises(ValueError, match=r"`batch\[1\]` must have `num_classes`=3 columns"):
-        _step(MixUp(), [x, torch.rand(4, 5)])
-    with pytest.raises(ValueError, match=r"`num_classes` is needed .* pass `num_classes` to MixUp"):
-        _step(MixUp(), [x, y], num_classes=None)
-    with pytest.raises(ValueError, match=r"`input_key` must be an index into the list batch"):
-        _step(MixUp(input_key=2), [x, y])
-    with pytest.raises(ValueError, match=r"`target_key` must be given for a dict batch without"):
-        _step(MixUp(), {"image": x, "cls": y})
-    with pytest.raises(ValueError, match=r"`input_key` must be a key of the dict batch"):
-        _step(MixUp(input_key="img"), {"image": x, "target": y})
-    with pytest.raises(ValueError, match=r"`batch\['image'\]` must have shape \(batch, channels"):
-        _step(FMix(), {"image": torch.randn(4, 36), "target": y})
-    with pytest.raises(ValueError, match=r"`stop_fraction` needs a run of known length"):
-        MixUp(stop_fraction=0.5).on_train_start(
-            SimpleNamespace(estimated_stepping_batches=float("inf")), _stub_module()
-        )
+_X, _Y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
 
 
 @pytest.mark.parametrize(
-    ("callback", "batch", "match"),
+    ("callback", "batch", "num_classes", "error", "match"),
     [
-        (CutMix(), (torch.randn(4, 1, 6, 6), torch.zeros(4, dtype=torch.long)), r"^CutMix: "),
-        (FMix(), [torch.randn(4, 36), torch.zeros(4, dtype=torch.long)], r"^FMix: `batch\[0\]`"),
-        (MixUp(), [torch.randn(4, 3), torch.tensor([0, 1, 2, 5])], r"^MixUp: `batch\[1\]`"),
+        (MixUp(), (_X, _Y), 3, TypeError, r"^MixUp: MixUp mixes the batch in place, so .* a list"),
+        (CutMix(), (_X, _Y), 3, TypeError, r"must be a list or a dict, got a tuple; return a list"),
+        (MixUp(), [_X.to(torch.uint8), _Y], 3, TypeError, r"`batch\[0\]` must be a floating-"),
+        (MixUp(), [torch.randn(0, 3), _Y[:0]], 3, ValueError, r"`batch\[0\]` must have a non-"),
+        (MixUp(), [_X, torch.tensor([0, 1, 2, 3])], 3, ValueError, r"`batch\[1\]` must hold"),
+        (MixUp(), [_X, _Y[:3]], 3, ValueError, r"`batch\[1\]` must be integer labels of shape"),
+        (MixUp(), [_X, torch.rand(4, 5)], 3, ValueError, r"`batch\[1\]` must have `num_classes`"),
+        (MixUp(), [_X, _Y], None, ValueError, r"`num_classes` is needed .* to MixUp"),
+        (MixUp(input_key=2), [_X, _Y], 3, ValueError, r"`input_key` must be an index into"),
+        (MixUp(target_key=-3), [_X, _Y], 3, ValueError, r"`target_key` must be an index into"),
+        (MixUp(), {"image": _X, "cls": _Y}, 3, ValueError, r"`target_key` must be given for a"),
+        (MixUp(), {"img": _X, "target": _Y}, 3, ValueError, r"`input_key` must be given for a"),
+        (MixUp(input_key="img"), {"image": _X, "target": _Y}, 3, ValueError, r"`input_key` must"),
+        (MixUp(target_key="t"), {"image": _X, "target": _Y}, 3, ValueError, r"`target_key` must"),
+        (FMix(), {"image": torch.randn(4, 36), "target": _Y}, 3, ValueError, r"^FMix: `batch\["),
+        (CutMix(inplace=True), [torch.randn(9, 1, 6, 6)[:4], _Y], 3, ValueError, r"`batch\[0\]`"),
     ],
+    ids=lambda v: v if isinstance(v, str) else "",
 )
-def test_batch_errors_name_the_callback(callback: Any, batch: Any, match: str) -> None:
-    with pytest.raises((TypeError, ValueError), match=match):
-        _step(callback, batch)
+def test_batch_errors_name_the_callback_the_item_and_the_fix(
+    tmp_path: Path, callback: Any, batch: Any, num_classes: int | None, error: type, match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        _fit_batch(tmp_path, callback, batch, num_classes)
 
 
-INPLACE_CALLBACKS = {
+def test_stop_fraction_needs_a_run_of_known_length(tmp_path: Path) -> None:
+    trainer = _trainer(tmp_path, [MixUp(stop_fraction=0.5)], max_epochs=-1)
+    assert trainer.estimated_stepping_batches == float("inf")
+    with pytest.raises(ValueError, match=r"^MixUp: `stop_fraction` needs a run of known length"):
+        trainer.fit(Recorder(8), _loader(_identity_data(8), 4))
+
+
+INPLACE_CALLBACKS: dict[str, Callable[..., MixingCallback]] = {
     **CALLBACKS,
     # Per batch, RandomMix pastes a CutMix box in place: its own code path.
     "RandomMix cutmix": lambda **kw: RandomMix({"cutmix": 1.0}, **kw),
@@ -490,26 +516,24 @@ INPLACE_CALLBACKS = {
 @pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_inplace_mixes_the_batch_tensor_itself_with_the_same_values(
-    name: str, per_sample: bool
+    tmp_path: Path, name: str, per_sample: bool
 ) -> None:
     factory = INPLACE_CALLBACKS[name]
     x, y = torch.randn(6, 2, 9, 9), torch.tensor([0, 1, 2, 0, 1, 2])
-    expected = _step(factory(seed=3, per_sample=per_sample), [x, y])
+    expected = _fit_batch(tmp_path / "a", factory(seed=3, per_sample=per_sample), [x, y])
     own = x.clone()
-    batch = _step(factory(seed=3, per_sample=per_sample, inplace=True), [own, y])
+    batch = _fit_batch(
+        tmp_path / "b", factory(seed=3, per_sample=per_sample, inplace=True), [own, y]
+    )
     assert batch[0] is own and not torch.equal(own, x)
     assert torch.equal(batch[0], expected[0]) and torch.equal(batch[1], expected[1])
 
 
-def test_inplace_errors_name_the_batch_item() -> None:
-    stored, y = torch.randn(10, 1, 6, 6), torch.tensor([0, 1, 2, 0])
-    with pytest.raises(ValueError, match=r"would write into `batch\[0\]`, a view of another"):
-        _step(CutMix(inplace=True), [stored[:4], y])
-    with pytest.raises(TypeError, match=r"`inplace` must be a bool, got 'yes'"):
-        MixUp(inplace="yes")  # type: ignore[arg-type]
-    # Without `inplace` the same view is mixed into a new tensor and left as it was.
+def test_without_inplace_a_view_is_mixed_into_a_new_tensor(tmp_path: Path) -> None:
+    stored = torch.randn(10, 1, 6, 6)
     before = stored.clone()
-    _step(CutMix(), [stored[:4], y])
+    batch = _fit_batch(tmp_path, CutMix(), [stored[:4], torch.tensor([0, 1, 2, 0])])
+    assert not torch.equal(batch[0], before[:4])  # it mixed
     assert torch.equal(stored, before)
 
 
@@ -517,14 +541,15 @@ def test_inplace_errors_name_the_batch_item() -> None:
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("inplace", [False, True])
 def test_a_nan_image_leaves_every_other_image_finite(
-    name: str, per_sample: bool, inplace: bool
+    tmp_path: Path, name: str, per_sample: bool, inplace: bool
 ) -> None:
     x, y = (
         torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(0)),
         torch.arange(8) % 3,
     )
     x[5, 1] = float("nan")
-    batch = _step(INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace), [x.clone(), y])
+    callback = INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace)
+    batch = _fit_batch(tmp_path, callback, [x.clone(), y])
     finite = batch[0].flatten(1).isfinite().all(1)
     assert finite.tolist() == [i != 5 for i in range(8)]
     assert batch[1].isfinite().all()
@@ -534,54 +559,48 @@ def test_a_nan_image_leaves_every_other_image_finite(
     assert kept and all(batch[1][i].tolist() == F.one_hot(y[i], 3).tolist() for i in kept)
 
 
-def test_float_targets_and_keys_by_name() -> None:
+def test_float_targets_and_keys_by_name(tmp_path: Path) -> None:
     x = torch.randn(4, 1, 6, 6)
     multi_hot = torch.tensor([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
-    batch = _step(CutMix(input_key="a", target_key="b"), {"a": x, "b": multi_hot, "c": 1})
+    callback = CutMix(input_key="a", target_key="b")
+    batch = _fit_batch(tmp_path, callback, {"a": x, "b": multi_hot, "c": 1})
     assert batch["b"].shape == (4, 3) and batch["c"] == 1
     assert not torch.equal(batch["a"], x)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
-@pytest.mark.parametrize("per_sample", [False, True])
-@pytest.mark.parametrize("inplace", [False, True])
-def test_no_host_device_sync_on_cuda(name: str, per_sample: bool, inplace: bool) -> None:
-    callback = INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace)
-    batch = [torch.randn(8, 3, 32, 32, device="cuda"), torch.randint(0, 3, (8,), device="cuda")]
-    _step(callback, list(batch))  # the first batch checks the label range once
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        trainer, module = _stub_trainer(), _stub_module()
-        callback.on_train_batch_start(trainer, module, batch, 1)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert batch[1].shape == (8, 3)
+def _cuda_setup(callback: Any) -> tuple[pl.Trainer, pl.LightningModule]:
+    """A real Trainer and module for the callback's hook, called outside of Lightning's loop
+    (whose own syncs are not the callback's); its first step logs nothing."""
+    trainer = pl.Trainer(accelerator="cuda", devices=1, logger=False, log_every_n_steps=50)
+    module = BatchRecorder().cuda()
+    callback.setup(trainer, module, "fit")
+    return trainer, module
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", list(INPLACE_CALLBACKS))
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("inplace", [False, True])
-def test_nan_image_is_not_spread_without_sync_on_cuda(
-    name: str, per_sample: bool, inplace: bool
-) -> None:
+@pytest.mark.parametrize("nan", [False, True])
+def test_no_host_device_sync_on_cuda(name: str, per_sample: bool, inplace: bool, nan: bool) -> None:
     callback = INPLACE_CALLBACKS[name](per_sample=per_sample, inplace=inplace)
     labels = torch.arange(8, device="cuda") % 3
-    _step(callback, [torch.randn(8, 3, 32, 32, device="cuda"), labels.clone()])
+    trainer, module = _cuda_setup(callback)
+    first = [torch.randn(8, 3, 32, 32, device="cuda"), labels.clone()]
+    callback.on_train_batch_start(trainer, module, first, 0)  # checks the label range once
     x = torch.randn(8, 3, 32, 32, device="cuda")
-    x[5, 1] = float("nan")
+    if nan:
+        x[5, 1] = float("nan")
     batch = [x.clone(), labels.clone()]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        callback.on_train_batch_start(_stub_trainer(), _stub_module(), batch, 1)
+        callback.on_train_batch_start(trainer, module, batch, 1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+    assert batch[1].shape == (8, 3) and batch[1].isfinite().all()
     finite = batch[0].flatten(1).isfinite().all(1).tolist()
-    assert finite == [i != 5 for i in range(8)]
-    assert batch[1].isfinite().all()
+    assert finite == [not (nan and i == 5) for i in range(8)]
 
 
 # --------------------------------------------------------------------------- integration
@@ -605,7 +624,8 @@ def test_image_classifier_on_digits_trains_on_mixed_targets(tmp_path: Path, name
     assert 0 <= float(trainer.callback_metrics[f"lam-{name}"]) <= 1
 
 
-def test_grid_is_skipped_with_a_warning_for_non_images() -> None:
+def test_grid_is_skipped_with_a_warning_for_non_images(tmp_path: Path) -> None:
     callback = FMix(save_grid=True)
     with pytest.warns(UserWarning, match=r"draws 2-D images of shape .* got shape \(4, 2, 16\)"):
-        _step(callback, [torch.randn(4, 2, 16), torch.tensor([0, 1, 2, 0])])
+        _fit_batch(tmp_path, callback, [torch.randn(4, 2, 16), torch.tensor([0, 1, 2, 0])])
+    assert not (tmp_path / "mix_grids").exists()

@@ -102,7 +102,8 @@ def test_mixed_pixels_weights_and_layout(
     elif method == "mixup":
         mixed, weights = mixup(x, lam, perm, inplace=inplace)
         # A Python lam is applied as it is; a tensor lam in x.dtype, as the weights say.
-        applied = weights.view(-1, *([1] * (x.ndim - 1))) if per_sample else _exact(lam)
+        per_sample_weights = weights.view(-1, *([1] * (x.ndim - 1)))
+        applied = _exact(lam) if isinstance(lam, float) else per_sample_weights
     else:
         fn = cutmix if method == "cutmix" else fmix
         mixed, weights = fn(x, lam, perm, generator=_gen(seed + 2), inplace=inplace)

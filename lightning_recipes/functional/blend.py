@@ -28,8 +28,8 @@ def blend(x: Tensor, perm: Tensor, weight: float | Tensor, *, inplace: bool = Fa
     partner holds NaN or inf is returned unchanged (see the module docstring).
 
     It costs one reduction (which samples are finite), one gather and one ``lerp`` pass and
-    allocates a single new tensor (the gathered partners), with or without ``inplace``: about
-    twice the time of ``x.clone()`` on the CPU.
+    allocates a single new tensor (the gathered partners), with or without ``inplace``
+    (timings against ``x.clone()``: ``benchmarks/RESULTS.md``).
 
     Args:
         x: Floating-point batch of shape ``(batch, ...)``.
@@ -65,14 +65,17 @@ def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     whether each sample's partner is finite, ``(batch,)`` bool; on the device, no sync.
 
     A NaN or inf anywhere in a sample makes its sum NaN or inf: one reduction pass, no
-    temporary of the input's size. The sum runs in float32 (float64 for float64 inputs), so a
-    finite sample would count as non-finite only if its sum overflowed float32 (values near
-    1e38), and it would then be left unmixed, never mixed wrongly.
+    temporary of the input's size. The sum runs in a dtype with float32's range at least: the
+    input's own for float32, float64 and bfloat16 (whose range is float32's; summing it in
+    float32 would convert every element on the way), float32 for float16 (whose sums of
+    finite images overflow). So a finite sample counts as non-finite only if its sum
+    overflows float32's range (values near 1e38), and is then left unmixed, never mixed
+    wrongly.
     """
     if x.ndim == 1:
         finite = x.isfinite()
     else:
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
         finite = x.sum(dim=tuple(range(1, x.ndim)), dtype=dtype).isfinite()
     partner_finite = finite.index_select(0, perm)
     own = torch.arange(perm.shape[0], device=perm.device)

@@ -153,11 +153,11 @@ def _outside_mask(low: Tensor, high: Tensor, size: tuple[int, ...], dtype: torch
     batch_shape = low.shape[:-1]
     coords = _grid(size, low.device)[2]
     outside = (coords < low.unsqueeze(-1)).logical_or_(coords >= high.unsqueeze(-1)).to(dtype)
-    mask = None
+    masks = []
     for dim, length in enumerate(size):  # the 1 to 3 spatial dims, not the samples
         shape = (*batch_shape, *(length if d == dim else 1 for d in range(len(size))))
-        along = outside[..., dim, :length].reshape(shape)
-        mask = along if mask is None else torch.maximum(mask, along)
+        masks.append(outside[..., dim, :length].reshape(shape))
+    mask = functools.reduce(torch.maximum, masks)
     return mask.expand(*batch_shape, *size).contiguous()
 
 
@@ -283,9 +283,9 @@ def _per_sample_mask(
 ) -> tuple[Tensor, Tensor]:
     """Masks ``(batch, *size)`` and weights ``1 - clipped box area`` for one box per sample.
 
-    :func:`sample_boxes` then :func:`box_mask` with fewer small ops (each costs microseconds
-    of dispatch on the CPU, where 256 masks of 32x32 take less than that to write): the
-    mask comes from the unclipped corners, and only the area is clipped.
+    :func:`sample_boxes` then :func:`box_mask` with fewer small ops (on the CPU the dispatch
+    of each small op can cost more than writing the masks of a small batch): the mask comes
+    from the unclipped corners, and only the area is clipped.
     """
     low, high = _box_corners(size, lam, generator)
     sizes = _grid(size, lam.device)[0]

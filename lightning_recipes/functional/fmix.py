@@ -103,8 +103,9 @@ def _sample_mask(
     construction, instead of on every batch)."""
     n = math.prod(size)
     count: int | Tensor
+    batch_shape: tuple[int, ...]
     if isinstance(lam, Tensor):
-        batch_shape = lam.shape
+        batch_shape = tuple(lam.shape)
         count = (lam.float().clamp(0.0, 1.0) * n).round_().long().reshape(-1)
     else:
         batch_shape, count = (), round(lam * n)
@@ -227,7 +228,9 @@ def _low_frequency_noise(
     spectrum = torch.randn(
         (batch, *scale.shape), dtype=torch.complex64, generator=generator, device=device
     )
-    grey = torch.fft.irfftn(spectrum.mul_(scale), s=size, dim=tuple(range(1, len(size) + 1)))
+    grey: Tensor = torch.fft.irfftn(
+        spectrum.mul_(scale), s=size, dim=tuple(range(1, len(size) + 1))
+    )
     return grey.reshape(batch, -1)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from lightning_recipes._compat import sample_dirichlet
-from lightning_recipes._validation import check_alpha
+from lightning_recipes._validation import check_alpha, check_int
 
 __all__ = ["sample_lam", "sample_partners"]
 
@@ -86,8 +86,7 @@ def sample_partners(
         >>> sorted(perm.tolist()), bool((perm != torch.arange(5)).all())
         ([0, 1, 2, 3, 4], True)
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size", minimum=1)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     order = torch.randperm(batch_size, generator=generator, device=device)

@@ -80,8 +80,11 @@ def mix_targets(
     targets = soft_targets(y, num_classes, label_smoothing)
     batch_size = targets.shape[0]
     check_perm(perm, batch_size, targets.device)
-    if not isinstance(weights, Tensor) or weights.shape != (batch_size,):
-        got = tuple(weights.shape) if isinstance(weights, Tensor) else type(weights).__name__
+    if not isinstance(weights, Tensor):
+        got = type(weights).__name__
+        raise TypeError(f"`weights` must be a tensor of shape ({batch_size},), got {got}")
+    if weights.shape != (batch_size,):
+        got = str(tuple(weights.shape))
         raise ValueError(f"`weights` must be a tensor of shape ({batch_size},), got {got}")
     return _mix_soft_targets(targets, weights, perm)
 

@@ -1,0 +1,243 @@
+"""What every mixing callback shares: its options, batch access, randomness, the stop
+schedule, logging and the grid. The public callbacks only say which methods they mix with."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_recipes._compat import should_update_logs
+from lightning_recipes._validation import (
+    check_bool,
+    check_int,
+    check_label_smoothing,
+    check_num_classes,
+    check_probability,
+)
+from lightning_recipes.callbacks.mixing._batch import (
+    BatchItems,
+    Key,
+    check_key,
+    module_num_classes,
+    read_batch,
+)
+from lightning_recipes.callbacks.mixing._draw import Methods, apply_mix, draw_mix
+from lightning_recipes.callbacks.mixing._grid import save_grid
+from lightning_recipes.callbacks.mixing._kernels import Mixed
+from lightning_recipes.callbacks.mixing._randomness import BatchRandomness, RandomSource, run_seed
+from lightning_recipes.callbacks.mixing._schedule import StopSchedule
+from lightning_recipes.functional.targets import _mix_soft_targets, _soft_targets
+
+__all__ = ["MixingCallback", "errors_named"]
+
+
+@contextlib.contextmanager
+def errors_named(owner: object) -> Iterator[None]:
+    """Prefixes a ``ValueError`` / ``TypeError`` raised inside with the class name of ``owner``.
+
+    In a config with several callbacks a bare "`alpha` must be > 0" does not say whose, so each
+    public callback runs its ``__init__`` and its batch checks inside this block. A message that
+    already starts with the name (a subclass's ``__init__`` around its parent's) is kept.
+    """
+    name = type(owner).__name__
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        if message.startswith(f"{name}: "):
+            raise
+        raise type(error)(f"{name}: {message}").with_traceback(error.__traceback__) from None
+
+
+class MixingCallback(Callback):
+    """The base of :class:`MixUp`, :class:`CutMix`, :class:`FMix` and :class:`RandomMix`.
+
+    It works in ``on_train_batch_start``, after the batch has reached the device: it finds the
+    inputs and targets, draws the batch's randomness, lets the methods' kernels mix the inputs
+    and puts the mixed inputs and float32 soft targets ``(batch, num_classes)`` into the batch.
+
+    Args:
+        methods: The methods to mix with (given by the subclass, not by the user).
+        p: Probability that a batch is mixed (that a sample is, with ``per_sample=True``).
+            Unmixed batches still get soft targets, so ``training_step`` sees one format.
+        per_sample: Draw lam (and CutMix boxes, FMix masks) per sample instead of per
+            batch, vectorised on the device.
+        label_smoothing: Target smoothing ``t * (1 - s) + s / C``, the definition of
+            ``F.cross_entropy``; 0 (default) changes no target silently.
+        num_classes: Number of classes, needed for integer labels; default: the
+            LightningModule's ``num_classes`` attribute or hyperparameter.
+        stop_epoch: Mix only in epochs before this one (0-based), so the last epochs train
+            on clean data.
+        stop_fraction: Mix only during this fraction of the optimizer steps
+            (``trainer.estimated_stepping_batches``); exclusive with ``stop_epoch``.
+        input_key: Index (list batch) or key (dict batch) of the inputs; default 0, or the
+            first of ``"input"``, ``"image"``, ``"images"``, ``"pixel_values"``, ``"x"``.
+        target_key: Index or key of the targets; default 1, or the first of ``"target"``,
+            ``"label"``, ``"labels"``, ``"y"``.
+        seed: Seed of the mixing; default the run's seed (``seed_everything``). Each process
+            combines it with its rank; the state is saved in checkpoints.
+        save_grid: Once per epoch, save a PNG grid of mixed training images with the top
+            classes of their soft targets to ``<log_dir>/mix_grids`` (and add it to a
+            TensorBoard logger). Costs one device-to-host copy per epoch.
+        grid_samples: Images in the grid.
+        inplace: Write the mixed inputs into the batch's own input tensor, as timm's
+            ``Mixup`` does, instead of a new tensor. Per-batch CutMix then copies only the
+            box; for the other methods the cost is the same. Only for batches with a tensor
+            of their own, which torch's default ``collate_fn`` and the copy to an accelerator
+            give; a view of another tensor (e.g. a slice of a Dataset's stored images) is
+            refused with an error.
+    """
+
+    # The name in log keys (`lam-MixUp`), grid files and the seed of each batch's draws.
+    _LOG_NAME: ClassVar[str]
+
+    def __init__(
+        self,
+        methods: Methods,
+        *,
+        p: float = 1.0,
+        per_sample: bool = False,
+        label_smoothing: float = 0.0,
+        num_classes: int | None = None,
+        stop_epoch: int | None = None,
+        stop_fraction: float | None = None,
+        input_key: Key | None = None,
+        target_key: Key | None = None,
+        seed: int | None = None,
+        save_grid: bool = False,
+        grid_samples: int = 16,
+        inplace: bool = False,
+    ) -> None:
+        super().__init__()
+        self._methods = methods
+        self.p = check_probability(p)
+        self.per_sample = check_bool(per_sample, "per_sample")
+        self.label_smoothing = check_label_smoothing(label_smoothing)
+        self.num_classes = check_num_classes(num_classes)
+        self._schedule = StopSchedule(stop_epoch, stop_fraction)
+        self.stop_epoch, self.stop_fraction = stop_epoch, stop_fraction
+        self.input_key = check_key(input_key, "input_key")
+        self.target_key = check_key(target_key, "target_key")
+        self.seed: int | None = check_int(seed, "seed", optional=True)
+        self.save_grid = check_bool(save_grid, "save_grid")
+        self.grid_samples: int = check_int(grid_samples, "grid_samples", minimum=1)
+        self.inplace = check_bool(inplace, "inplace")
+        # Run state. `_seed` and `_batches` are all the randomness depends on (with the rank),
+        # and both go into checkpoints.
+        self._seed: int | None = None
+        self._batches = 0
+        self._rank = 0
+        self._classes: int | None = self.num_classes
+        self._labels_checked = False
+        self._grid_epoch = -1
+        self._random = RandomSource()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(input_key=self.input_key, target_key=self.target_key)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        # The rank enters each draw, so DDP processes mix differently. A resumed run
+        # overwrites the seed and the batch count from the checkpoint in `load_state_dict`,
+        # which Lightning calls after `setup`.
+        self._seed = self._run_seed()
+        self._rank = trainer.global_rank
+        self._classes = self.num_classes or module_num_classes(pl_module)
+        self._labels_checked = False
+        self._grid_epoch = -1
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._schedule.start(trainer, type(self).__name__)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        items = self._read(batch)
+        randomness = self._randomness(items.x.device)
+        self._batches += 1
+        mixed = None
+        if items.x.shape[0] > 1 and self._schedule.active(trainer):
+            mixed = self._mix(items.x, randomness)
+        # The targets were checked in `_read`, so the unchecked target functions do.
+        targets = _soft_targets(items.y, items.num_classes, self.label_smoothing)
+        if mixed is None:
+            batch[items.target_key] = targets
+        else:
+            batch[items.input_key] = mixed.x
+            batch[items.target_key] = _mix_soft_targets(targets, mixed.weights, mixed.perm)
+        # On-step values of other steps never reach a logger, so `self.log` (not free on the
+        # hot path) is skipped for them, as Lightning's `LearningRateMonitor` does.
+        if should_update_logs(trainer):
+            # A tensor even when unmixed: Lightning would copy a Python number to the device.
+            lam = torch.ones((), device=items.x.device) if mixed is None else mixed.weights.mean()
+            # `lam-<Callback>` like LearningRateMonitor's `lr-<Optimizer>`; a tensor, no sync.
+            name, batch_size = f"lam-{self._LOG_NAME}", items.x.shape[0]
+            pl_module.log(name, lam, on_step=True, on_epoch=False, batch_size=batch_size)
+        if (
+            self.save_grid
+            and mixed is not None
+            and trainer.current_epoch != self._grid_epoch
+            and trainer.is_global_zero
+        ):
+            self._grid_epoch = trainer.current_epoch
+            x, targets = batch[items.input_key], batch[items.target_key]
+            save_grid(trainer, x, targets, self._LOG_NAME, self.grid_samples)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self._seed, "batches": self._batches}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._seed = state_dict["seed"]
+        self._batches = state_dict["batches"]
+
+    def _read(self, batch: Any) -> BatchItems:
+        """The batch's inputs and targets, checked, with errors naming the callback."""
+        with errors_named(self):
+            items = read_batch(
+                batch,
+                (self.input_key, self.target_key),
+                self._classes,
+                owner=type(self).__name__,
+                inplace=self.inplace,
+                check_layout=self._check_layout,
+                check_labels=not self._labels_checked,
+            )
+        self._labels_checked = self._labels_checked or not items.y.is_floating_point()
+        return items
+
+    def _check_layout(self, x: Tensor, name: str) -> None:
+        """Raises if ``x`` (the batch item called ``name``) has too few dims for a method."""
+        for kernel in self._methods.kernels:
+            kernel.check_layout(x, name)
+
+    def _randomness(self, device: torch.device) -> BatchRandomness:
+        """The sources of this batch's randomness, reseeded from (seed, rank, batch count,
+        callback)."""
+        if self._seed is None:  # used outside `Trainer.fit`
+            self._seed = self._run_seed()
+        key = f"{self._seed}/{self._rank}/{self._batches}/{self._LOG_NAME}"
+        return self._random.for_batch(key, device)
+
+    def _run_seed(self) -> int:
+        """``seed`` if given, else the run's seed."""
+        return run_seed() if self.seed is None else self.seed
+
+    def _mix(self, x: Tensor, randomness: BatchRandomness) -> Mixed | None:
+        """Samples this batch's mix, then applies it; None leaves the batch unmixed."""
+        draw = draw_mix(self._methods, self.p, self.per_sample, x.shape[0], randomness, x.device)
+        return None if draw is None else apply_mix(self._methods, x, draw, self.inplace)

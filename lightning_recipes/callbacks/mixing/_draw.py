@@ -1,0 +1,118 @@
+"""One batch's mixing in two steps: :func:`draw_mix` samples, :func:`apply_mix` applies.
+
+The draw order (the coin of ``p``, the method, lam, the partners, then the kernel's box or
+mask) is fixed: a resumed run and the pinned draws of the tests rely on it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from lightning_recipes.callbacks.mixing._kernels import Mixed, MixKernel, WeightMap, apply_map
+from lightning_recipes.callbacks.mixing._randomness import (
+    BatchRandomness,
+    MethodChoice,
+    per_sample_lam,
+)
+from lightning_recipes.functional.sampling import sample_partners
+
+__all__ = ["Draw", "Methods", "apply_mix", "draw_mix"]
+
+
+class Methods(NamedTuple):
+    """The methods a callback mixes with.
+
+    Attributes:
+        kernels: One kernel per method.
+        alphas: The ``Beta(alpha, alpha)`` concentration of each method's lam.
+        choice: How one method is drawn for a batch (or a sample); None when there is one
+            method and nothing to draw (a RandomMix of one method still draws, so that its
+            random stream does not depend on ``probs``).
+    """
+
+    kernels: tuple[MixKernel, ...]
+    alphas: tuple[float, ...]
+    choice: MethodChoice | None
+
+
+class Draw(NamedTuple):
+    """The randomness of one batch's mix, drawn before anything is mixed.
+
+    Attributes:
+        method: Index of the method of the batch, or ``(batch,)`` indices, one per sample.
+        lam: Weight of each sample itself: a Python float or ``(batch,)``.
+        perm: Partner index of each sample.
+        generator: The generator the kernel draws its box or mask from.
+    """
+
+    method: int | Tensor
+    lam: float | Tensor
+    perm: Tensor
+    generator: torch.Generator
+
+
+def draw_mix(
+    methods: Methods,
+    p: float,
+    per_sample: bool,
+    batch_size: int,
+    randomness: BatchRandomness,
+    device: torch.device,
+) -> Draw | None:
+    """Draws method, lam and partners of a batch, or returns None to leave it unmixed.
+
+    Per batch, the coin of ``p``, the method and lam are Python numbers from
+    ``randomness.python`` (reading them costs no device sync); per sample, they are tensors
+    drawn on the data's device, with lam 1 (unmixed) for the samples that lose the coin.
+    """
+    kernels, alphas, choice = methods
+    python, generator = randomness.python, randomness.device_generator
+    if not per_sample:
+        if p < 1.0 and python.random() >= p:
+            return None
+        index = 0 if choice is None else choice.per_batch(python)
+        lam = python.betavariate(alphas[index], alphas[index])
+        perm = sample_partners(batch_size, generator=generator, device=device)
+        if kernels[index].batch_draw_on_cpu:
+            generator = randomness.cpu_generator
+        return Draw(index, lam, perm, generator)
+    method: int | Tensor = 0
+    alpha: float | Tensor = alphas[0]
+    if choice is not None:
+        method = choice.per_sample(batch_size, generator)
+        alpha = _alpha_per_sample(alphas, method)
+    lam_per_sample = per_sample_lam(alpha, p, batch_size, generator)
+    perm = sample_partners(batch_size, generator=generator, device=device)
+    return Draw(method, lam_per_sample, perm, generator)
+
+
+def apply_mix(methods: Methods, x: Tensor, draw: Draw, inplace: bool) -> Mixed:
+    """Mixes ``x`` as ``draw`` says: one method's kernel, or one per sample composed."""
+    method, lam, perm, generator = draw
+    if not isinstance(method, Tensor):
+        return methods.kernels[method].mix(x, lam, perm, generator, inplace)
+    # Each kernel maps the samples that did not choose it with lam = 1: weight 1 everywhere
+    # (no box, a full mask). A sample's map is then the product of all kernels' maps, and its
+    # weight the product of their weights: one multiplication per extra kernel instead of a
+    # `where` over the full masks, and no sample-dependent shapes (so no device sync).
+    maps = [
+        kernel.weight_map(x, torch.where(method == index, lam, 1.0), generator)
+        for index, kernel in enumerate(methods.kernels)
+    ]
+    weight = functools.reduce(torch.mul, [m.weight for m in maps])
+    weights = functools.reduce(torch.mul, [m.weights for m in maps])
+    return apply_map(x, perm, WeightMap(weight, weights), inplace)
+
+
+def _alpha_per_sample(alphas: tuple[float, ...], method: Tensor) -> float | Tensor:
+    """The concentration of each sample's method; one float when all methods share it."""
+    if len(set(alphas)) == 1:
+        return alphas[0]
+    alpha = torch.full(method.shape, alphas[-1], device=method.device)
+    for index, value in enumerate(alphas[:-1]):
+        alpha = torch.where(method == index, value, alpha)
+    return alpha

@@ -1,0 +1,179 @@
+"""The one protocol every mixing method follows: a kernel turns a batch, lam and a generator
+into a weight map, and one blend applies it.
+
+A kernel *samples*: given the batch ``x``, the weight ``lam`` of each sample itself (a Python
+float for the whole batch, or a tensor ``(batch,)``) and a ``torch.Generator``, it returns the
+weight of each sample itself at every element (a :class:`WeightMap`: a per-sample ratio for
+MixUp, a box or Fourier mask for CutMix and FMix) and the exact float32 weight of each sample,
+the share of it that stays its own. :meth:`MixKernel.mix` then *applies* the map with
+:func:`~lightning_recipes.functional.blend`'s kernel, which leaves a sample unmixed when its
+partner holds NaN or inf. :class:`~lightning_recipes.callbacks.mixing.RandomMix` composes
+kernels by multiplying their maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from lightning_recipes._validation import resolve_spatial_dims
+from lightning_recipes.functional.blend import _blend_finite
+from lightning_recipes.functional.cutmix import _cutmix_mask, _paste_box
+from lightning_recipes.functional.fmix import _fmix_mask
+from lightning_recipes.functional.mixup import _mixup_weight
+
+__all__ = [
+    "CutMixKernel",
+    "FMixKernel",
+    "MixKernel",
+    "MixUpKernel",
+    "Mixed",
+    "WeightMap",
+    "apply_map",
+]
+
+
+class WeightMap(NamedTuple):
+    """What a kernel samples for one batch.
+
+    Attributes:
+        weight: Weight of each sample itself, broadcastable to ``x``: a Python float (one
+            MixUp ratio for the batch), ``(batch, 1, ...)`` ratios or ``(batch or 1, 1, *spatial)``
+            masks.
+        weights: The exact float32 weight of each sample itself, ``(batch,)``: the mean of its
+            map as applied, for the targets.
+    """
+
+    weight: float | Tensor
+    weights: Tensor
+
+
+class Mixed(NamedTuple):
+    """A mixed batch, the weight of each sample itself ``(batch,)`` and the partners."""
+
+    x: Tensor
+    weights: Tensor
+    perm: Tensor
+
+
+@dataclass(frozen=True)
+class MixKernel:
+    """One mixing method: :meth:`weight_map` samples, :meth:`mix` applies.
+
+    Attributes:
+        name: The method's name in ``RandomMix(probs=...)``.
+        batch_draw_on_cpu: Whether a per-batch (float) lam draws its randomness from the CPU
+            generator instead of the data's device (CutMix: its one box's corners are then
+            Python ints, read without a host-device sync).
+    """
+
+    name: ClassVar[str]
+    batch_draw_on_cpu: ClassVar[bool] = False
+
+    def check_layout(self, x: Tensor, name: str) -> None:
+        """Raises if ``x`` (the batch item called ``name``) has too few dims for the method."""
+
+    def weight_map(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> WeightMap:
+        """Samples the weight of each sample itself at every element of ``x``."""
+        raise NotImplementedError
+
+    def paste(
+        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator
+    ) -> Mixed | None:
+        """Mixes ``x`` in place with one per-batch ``lam`` without a full weight map, or
+        returns None where the method has no such shortcut (CutMix has: it copies the box)."""
+        return None
+
+    def mix(
+        self,
+        x: Tensor,
+        lam: float | Tensor,
+        perm: Tensor,
+        generator: torch.Generator,
+        inplace: bool,
+    ) -> Mixed:
+        """Samples the weight map and blends ``x`` with its partners ``x[perm]`` through it."""
+        if inplace and not isinstance(lam, Tensor):
+            pasted = self.paste(x, lam, perm, generator)
+            if pasted is not None:
+                return pasted
+        return apply_map(x, perm, self.weight_map(x, lam, generator), inplace)
+
+
+@dataclass(frozen=True)
+class MixUpKernel(MixKernel):
+    """MixUp: the weight map is lam itself, one ratio per sample (or per batch)."""
+
+    name: ClassVar[str] = "mixup"
+
+    def weight_map(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> WeightMap:
+        return WeightMap(*_mixup_weight(x, lam))
+
+
+@dataclass(frozen=True)
+class _SpatialKernel(MixKernel):
+    """A method whose map covers the trailing ``spatial_dims`` of the input."""
+
+    spatial_dims: int | None
+
+    def check_layout(self, x: Tensor, name: str) -> None:
+        resolve_spatial_dims(x, self.spatial_dims, self.name, name)
+
+
+@dataclass(frozen=True)
+class CutMixKernel(_SpatialKernel):
+    """CutMix: 0 inside a box of ``1 - lam`` of the input, 1 outside."""
+
+    name: ClassVar[str] = "cutmix"
+    batch_draw_on_cpu: ClassVar[bool] = True
+
+    correct_lam: bool
+
+    def weight_map(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> WeightMap:
+        return WeightMap(
+            *_cutmix_mask(
+                x,
+                lam,
+                generator=generator,
+                correct_lam=self.correct_lam,
+                spatial_dims=self.spatial_dims,
+            )
+        )
+
+    def paste(
+        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator
+    ) -> Mixed | None:
+        pasted = _paste_box(x, lam, perm, generator, self.correct_lam, self.spatial_dims)
+        return Mixed(*pasted, perm)
+
+
+@dataclass(frozen=True)
+class FMixKernel(_SpatialKernel):
+    """FMix: a binarised low-frequency Fourier mask with ``round(lam * N)`` ones."""
+
+    name: ClassVar[str] = "fmix"
+
+    decay_power: float
+    max_soft: float
+
+    def weight_map(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> WeightMap:
+        return WeightMap(
+            *_fmix_mask(
+                x,
+                lam,
+                decay_power=self.decay_power,
+                max_soft=self.max_soft,
+                generator=generator,
+                spatial_dims=self.spatial_dims,
+            )
+        )
+
+
+def apply_map(x: Tensor, perm: Tensor, weight_map: WeightMap, inplace: bool) -> Mixed:
+    """``m * x + (1 - m) * x[perm]`` for the weight map ``m``; a sample whose partner holds
+    NaN or inf is left unmixed, with weight 1."""
+    mixed, weights = _blend_finite(x, perm, weight_map.weight, weight_map.weights, inplace)
+    return Mixed(mixed, weights, perm)

@@ -1,0 +1,59 @@
+"""FMix as a callback (Harris et al., "FMix: Enhancing Mixed Sample Data Augmentation", 2020,
+https://arxiv.org/abs/2002.12047)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_recipes._validation import (
+    check_alpha,
+    check_decay_power,
+    check_max_soft,
+    check_spatial_dims,
+)
+from lightning_recipes.callbacks.mixing._base import MixingCallback, errors_named
+from lightning_recipes.callbacks.mixing._draw import Methods
+from lightning_recipes.callbacks.mixing._kernels import FMixKernel
+
+__all__ = ["FMix"]
+
+
+class FMix(MixingCallback):
+    """Mixes training batches with FMix: a binarised low-frequency Fourier mask per batch or
+    per sample selects which parts come from the partner.
+
+    The mask has exactly ``round(lam * N)`` ones, ``lam ~ Beta(alpha, alpha)``, and the targets
+    are weighted by its mean. Works on 1-D (audio, sequences), 2-D and 3-D inputs of any size.
+
+    Args:
+        alpha: Concentration of ``Beta(alpha, alpha)``, > 0; the paper uses 1.
+        decay_power: Decay ``d`` of the ``1 / f**d`` spectrum, > 0; the paper's default 3.
+        max_soft: Soft edge of the mask as a fraction of its size, in [0, 0.5]; 0 (default)
+            gives binary masks.
+        spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``: 1 for audio
+            ``(batch, channels, time)``, 3 for volumes ``(batch, channels, D, H, W)``.
+        **options: What every mixing callback takes, as for :class:`MixUp`.
+
+    Example:
+        >>> import lightning.pytorch as pl
+        >>> trainer = pl.Trainer(callbacks=[FMix(alpha=1.0, decay_power=3.0)], logger=False)
+    """
+
+    _LOG_NAME = "FMix"
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        *,
+        decay_power: float = 3.0,
+        max_soft: float = 0.0,
+        spatial_dims: int | None = None,
+        **options: Any,
+    ) -> None:
+        with errors_named(self):
+            self.alpha = check_alpha(alpha)
+            self.decay_power = check_decay_power(decay_power)
+            self.max_soft = check_max_soft(max_soft)
+            self.spatial_dims = check_spatial_dims(spatial_dims)
+            kernel = FMixKernel(self.spatial_dims, self.decay_power, self.max_soft)
+            super().__init__(Methods((kernel,), (self.alpha,), None), **options)
