@@ -297,7 +297,7 @@ def test_duplicate_param_group_names_are_an_error(tmp_path: Any) -> None:
         ("log_momentum", "yes", TypeError),
         ("log_weight_decay", 1, TypeError),
         ("rtol", -1.0, ValueError),
-        ("rtol", float("nan"), TypeError),
+        ("rtol", float("nan"), ValueError),
         ("atol", "0", TypeError),
         ("atol", -1e-12, ValueError),
         ("plot", None, TypeError),
