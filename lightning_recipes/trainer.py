@@ -8,6 +8,7 @@ and :func:`~lightning_recipes.preview_schedule` with any ``pl.Trainer``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,12 @@ class RecipesTrainer(pl.Trainer):
             plot: PNG of loss against LR, relative to ``default_root_dir``; ``None``: none.
         """
         path = None if plot is None else Path(self.default_root_dir) / plot
-        result = lr_find(
-            model,
-            self,
-            datamodule,
+        run = functools.partial(lr_find, model, self, datamodule, rule=rule, plot_path=path)
+        result = run(
             train_dataloaders=train_dataloaders,
             min_lr=min_lr,
             max_lr=max_lr,
             num_training=num_training,
-            rule=rule,
-            plot_path=path,
         )
         title = f"LR range test, {len(result.lrs)} steps from {min_lr:g} to {max_lr:g}"
         self._report(title, result.table(), lambda: result.plot_path)

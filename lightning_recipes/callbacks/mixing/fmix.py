@@ -52,8 +52,14 @@ class FMix(MixingCallback):
     ) -> None:
         with errors_named(self):
             self.alpha = check_alpha(alpha)
-            self.decay_power = check_decay_power(decay_power)
-            self.max_soft = check_max_soft(max_soft)
-            self.spatial_dims = check_spatial_dims(spatial_dims)
-            kernel = FMixKernel(self.spatial_dims, self.decay_power, self.max_soft)
+            kernel = checked_fmix_kernel(decay_power, max_soft, spatial_dims)
+            self.decay_power, self.max_soft = kernel.decay_power, kernel.max_soft
+            self.spatial_dims = kernel.spatial_dims
             super().__init__(Methods((kernel,), (self.alpha,), None), **options)
+
+
+def checked_fmix_kernel(decay_power: Any, max_soft: Any, spatial_dims: Any) -> FMixKernel:
+    """The FMix kernel of the arguments :class:`FMix` and :class:`RandomMix` share, checked."""
+    return FMixKernel(
+        check_spatial_dims(spatial_dims), check_decay_power(decay_power), check_max_soft(max_soft)
+    )

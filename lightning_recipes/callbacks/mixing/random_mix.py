@@ -8,20 +8,17 @@ from typing import Any
 from lightning_recipes._validation import (
     check_alpha,
     check_bool,
-    check_decay_power,
-    check_max_soft,
     check_positive,
-    check_spatial_dims,
 )
 from lightning_recipes.callbacks.mixing._base import MixingCallback, errors_named
 from lightning_recipes.callbacks.mixing._draw import Methods
 from lightning_recipes.callbacks.mixing._kernels import (
     CutMixKernel,
-    FMixKernel,
     MixKernel,
     MixUpKernel,
 )
 from lightning_recipes.callbacks.mixing._randomness import MethodChoice
+from lightning_recipes.callbacks.mixing.fmix import checked_fmix_kernel
 
 __all__ = ["RandomMix"]
 
@@ -70,13 +67,13 @@ class RandomMix(MixingCallback):
             self.methods = tuple(m for m in _METHODS if self.probs.get(m, 0.0) > 0)
             self.alpha = _check_alphas(alpha)
             self.correct_lam = check_bool(correct_lam, "correct_lam")
-            self.decay_power = check_decay_power(decay_power)
-            self.max_soft = check_max_soft(max_soft)
-            self.spatial_dims = check_spatial_dims(spatial_dims)
+            fmix = checked_fmix_kernel(decay_power, max_soft, spatial_dims)
+            self.decay_power, self.max_soft = fmix.decay_power, fmix.max_soft
+            self.spatial_dims = fmix.spatial_dims
             kernels: dict[str, MixKernel] = {
                 "mixup": MixUpKernel(),
                 "cutmix": CutMixKernel(self.spatial_dims, self.correct_lam),
-                "fmix": FMixKernel(self.spatial_dims, self.decay_power, self.max_soft),
+                "fmix": fmix,
             }
             methods = Methods(
                 tuple(kernels[m] for m in self.methods),
