@@ -9,7 +9,6 @@ in-process, which is what the console script calls.
 
 from __future__ import annotations
 
-import ast
 import functools
 import os
 import re
@@ -455,32 +454,3 @@ def test_summary_says_when_the_schedule_stopped_early(tmp_path):
         r" end, the LR never annealed",
         line,
     )
-
-
-# The command layer sits on top: nothing below it imports it.
-_COMMAND_MODULES = {"lightning_recipes.cli", "lightning_recipes.trainer"}
-_LOWER_LAYERS = ["functional", "data", "scheduler", "module.py", "_param_groups.py"]
-
-
-def _imported_modules(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return names
-
-
-@pytest.mark.parametrize("layer", _LOWER_LAYERS)
-def test_lower_layers_do_not_import_the_command(layer):
-    root = Path(__file__).parents[1] / "lightning_recipes" / layer
-    files = sorted(root.glob("*.py")) if root.is_dir() else [root]
-    assert files  # the layer exists
-    for path in files:
-        upward = {
-            name
-            for name in _imported_modules(path)
-            if name in _COMMAND_MODULES or name.startswith("lightning_recipes._cli")
-        }
-        assert not upward, f"{path.name} imports {upward}"

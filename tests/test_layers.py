@@ -1,4 +1,5 @@
-"""The package reads as layers: functional core → callbacks, module and data → CLI.
+"""The package reads as layers: functional core → mixing kernels → callbacks, module and data
+→ the command and the trainer.
 
 A module may import modules of its own layer or of lower layers, never of a higher one, so a
 reader can understand each layer with only the ones below it. The test reads every import of
@@ -20,6 +21,7 @@ ROOT = Path(lightning_recipes.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_compat", "_validation"),
     ("functional",),
+    ("callbacks.mixing._kernels",),
     (
         "callbacks",
         "module",
