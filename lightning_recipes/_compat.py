@@ -1,12 +1,13 @@
-"""The package's uses of private torch and Lightning APIs, each with a fallback or a clear
-error, so that an upgrade that removes one breaks here, next to its test
-(``tests/test_compat.py``). The oldest releases they are tested on: ``docs/oldest.md``.
+"""The package's uses of private torch and Lightning APIs, and of arguments that only newer
+releases take, each with a fallback or a clear error, so that an upgrade (or the oldest release
+that ``pyproject.toml`` allows) breaks here, next to its test (``tests/test_compat.py``). The
+releases they are tested on: ``docs/oldest.md``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -97,6 +98,34 @@ def cli_subcommand_parser(cli: LightningCLI, subcommand: str) -> LightningArgume
         f"{type(cli).__name__} has no parser for {subcommand!r} in `_subcommand_parsers`; this"
         " Lightning version cannot save the subcommand's config: use a Lightning 2.x release"
     )
+
+
+def cli_parser_class(parser_class: type[LightningArgumentParser]) -> dict[str, Any]:
+    """``LightningCLI``'s ``parser_class`` argument, where it takes one (Lightning 2.5.1 on).
+
+    Earlier releases build a plain ``LightningArgumentParser``: there the command runs with
+    Lightning's own parser, and ``parser_class``'s changes (error messages) are lost.
+    """
+    from lightning.pytorch.cli import LightningCLI
+
+    if "parser_class" in inspect.signature(LightningCLI.__init__).parameters:
+        return {"parser_class": parser_class}
+    return {}
+
+
+def load_checkpoint_file(
+    load: Callable[..., dict[str, Any]],
+    path: PATH,
+    map_location: Any,
+    weights_only: bool | None,
+) -> dict[str, Any]:
+    """Call a ``CheckpointIO.load_checkpoint`` (such as ``super().load_checkpoint``), passing
+    ``weights_only`` only where it is set: Lightning before 2.6 does not take it, and from 2.6
+    on None is its default, so leaving it out is the same call.
+    """
+    if weights_only is None:
+        return load(path, map_location=map_location)
+    return load(path, map_location=map_location, weights_only=weights_only)
 
 
 def saved_class_path(hyper_parameters: Mapping[str, Any] | None) -> str | None:
