@@ -1,13 +1,13 @@
-"""The package's uses of private torch and Lightning APIs, and of arguments that only newer
-releases take, each with a fallback or a clear error, so that an upgrade (or the oldest release
-that ``pyproject.toml`` allows) breaks here, next to its test (``tests/test_compat.py``). The
-releases they are tested on: ``docs/oldest.md``.
+"""The package's uses of private torch and Lightning APIs, each with a fallback or a clear
+error, so that an upgrade that removes one breaks here, next to its test
+(``tests/test_compat.py``). They are tested on the newest releases and on the oldest that
+``pyproject.toml`` allows (``.ci/oldest``, ``docs/oldest.md``).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -62,6 +62,9 @@ def callback_state_key(callback: pl.Callback, **kwargs: Any) -> str:
     return f"{type(callback).__qualname__}{kwargs!r}"
 
 
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
 def cli_method_arguments(cli: LightningCLI, subcommand: str) -> list[str]:
     """The arguments of the trainer method run by ``subcommand`` (``ckpt_path`` for ``fit``)
     that sit in its config beside ``model``, ``data`` and ``trainer``.
@@ -74,13 +77,8 @@ def cli_method_arguments(cli: LightningCLI, subcommand: str) -> list[str]:
         return list(added[subcommand])
     skip = cli.subcommands().get(subcommand, set())
     parameters = inspect.signature(getattr(cli.trainer_class, subcommand)).parameters.values()
-    return [
-        p.name
-        for p in parameters
-        if p.name != "self"
-        and p.name not in skip
-        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    skip = {"self", *skip}
+    return [p.name for p in parameters if p.name not in skip and p.kind in _NAMED]
 
 
 def cli_subcommand_parser(cli: LightningCLI, subcommand: str) -> LightningArgumentParser:
@@ -98,34 +96,6 @@ def cli_subcommand_parser(cli: LightningCLI, subcommand: str) -> LightningArgume
         f"{type(cli).__name__} has no parser for {subcommand!r} in `_subcommand_parsers`; this"
         " Lightning version cannot save the subcommand's config: use a Lightning 2.x release"
     )
-
-
-def cli_parser_class(parser_class: type[LightningArgumentParser]) -> dict[str, Any]:
-    """``LightningCLI``'s ``parser_class`` argument, where it takes one (Lightning 2.5.1 on).
-
-    Earlier releases build a plain ``LightningArgumentParser``: there the command runs with
-    Lightning's own parser, and ``parser_class``'s changes (error messages) are lost.
-    """
-    from lightning.pytorch.cli import LightningCLI
-
-    if "parser_class" in inspect.signature(LightningCLI.__init__).parameters:
-        return {"parser_class": parser_class}
-    return {}
-
-
-def load_checkpoint_file(
-    load: Callable[..., dict[str, Any]],
-    path: PATH,
-    map_location: Any,
-    weights_only: bool | None,
-) -> dict[str, Any]:
-    """Call a ``CheckpointIO.load_checkpoint`` (such as ``super().load_checkpoint``), passing
-    ``weights_only`` only where it is set: Lightning before 2.6 does not take it, and from 2.6
-    on None is its default, so leaving it out is the same call.
-    """
-    if weights_only is None:
-        return load(path, map_location=map_location)
-    return load(path, map_location=map_location, weights_only=weights_only)
 
 
 def saved_class_path(hyper_parameters: Mapping[str, Any] | None) -> str | None:
@@ -309,40 +279,16 @@ def _private_class(module: Any, name: str, fallback: tuple[type, ...]) -> tuple[
     return (cls,) if isinstance(cls, type) else fallback
 
 
+def _dims(family: str) -> tuple[type, ...]:
+    return tuple(getattr(nn, f"{lazy}{family}{d}d") for lazy in ("", "Lazy") for d in (1, 2, 3))
+
+
 # torch's private base classes of its layer families, and the public subclasses they have in
 # torch 2.x as the fallback where a base is gone.
-_NORM_FALLBACK: tuple[type, ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-    nn.LazyBatchNorm1d,
-    nn.LazyBatchNorm2d,
-    nn.LazyBatchNorm3d,
-    nn.LazyInstanceNorm1d,
-    nn.LazyInstanceNorm2d,
-    nn.LazyInstanceNorm3d,
-)
-_BATCHNORM_FALLBACK: tuple[type, ...] = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.LazyBatchNorm1d,
-    nn.LazyBatchNorm2d,
-    nn.LazyBatchNorm3d,
-)
-_DROPOUT_FALLBACK: tuple[type, ...] = (
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-    nn.FeatureAlphaDropout,
-)
+_BATCHNORM_FALLBACK = (*_dims("BatchNorm"), nn.SyncBatchNorm)
+_NORM_FALLBACK = _BATCHNORM_FALLBACK + _dims("InstanceNorm")
+_DROPOUT_FALLBACK: tuple[type, ...] = (nn.Dropout, nn.AlphaDropout, nn.FeatureAlphaDropout)
+_DROPOUT_FALLBACK += tuple(getattr(nn, f"Dropout{d}d") for d in (1, 2, 3))
 #: BatchNorm and InstanceNorm layers (``nn.modules.batchnorm._NormBase``).
 NORM_LAYERS = _private_class(nn.modules.batchnorm, "_NormBase", _NORM_FALLBACK)
 #: BatchNorm layers, SyncBatchNorm included (``nn.modules.batchnorm._BatchNorm``).

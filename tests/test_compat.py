@@ -4,7 +4,6 @@ behaviour, and where it has one, its fallback with the private attribute taken a
 from __future__ import annotations
 
 import csv
-import inspect
 import math
 import types
 import warnings
@@ -14,9 +13,8 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 
@@ -29,13 +27,11 @@ from lightning_recipes._compat import (
     amp_found_inf,
     callback_state_key,
     cli_method_arguments,
-    cli_parser_class,
     cli_subcommand_parser,
     foreach_norm,
     get_lr_within_step,
     grad_scale_tensor,
     is_view,
-    load_checkpoint_file,
     onecycle_anneal,
     onecycle_phases,
     sample_dirichlet,
@@ -376,28 +372,6 @@ def test_cli_method_arguments_and_their_fallback_agree(
     assert cli_method_arguments(cli, subcommand) == recorded
 
 
-class _OwnParser(LightningArgumentParser):
-    pass
-
-
-def _old_cli_init(self: LightningCLI, model_class: Any = None, args: Any = None) -> None:
-    """The signature of a LightningCLI without `parser_class` (before Lightning 2.5.1)."""
-
-
-@pytest.mark.parametrize("installed", [True, False], ids=["this-lightning", "without-it"])
-def test_cli_parser_class(installed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    takes = "parser_class" in inspect.signature(LightningCLI.__init__).parameters
-    if installed:
-        kwargs = cli_parser_class(_OwnParser)
-        assert kwargs == ({"parser_class": _OwnParser} if takes else {})
-        with pytest.raises(_Parsed) as parsed:
-            _ParseOnly(_CLIModel, args=["fit"], save_config_callback=None, **kwargs)
-        assert isinstance(parsed.value.args[0].parser, _OwnParser) is takes
-    else:
-        monkeypatch.setattr(LightningCLI, "__init__", _old_cli_init)
-        assert cli_parser_class(_OwnParser) == {}
-
-
 def test_cli_subcommand_parser_saves_the_subcommands_config(tmp_path: Path) -> None:
     cli = _parsed_cli()
     parser = cli_subcommand_parser(cli, "fit")
@@ -502,31 +476,3 @@ def test_amp_found_inf_is_none_for_other_optimizers() -> None:
     found = _found_inf_after_a_step(torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1), 1.0)
     assert found is None
     assert amp_found_inf(object()) is None  # type: ignore[arg-type]
-
-
-# --- load_checkpoint_file -----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("weights_only", "passed"),
-    [(None, {"map_location": "cpu"}), (True, {"map_location": "cpu", "weights_only": True})],
-    ids=["unset-left-out", "set-passed"],
-)
-def test_load_checkpoint_file_passes_weights_only_only_when_set(
-    weights_only: bool | None, passed: dict[str, Any]
-) -> None:
-    calls: list[tuple[Any, dict[str, Any]]] = []
-
-    def load(path: Any, **kwargs: Any) -> dict[str, Any]:
-        calls.append((path, kwargs))
-        return {}
-
-    load_checkpoint_file(load, "x.ckpt", "cpu", weights_only)
-    assert calls == [("x.ckpt", passed)]
-
-
-def test_load_checkpoint_file_reads_through_lightnings_checkpoint_io(tmp_path: Path) -> None:
-    io = TorchCheckpointIO()
-    io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "epoch": 3}, tmp_path / "a.ckpt")
-    checkpoint = load_checkpoint_file(io.load_checkpoint, tmp_path / "a.ckpt", "cpu", None)
-    assert checkpoint["epoch"] == 3 and torch.equal(checkpoint["state_dict"]["w"], torch.ones(2))
