@@ -379,9 +379,17 @@ def test_cli_subcommand_parser_saves_the_subcommands_config(tmp_path: Path) -> N
     config["model.width"] = 5
     parser.save(config, tmp_path / "fit.yaml", skip_check=True, multifile=False)
     assert parser.parse_path(tmp_path / "fit.yaml")["model.width"] == 5
-    del cli._subcommand_parsers
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "lr_find"], ids=["no-parsers", "no-such-parser"])
+def test_cli_subcommand_parser_without_it_is_an_error(
+    subcommand: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli = _parsed_cli()
+    if subcommand == "fit":
+        monkeypatch.delattr(cli, "_subcommand_parsers")
     with pytest.raises(RuntimeError, match="_subcommand_parsers"):
-        cli_subcommand_parser(cli, "fit")
+        cli_subcommand_parser(cli, subcommand)
 
 
 def test_saved_class_path_reads_what_lightningcli_records() -> None:
@@ -421,7 +429,7 @@ def test_path_is_lightnings_path_type() -> None:
 
 @pytest.mark.parametrize("private", [True, False], ids=["step_count", "fallback"])
 @pytest.mark.parametrize("steps", [0, 1, 4])
-def test_scheduler_step_count(steps: int, private: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scheduler_step_count(steps: int, private: bool) -> None:
     seen: list[int] = []
 
     class _Counting(OneCycleLR):
@@ -439,14 +447,18 @@ def test_scheduler_step_count(steps: int, private: bool, monkeypatch: pytest.Mon
     assert seen == list(range(steps + 1))  # 0 in the constructor's own call
 
 
-def test_onecycle_phases_round_trip_and_error() -> None:
+def test_onecycle_phases_round_trip() -> None:
     scheduler = _onecycle()
     phases = onecycle_phases(scheduler)
     assert [p["end_step"] for p in phases] == [pytest.approx(0.3 * 10 - 1), 9]
     shorter = [dict(p, end_step=p["end_step"] / 2) for p in phases]
     set_onecycle_phases(scheduler, shorter)
     assert onecycle_phases(scheduler) is shorter
-    assert _compat.ONECYCLE_PHASES_KEY in scheduler.state_dict()
+    assert scheduler.state_dict()[_compat.ONECYCLE_PHASES_KEY] == shorter
+
+
+def test_onecycle_phases_without_them_is_an_error() -> None:
+    scheduler = _onecycle()
     delattr(scheduler, _compat.ONECYCLE_PHASES_KEY)
     with pytest.raises(RuntimeError, match="_schedule_phases"):
         onecycle_phases(scheduler)
