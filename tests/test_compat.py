@@ -13,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
@@ -22,13 +23,22 @@ from lightning_recipes._compat import (
     BATCHNORM_LAYERS,
     DROPOUT_LAYERS,
     NORM_LAYERS,
+    PATH,
+    amp_found_inf,
+    callback_state_key,
+    cli_method_arguments,
+    cli_subcommand_parser,
     foreach_norm,
     get_lr_within_step,
     grad_scale_tensor,
     is_view,
     onecycle_anneal,
+    onecycle_phases,
     sample_dirichlet,
+    saved_class_path,
+    scheduler_step_count,
     set_last_lr,
+    set_onecycle_phases,
     should_update_logs,
     steps_with_amp_scaling,
     view_base,
@@ -299,3 +309,182 @@ def test_layer_families_and_their_fallbacks_cover_the_same_layers(
     assert _compat._private_class(types.SimpleNamespace(), private, fallback) == fallback
     assert _public_subclasses(fallback) == _public_subclasses(found)
     assert "Linear" not in _public_subclasses(found)
+
+
+# --- callback_state_key -------------------------------------------------------------------------
+
+
+class _KeyedCallback(pl.Callback):
+    pass
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["generate_state_key", "fallback"])
+def test_callback_state_key_is_lightnings_key(
+    private: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    callback = _KeyedCallback()
+    expected = callback._generate_state_key(input_key=0, target_key="y")
+    if not private:
+        monkeypatch.delattr(pl.Callback, "_generate_state_key")
+        assert not hasattr(callback, "_generate_state_key")
+    key = callback_state_key(callback, input_key=0, target_key="y")
+    assert key == expected == "_KeyedCallback{'input_key': 0, 'target_key': 'y'}"
+
+
+# --- LightningCLI: cli_method_arguments / cli_subcommand_parser / saved_class_path ---------------
+
+
+class _CLIModel(pl.LightningModule):
+    def __init__(self, width: int = 3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Linear(width, 1)
+
+
+class _Parsed(Exception):
+    """Raised by `_ParseOnly` with the CLI, once its arguments are parsed."""
+
+
+class _ParseOnly(LightningCLI):
+    """A LightningCLI that stops after parsing, before building the model or the trainer."""
+
+    def before_instantiate_classes(self) -> None:
+        raise _Parsed(self)
+
+
+def _parsed_cli(subcommand: str = "fit") -> LightningCLI:
+    with pytest.raises(_Parsed) as parsed:
+        _ParseOnly(_CLIModel, args=[subcommand], save_config_callback=None)
+    cli = parsed.value.args[0]
+    assert isinstance(cli, LightningCLI)
+    return cli
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_cli_method_arguments_and_their_fallback_agree(
+    subcommand: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli = _parsed_cli(subcommand)
+    recorded = cli_method_arguments(cli, subcommand)
+    assert "ckpt_path" in recorded and "model" not in recorded
+    assert set(recorded) <= set(cli.config[subcommand].keys())  # beside model and trainer
+    monkeypatch.delattr(cli, "_subcommand_method_arguments")
+    assert cli_method_arguments(cli, subcommand) == recorded
+
+
+def test_cli_subcommand_parser_saves_the_subcommands_config(tmp_path: Path) -> None:
+    cli = _parsed_cli()
+    parser = cli_subcommand_parser(cli, "fit")
+    config = cli.config["fit"].clone()
+    config["model.width"] = 5
+    parser.save(config, tmp_path / "fit.yaml", skip_check=True, multifile=False)
+    assert parser.parse_path(tmp_path / "fit.yaml")["model.width"] == 5
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "lr_find"], ids=["no-parsers", "no-such-parser"])
+def test_cli_subcommand_parser_without_it_is_an_error(
+    subcommand: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli = _parsed_cli()
+    if subcommand == "fit":
+        monkeypatch.delattr(cli, "_subcommand_parsers")
+    with pytest.raises(RuntimeError, match="_subcommand_parsers"):
+        cli_subcommand_parser(cli, subcommand)
+
+
+def test_saved_class_path_reads_what_lightningcli_records() -> None:
+    cli = LightningCLI(
+        pl.LightningModule,
+        subclass_mode_model=True,
+        run=False,
+        args=["--model", f"{__name__}._CLIModel", "--trainer.logger=false"],
+        save_config_callback=None,
+    )
+    assert saved_class_path(cli.model.hparams) == f"{__name__}._CLIModel"
+
+
+@pytest.mark.parametrize(
+    "hyper_parameters",
+    [None, {}, {"width": 3}, {"_class_path": 3}],
+    ids=["none", "empty", "no-key", "not-a-string"],
+)
+def test_saved_class_path_is_none_without_a_recorded_class(
+    hyper_parameters: dict[str, Any] | None,
+) -> None:
+    assert saved_class_path(hyper_parameters) is None
+
+
+# --- PATH ---------------------------------------------------------------------------------------
+
+
+def test_path_is_lightnings_path_type() -> None:
+    from lightning.fabric.utilities import types as fabric_types
+
+    assert (str | Path) == PATH
+    assert getattr(fabric_types, "_PATH", PATH) == PATH  # the same type where Lightning has one
+
+
+# --- scheduler_step_count / onecycle_phases / amp_found_inf -------------------------------------
+
+
+@pytest.mark.parametrize("private", [True, False], ids=["step_count", "fallback"])
+@pytest.mark.parametrize("steps", [0, 1, 4])
+def test_scheduler_step_count(steps: int, private: bool) -> None:
+    seen: list[int] = []
+
+    class _Counting(OneCycleLR):
+        def step(self, epoch: int | None = None) -> None:
+            # A scheduler of a torch without `_step_count` has the public `last_epoch` only.
+            bare = types.SimpleNamespace(last_epoch=self.last_epoch)
+            seen.append(scheduler_step_count(self if private else bare))  # type: ignore[arg-type]
+            super().step(epoch)
+
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = _Counting(optimizer, max_lr=1.0, total_steps=10)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    assert seen == list(range(steps + 1))  # 0 in the constructor's own call
+
+
+def test_onecycle_phases_round_trip() -> None:
+    scheduler = _onecycle()
+    phases = onecycle_phases(scheduler)
+    assert [p["end_step"] for p in phases] == [pytest.approx(0.3 * 10 - 1), 9]
+    shorter = [dict(p, end_step=p["end_step"] / 2) for p in phases]
+    set_onecycle_phases(scheduler, shorter)
+    assert onecycle_phases(scheduler) is shorter
+    assert scheduler.state_dict()[_compat.ONECYCLE_PHASES_KEY] == shorter
+
+
+def test_onecycle_phases_without_them_is_an_error() -> None:
+    scheduler = _onecycle()
+    delattr(scheduler, _compat.ONECYCLE_PHASES_KEY)
+    with pytest.raises(RuntimeError, match="_schedule_phases"):
+        onecycle_phases(scheduler)
+
+
+def _found_inf_after_a_step(optimizer: torch.optim.Optimizer, grad: float) -> object:
+    seen: list[object] = []
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: seen.append(amp_found_inf(opt)))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    (param,) = optimizer.param_groups[0]["params"]
+    scaler.scale(param.sum() * grad).backward()
+    scaler.step(optimizer)
+    assert len(seen) == 1  # the optimizer was called: GradScaler calls fused ones on overflow too
+    return seen[0]
+
+
+@pytest.mark.parametrize(("grad", "skipped"), [(1.0, False), (math.inf, True)])
+def test_amp_found_inf_is_set_for_fused_optimizers(grad: float, skipped: bool) -> None:
+    param = nn.Parameter(torch.ones(2))
+    found = _found_inf_after_a_step(torch.optim.AdamW([param], lr=0.1, fused=True), grad)
+    assert isinstance(found, torch.Tensor)
+    assert bool(found.item()) is skipped
+    assert torch.equal(param.detach(), torch.ones(2)) is skipped
+
+
+def test_amp_found_inf_is_none_for_other_optimizers() -> None:
+    found = _found_inf_after_a_step(torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1), 1.0)
+    assert found is None
+    assert amp_found_inf(object()) is None  # type: ignore[arg-type]
