@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lightning_recipes._compat import saved_class_path
 from lightning_recipes.checkpointing import InterruptCheckpoint, read_checkpoint
 from lightning_recipes.scheduler import schedule_progress
 
@@ -74,8 +75,8 @@ def _check_checkpoint(path: str | Path, model_cls: type) -> None:
             raise
         # A file in torch's legacy (pre-zip) format cannot be memory-mapped.
         checkpoint = read_checkpoint(path, map_location="cpu", weights_only=True)
-    saved = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
-    if not isinstance(saved, str):
+    saved = saved_class_path(checkpoint.get("hyper_parameters"))
+    if saved is None:
         return  # not written through a LightningCLI: the weights' keys are checked on load
     try:
         saved_cls = _import(saved)

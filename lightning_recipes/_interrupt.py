@@ -10,13 +10,13 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from lightning_recipes._compat import PATH as _PATH
 from lightning_recipes._compat import request_graceful_stop
 from lightning_recipes._validation import check_type
 

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from fsspec.implementations.local import LocalFileSystem  # type: ignore[import-untyped]
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
 
+from lightning_recipes._compat import PATH as _PATH
 from lightning_recipes._interrupt import InterruptCheckpoint
 
 __all__ = ["AtomicCheckpointIO", "InterruptCheckpoint", "find_last_checkpoint"]

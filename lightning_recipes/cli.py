@@ -39,6 +39,7 @@ from lightning_recipes._cli_runs import (
     _run_root,
     _schedule_lines,
 )
+from lightning_recipes._compat import cli_method_arguments, cli_subcommand_parser
 from lightning_recipes.checkpointing import (
     AtomicCheckpointIO,
     InterruptCheckpoint,
@@ -254,7 +255,7 @@ class RecipesCLI(LightningCLI):
         # `main` builds the CLI with `trainer_class=RecipesTrainer`, whose method this is.
         result: LRFindResult = cast(RecipesTrainer, self.trainer).lr_find(**kwargs)
         config = self.config["lr_find"].clone()
-        for name in self._subcommand_method_arguments["lr_find"]:
+        for name in cli_method_arguments(self, "lr_find"):
             config.pop(name, None)
         config["model.init_args.max_lr"] = result.suggestion
         groups = self.model.hparams.get("param_group_max_lr")
@@ -263,7 +264,7 @@ class RecipesCLI(LightningCLI):
         path = Path(self.trainer.default_root_dir) / "lr_find_config.yaml"
         if self.trainer.is_global_zero:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._subcommand_parsers["fit"].save(
+            cli_subcommand_parser(self, "fit").save(
                 config, path, skip_check=True, overwrite=True, multifile=False
             )
             print(f"config with max_lr={result.suggestion:.4g}: {path}")

@@ -3,6 +3,7 @@ behaviour, and where it has one, its fallback with the private attribute taken a
 
 from __future__ import annotations
 
+import ast
 import csv
 import math
 import types
@@ -488,3 +489,52 @@ def test_amp_found_inf_is_none_for_other_optimizers() -> None:
     found = _found_inf_after_a_step(torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1), 1.0)
     assert found is None
     assert amp_found_inf(object()) is None  # type: ignore[arg-type]
+
+
+_UPSTREAM = (
+    "torch",
+    "torchvision",
+    "torchmetrics",
+    "lightning",
+    "lightning_utilities",
+    "jsonargparse",
+)
+
+
+def _private_uses(source: str) -> list[str]:
+    """Private names of other objects and upstream packages that ``source`` reaches for.
+
+    ``self._x`` and ``cls._x`` are the class's own state; anything else with a leading
+    underscore (``trainer._logger_connector``, ``torch._foreach_norm``), and an import of a
+    private upstream module or name, is a private API.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            if not node.attr.startswith("__") and ast.unparse(node.value) not in ("self", "cls"):
+                found.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _UPSTREAM:
+            names = [*node.module.split("."), *(alias.name for alias in node.names)]
+            if any(name.startswith("_") for name in names):
+                found.append(f"line {node.lineno}: from {node.module} import ...")
+    return found
+
+
+def test_the_audit_sees_private_uses() -> None:
+    source = (
+        "from lightning.fabric.utilities.types import _PATH\n"
+        "from lightning.pytorch.trainer.connectors import _x\n"
+        "def f(trainer, self):\n"
+        "    trainer._logger_connector.reset()\n"
+        "    return torch._foreach_norm([]), self._own, x.__class__\n"
+    )
+    assert len(_private_uses(source)) == 4
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in Path(_compat.__file__).parent.rglob("*.py") if p.name != "_compat.py"),
+    ids=lambda p: str(p.relative_to(Path(_compat.__file__).parent)),
+)
+def test_private_apis_are_reached_only_through_compat(path: Path) -> None:
+    assert _private_uses(path.read_text()) == []

@@ -11,9 +11,14 @@ from torch.optim.lr_scheduler import OneCycleLR
 from typing_extensions import override
 
 from lightning_recipes._compat import (
+    ONECYCLE_PHASES_KEY,
+    amp_found_inf,
     get_lr_within_step,
     onecycle_anneal,
+    onecycle_phases,
+    scheduler_step_count,
     set_last_lr,
+    set_onecycle_phases,
     steps_with_amp_scaling,
 )
 from lightning_recipes._validation import check_choice
@@ -148,7 +153,7 @@ class GuardedOneCycleLR(OneCycleLR):
                 f" {len(groups)} param groups; return one `max_lr` per param group."
             )
         self.total_steps = total
-        self._schedule_phases = schedule_phases(total, self._pct_start, self._three_phase)  # type: ignore[assignment]
+        set_onecycle_phases(self, schedule_phases(total, self._pct_start, self._three_phase))
         default_lr, old_peak = self.optimizer.defaults.get("lr"), groups[0].get("max_lr")
         if isinstance(default_lr, (int, float)) and old_peak and peaks[0] != old_peak:
             # The optimizer's own lr (used by groups added later) moves with the peaks.
@@ -189,7 +194,7 @@ class GuardedOneCycleLR(OneCycleLR):
         # GradScaler always calls fused optimizers (`_step_supports_amp_scaling`), which skip the
         # update inside the kernel; the `found_inf` tensor it attaches is the only trace of a skip.
         if steps_with_amp_scaling(optimizer):
-            self._fused_found_inf = getattr(optimizer, "found_inf", None)
+            self._fused_found_inf = amp_found_inf(optimizer)
 
     def _optimizer_stepped(self) -> bool:
         if self._pending_updates == 0:
@@ -204,14 +209,14 @@ class GuardedOneCycleLR(OneCycleLR):
         # `_initial_step` in `LRScheduler.__init__` (step count 0) precedes any update.
         # GradScaler skips `optimizer.step()` (and so the pre hook) on overflow: resolve here
         # too, so that "advance" advances over a skipped first step of the real schedule.
-        if self._step_count > 0 and epoch is None and not self.resolve():
+        if scheduler_step_count(self) > 0 and epoch is None and not self.resolve():
             # Steps the resolver cannot place are a tuner's trials (BatchSizeFinder), which
             # restores the checkpoint it saved before them: hold at the first step meanwhile.
             self._pending_updates = 0
             self._fused_found_inf = None
             return
         if (
-            self._step_count > 0
+            scheduler_step_count(self) > 0
             and epoch is None
             and self.on_skipped_step == "hold"
             and not self._optimizer_stepped()
@@ -240,7 +245,7 @@ class GuardedOneCycleLR(OneCycleLR):
         # runs past the end of the cosine and the LR rises again. No update uses that value,
         # but logs and summaries read it: stay at the schedule's end (min_lr) instead.
         position = min(position, float(self.total_steps - 1))
-        phases = self._schedule_phases
+        phases = onecycle_phases(self)
         lrs: list[float | torch.Tensor] = []
         for group in self.optimizer.param_groups:
             start = 0.0
@@ -296,7 +301,7 @@ class GuardedOneCycleLR(OneCycleLR):
         keep = {
             key: value
             for key, value in state_dict.items()
-            if key not in ("total_steps", "_schedule_phases", "rescale_anchor", "resolved")
+            if key not in ("total_steps", ONECYCLE_PHASES_KEY, "rescale_anchor", "resolved")
             and key not in ("on_schedule_mismatch", "on_skipped_step")
         }
         self.__dict__.update(keep)

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_recipes._compat import should_update_logs
+from lightning_recipes._compat import callback_state_key, should_update_logs
 from lightning_recipes._validation import (
     check_bool,
     check_int,
@@ -142,7 +142,7 @@ class MixingCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(input_key=self.input_key, target_key=self.target_key)
+        return callback_state_key(self, input_key=self.input_key, target_key=self.target_key)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
