@@ -38,9 +38,9 @@ class RandomMix(MixingCallback):
         alpha: ``Beta(alpha, alpha)`` concentration, one for all methods or one per name
             (e.g. ``{"mixup": 0.8, "cutmix": 1.0}``); missing names get 1.
         correct_lam: See :class:`CutMix`.
+        spatial_dims: Number of trailing spatial dims of CutMix and FMix; default ``x.ndim - 2``.
         decay_power: See :class:`FMix`.
         max_soft: See :class:`FMix`.
-        spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``.
         **options: What every mixing callback takes, as for :class:`MixUp`.
 
     Example:
@@ -57,9 +57,9 @@ class RandomMix(MixingCallback):
         *,
         alpha: float | dict[str, float] = 1.0,
         correct_lam: bool = True,
+        spatial_dims: int | None = None,
         decay_power: float = 3.0,
         max_soft: float = 0.0,
-        spatial_dims: int | None = None,
         **options: Any,
     ) -> None:
         with errors_named(self):
