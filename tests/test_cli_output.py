@@ -6,6 +6,7 @@ console script calls; one short ``fit`` checks a run's own output.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import sys
@@ -16,6 +17,8 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+import lightning_recipes
+from lightning_recipes.callbacks.mixing._base import MixingCallback
 from lightning_recipes.cli import TRACEBACK_ENV, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +76,20 @@ def test_model_help_lists_the_classifier_arguments(capsys):
     out = capsys.readouterr().out
     for argument in ("--model.max_lr", "--model.backbone", "--model.on_schedule_mismatch"):
         assert argument in out
+
+
+@pytest.mark.parametrize("name", ["MixUp", "CutMix", "FMix", "RandomMix"])
+def test_callback_help_lists_every_argument_of_the_mixing_class(capsys, name):
+    # The thin classes pass the shared options on as `**options`; the command's help must still
+    # show each of them, with the base's documentation, beside the class's own arguments.
+    cls = getattr(lightning_recipes, name)
+    own = [n for n, p in inspect.signature(cls).parameters.items() if p.kind != p.VAR_KEYWORD]
+    shared = [n for n in inspect.signature(MixingCallback).parameters if n != "methods"]
+    assert "per_sample" in shared and "alpha" in own  # both lists were read
+    assert _exit_code(["fit", "--trainer.callbacks.help", f"lightning_recipes.{name}"]) == 0
+    out = capsys.readouterr().out
+    for argument in own + shared:
+        assert f"--trainer.callbacks.{argument} " in out, argument
 
 
 # ---------------------------------------------------------------------------- short errors
