@@ -71,6 +71,11 @@ def tracked_optimizers(trainer: pl.Trainer) -> list[Tracked]:
 
     Schedulers first, by their config ``name`` or ``lr-<OptimizerClass>``; then the optimizers
     without a scheduler. Several optimizers of one class get ``-1``, ``-2`` suffixes in order.
+
+    Written again on purpose: Lightning keeps this naming in private methods of
+    ``LearningRateMonitor`` (``_find_names_from_schedulers``, ``_find_names_from_optimizers``),
+    which take the monitor's own state; tests/test_lr_monitor.py checks that the keys match
+    those Lightning's monitor logs.
     """
     tracked: list[Tracked] = []
     seen: list[Optimizer] = []
