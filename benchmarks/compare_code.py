@@ -1,0 +1,122 @@
+"""Two checkouts of the package, timed alternately on the same machine: is a change slower?
+
+Each measurement runs in a fresh process whose ``PYTHONPATH`` starts with one checkout, the two
+checkouts alternating, so that the machine's load falls on both alike. Two measurements:
+
+- ``fit``: the Lightning fit of ``main_job.py`` (b), 30 epochs; prints the CPU time of each
+  fit and the ratios new / old per pair;
+- ``mixing-hook``: the whole ``on_train_batch_start`` of each mixing callback (per batch) on a
+  64x3x224x224 batch, as a multiple of ``x.clone()`` in the same process (median of 15 calls,
+  median of 3 rounds).
+
+Usage (the old code in a worktree of the commit to compare with)::
+
+    git worktree add /tmp/old <commit>
+    python benchmarks/compare_code.py fit /tmp/old . --pairs 6
+    python benchmarks/compare_code.py mixing-hook /tmp/old . --pairs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+_CHILD = """
+import importlib.util, json, statistics, sys, time
+import torch
+torch.set_num_threads(1)
+root, what = sys.argv[1], sys.argv[2]
+import lightning_recipes as lr
+assert lr.__file__.startswith(root), lr.__file__
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, f"{root}/benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+if what == "fit":
+    mj = load("main_job")
+    wall, cpu, acc = mj.train_lightning(mj._config(), 30, 0)
+    print(json.dumps({"cpu": cpu, "acc": acc}))
+else:
+    mb = load("mixing")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 224, 224, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    names = ["MixUp", "CutMix", "FMix", "RandomMix"]
+    steps = {n: mb.callback_step(getattr(lr, n)(seed=1), x, y) for n in names}
+
+    def median_time(f, n=15):
+        for _ in range(3):
+            f()
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    ratios = {n: [] for n in names}
+    for _ in range(3):
+        clone = median_time(x.clone)
+        for n, f in steps.items():
+            ratios[n].append(median_time(f) / clone)
+    print(json.dumps({n: statistics.median(v) for n, v in ratios.items()}))
+"""
+
+
+def _run(root: Path, what: str) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(root), what],
+        env=env,
+        cwd=root,  # `python -c` puts the working folder first on sys.path
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["fit", "mixing-hook"])
+    parser.add_argument("old", type=Path, help="checkout of the code before the change")
+    parser.add_argument("new", type=Path, help="checkout of the code after it")
+    parser.add_argument("--pairs", type=int, default=3)
+    args = parser.parse_args()
+    old_root, new_root = args.old.resolve(), args.new.resolve()
+    results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    for pair in range(args.pairs):
+        # Alternate which side goes first, so neither always follows the other.
+        order = [("old", old_root), ("new", new_root)]
+        for side, root in order if pair % 2 == 0 else order[::-1]:
+            results[side].append(_run(root, args.what))
+            print(f"pair {pair} {side}: {results[side][-1]}", flush=True)
+    if args.what == "fit":
+        old = [r["cpu"] for r in results["old"]]
+        new = [r["cpu"] for r in results["new"]]
+        ratios = [n / o for n, o in zip(new, old, strict=True)]
+        print(f"CPU s, median: old {statistics.median(old):.2f}, new {statistics.median(new):.2f}")
+        print(
+            f"new / old per pair: median {statistics.median(ratios):.3f},"
+            f" range {min(ratios):.3f}-{max(ratios):.3f}"
+        )
+    else:
+        for name in results["old"][0]:
+            old = [r[name] for r in results["old"]]
+            new = [r[name] for r in results["new"]]
+            print(
+                f"{name}: hook / clone, old {min(old):.2f}-{max(old):.2f},"
+                f" new {min(new):.2f}-{max(new):.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
