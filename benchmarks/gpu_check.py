@@ -143,7 +143,8 @@ class Settings:
     loss_scale_steps: int
     init_scale: float
     max_lr: float
-    budget_s: float
+    # None: no budget (the dry run's default, so its outcome never depends on the machine's speed).
+    budget_s: float | None
     channels_last: bool = True
     cudnn_benchmark: bool = True
     precisions: tuple[str, ...] = PRECISIONS
@@ -182,7 +183,7 @@ def gpu_settings(budget_s: float) -> Settings:
     )
 
 
-def dry_run_settings(budget_s: float) -> Settings:
+def dry_run_settings(budget_s: float | None = None) -> Settings:
     return Settings(
         device="cpu",
         # float16 convolutions have no fast CPU kernels (a ResNet-18 step on 8 images takes
@@ -217,7 +218,7 @@ def dry_run_settings(budget_s: float) -> Settings:
 class _Clock:
     """Progress lines with the time since the start, flushed so a killed run shows its place."""
 
-    def __init__(self, budget_s: float) -> None:
+    def __init__(self, budget_s: float | None) -> None:
         self.start = time.perf_counter()
         self.budget_s = budget_s
 
@@ -225,7 +226,7 @@ class _Clock:
         return time.perf_counter() - self.start
 
     def over_budget(self) -> bool:
-        return self.elapsed() > self.budget_s
+        return self.budget_s is not None and self.elapsed() > self.budget_s
 
     def say(self, message: str) -> None:
         print(f"[{self.elapsed():6.1f}s] {message}", flush=True)
@@ -748,7 +749,7 @@ def fit_cost(s: Settings, fits: dict[str, Any], clock: _Clock) -> dict[str, Any]
         step_ms = _step_ms(fits, size).get(s.fit_cost_precision, 0.0)
         # A fifth more than the throughput fit's steps, for the mixing and the soft targets.
         estimate = s.fit_start_s + 1.2e-3 * step_ms * (len(schedule) + 1)
-        if clock.elapsed() + estimate > s.budget_s:
+        if s.budget_s is not None and clock.elapsed() + estimate > s.budget_s:
             reason = f"its estimated {estimate:.0f} s would pass the time budget of {s.budget_s} s"
             section["sizes"][size.name] = {"status": "skipped", "reason": reason}
             clock.say(f"fit cost {size.name}: skipped, {reason}")
@@ -1159,15 +1160,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--budget-s",
         type=float,
-        default=270.0,
-        help="start no new part after this many seconds (default 270)",
+        default=None,
+        help="start no new part after this many seconds (default 270 on a GPU; none with"
+        " --dry-run, which runs every part whatever the machine's speed)",
     )
     args = parser.parse_args(argv)
     # Lightning's per-fit banners ("GPU available: ...") would bury the progress lines.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     if not args.dry_run and not torch.cuda.is_available():
         parser.error("no CUDA device: run on a GPU, or pass --dry-run for the CPU code paths")
-    s = dry_run_settings(args.budget_s) if args.dry_run else gpu_settings(args.budget_s)
+    if args.dry_run:
+        s = dry_run_settings(args.budget_s)
+    else:
+        s = gpu_settings(270.0 if args.budget_s is None else args.budget_s)
     clock = _Clock(s.budget_s)
     if s.device == "cuda":
         # cuDNN picks the fastest convolution algorithm per shape during the warm-up steps.

@@ -36,6 +36,8 @@ def test_dry_run_reports_every_section(
     settings = results["settings"]
     assert json.loads(output.read_text()) == json.loads(json.dumps(results, default=str))
     assert results["dry_run"] is True and settings["device"] == "cpu"
+    # No time budget: every part runs however slow the machine is today.
+    assert settings["budget_s"] is None
 
     sections = (
         "environment",
@@ -163,6 +165,57 @@ def test_fit_cost_skips_a_size_past_the_budget(monkeypatch: pytest.MonkeyPatch):
     out = gpu_check.fit_cost(s, {}, gpu_check._Clock(s.budget_s))
     (entry,) = out["sizes"].values()
     assert entry["status"] == "skipped" and "budget of 5.0 s" in entry["reason"]
+
+
+def test_dry_run_runs_every_part_however_long_it_takes(monkeypatch: pytest.MonkeyPatch):
+    gpu_check = _load(monkeypatch)
+    s = gpu_check.dry_run_settings()
+    clock = gpu_check._Clock(s.budget_s)
+    clock.start -= 1e6  # as if the machine had been busy for days
+    results: dict[str, Any] = {}
+    assert gpu_check._guarded(results, "part", clock, lambda: {"status": "ok"}) == {"status": "ok"}
+    assert results == {"part": {"status": "ok"}}
+
+
+class _ClockMade(Exception):
+    """Raised by a stand-in for the check's clock: the settings are read, nothing runs."""
+
+
+@pytest.mark.parametrize(
+    ("argv", "budget_s"),
+    [
+        (["--dry-run"], None),
+        (["--dry-run", "--budget-s", "5"], 5.0),
+        ([], 270.0),
+        (["--budget-s", "600"], 600.0),
+    ],
+)
+def test_budget_argument(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], budget_s: float | None
+) -> None:
+    gpu_check = _load(monkeypatch)
+    seen: list[float | None] = []
+
+    def clock(budget: float | None) -> None:
+        seen.append(budget)
+        raise _ClockMade
+
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(gpu_check, "_Clock", clock)
+    with pytest.raises(_ClockMade):
+        gpu_check.main(argv)
+    assert seen == [budget_s]
+
+
+def test_a_spent_budget_skips_the_next_part(monkeypatch: pytest.MonkeyPatch):
+    gpu_check = _load(monkeypatch)
+    clock = gpu_check._Clock(5.0)
+    clock.start -= 6.0
+    ran: list[bool] = []
+    results: dict[str, Any] = {}
+    assert gpu_check._guarded(results, "part", clock, lambda: ran.append(True)) is None
+    assert ran == [] and results["part"]["status"] == "skipped"
+    assert "budget of 5.0 s" in results["part"]["reason"]
 
 
 def test_table_reads_gpu_figures(monkeypatch: pytest.MonkeyPatch):
