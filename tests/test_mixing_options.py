@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import pydoc
 import sys
 import textwrap
 import typing
@@ -98,6 +99,15 @@ def test_signature_lists_every_option_with_its_default_and_type(name):
         assert parameter.annotation == annotation, option
     # The class's own parameters are as it wrote them.
     assert parameters["alpha"].default == 1.0
+
+
+@pytest.mark.parametrize("name", list(OWN))
+def test_help_shows_every_option_with_its_default_and_description(name):
+    cls, _ = OWN[name]
+    text = " ".join(pydoc.render_doc(cls, renderer=pydoc.plaintext).split())
+    for option, doc in _options._option_docs().items():
+        assert str(inspect.signature(cls).parameters[option]) in text, option
+        assert f"{option}: {doc.split()[0]}" in text, option
 
 
 @pytest.mark.parametrize("name", list(OWN))
