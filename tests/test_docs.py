@@ -28,6 +28,7 @@ from _snippets import (
 )
 
 import lightning_recipes
+from lightning_recipes.callbacks.mixing import _options
 from lightning_recipes.cli import main
 
 EXAMPLE_PAGES = [page for page in PAGES if fenced_blocks(page.read_text(), "python")]
@@ -151,3 +152,20 @@ def test_mkdocs_build_strict(tmp_path):
     expected = expected - {"lightning_recipes.lr_find"} | {"lightning_recipes.lr_find.lr_find"}
     assert not expected - rendered
     assert "lightning_recipes.lr_find" not in rendered
+    # Each mixing callback's entry shows every shared option (its `**options: Unpack[...]`
+    # expanded) in its signature and as a row of its parameters, with the description.
+    page = (tmp_path / "site" / "reference" / "callbacks" / "index.html").read_text()
+    for name in ("MixUp", "CutMix", "FMix", "RandomMix"):
+        entry = _entry(page, name)
+        text = " ".join(re.sub(r"<[^>]+>", "", entry).split())
+        for option, doc in _options._option_docs().items():
+            assert re.search(rf"<td>\s*<code>{option}</code>\s*</td>", entry), (name, option)
+            assert f"{option}: " in text, (name, option)  # in the signature
+            assert " ".join(doc.split()[:2]) in text, (name, option)
+
+
+def _entry(html: str, name: str) -> str:
+    """The part of the reference page about ``lightning_recipes.<name>``, up to the next."""
+    start = html.index(f'id="lightning_recipes.{name}"')
+    end = re.compile(rf'id="lightning_recipes\.(?!{name}[."])').search(html, start)
+    return html[start : end.start() if end else len(html)]

@@ -2,7 +2,7 @@
 
 from lightning_recipes.callbacks.loss_scale import LossScaleMonitor
 from lightning_recipes.callbacks.lr_monitor import LRMonitor
-from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes.callbacks.mixing import CutMix, FMix, MixingOptions, MixUp, RandomMix
 from lightning_recipes.callbacks.sanity import (
     TrainingSanityChecks,
     TrainingSanityError,
@@ -15,6 +15,7 @@ __all__ = [
     "LRMonitor",
     "LossScaleMonitor",
     "MixUp",
+    "MixingOptions",
     "RandomMix",
     "TrainingSanityChecks",
     "TrainingSanityError",

@@ -13,15 +13,16 @@ reached the device, and replace the input and the targets inside the (list or di
 ``training_step`` receives the mixed inputs and float32 soft targets of shape
 ``(batch, num_classes)``.
 
-Layout: ``_base`` (options, batch access, hooks), ``_batch`` (finding and checking the inputs
-and targets), ``_randomness`` (per-batch seeding), ``_draw`` (sample, then apply),
-``_kernels`` (the one protocol of the methods), ``_schedule`` (when mixing stops), ``_grid``
-(the picture), and one module per public callback.
+Layout: ``_options`` (the shared options, typed), ``_base`` (batch access, hooks),
+``_batch`` (finding and checking the inputs and targets), ``_randomness`` (per-batch seeding),
+``_draw`` (sample, then apply), ``_kernels`` (the one protocol of the methods), ``_schedule``
+(when mixing stops), ``_grid`` (the picture), and one module per public callback.
 """
 
+from lightning_recipes.callbacks.mixing._options import MixingOptions
 from lightning_recipes.callbacks.mixing.cutmix import CutMix
 from lightning_recipes.callbacks.mixing.fmix import FMix
 from lightning_recipes.callbacks.mixing.mixup import MixUp
 from lightning_recipes.callbacks.mixing.random_mix import RandomMix
 
-__all__ = ["CutMix", "FMix", "MixUp", "RandomMix"]
+__all__ = ["CutMix", "FMix", "MixUp", "MixingOptions", "RandomMix"]

@@ -65,34 +65,11 @@ class MixingCallback(Callback):
 
     Args:
         methods: The methods to mix with (given by the subclass, not by the user).
-        p: Probability that a batch is mixed (that a sample is, with ``per_sample=True``).
-            Unmixed batches still get soft targets, so ``training_step`` sees one format.
-        per_sample: Draw lam (and CutMix boxes, FMix masks) per sample instead of per
-            batch, vectorised on the device.
-        label_smoothing: Target smoothing ``t * (1 - s) + s / C``, the definition of
-            ``F.cross_entropy``; 0 (default) changes no target silently.
-        num_classes: Number of classes, needed for integer labels; default: the
-            LightningModule's ``num_classes`` attribute or hyperparameter.
-        stop_epoch: Mix only in epochs before this one (0-based), so the last epochs train
-            on clean data.
-        stop_fraction: Mix only during this fraction of the optimizer steps
-            (``trainer.estimated_stepping_batches``); exclusive with ``stop_epoch``.
-        input_key: Index (list batch) or key (dict batch) of the inputs; default 0, or the
-            first of ``"input"``, ``"image"``, ``"images"``, ``"pixel_values"``, ``"x"``.
-        target_key: Index or key of the targets; default 1, or the first of ``"target"``,
-            ``"label"``, ``"labels"``, ``"y"``.
-        seed: Seed of the mixing; default the run's seed (``seed_everything``). Each process
-            combines it with its rank; the state is saved in checkpoints.
-        save_grid: Once per epoch, save a PNG grid of mixed training images with the top
-            classes of their soft targets to ``<log_dir>/mix_grids`` (and add it to a
-            TensorBoard logger). Costs one device-to-host copy per epoch.
-        grid_samples: Images in the grid.
-        inplace: Write the mixed inputs into the batch's own input tensor, as timm's
-            ``Mixup`` does, instead of a new tensor. Per-batch CutMix then copies only the
-            box; for the other methods the cost is the same. Only for batches with a tensor
-            of their own, which torch's default ``collate_fn`` and the copy to an accelerator
-            give; a view of another tensor (e.g. a slice of a Dataset's stored images) is
-            refused with an error.
+
+    The keyword-only parameters are the options of :class:`~lightning_recipes.MixingOptions`,
+    which describes each; their defaults are the ones here. The subclasses take them as
+    ``**options: Unpack[MixingOptions]``, and ``tests/test_mixing_options.py`` keeps the two
+    lists the same.
     """
 
     # The name in log keys (`lam-MixUp`), grid files and the seed of each batch's draws.

@@ -3,16 +3,18 @@ Classifiers with Localizable Features", ICCV 2019, https://arxiv.org/abs/1905.04
 
 from __future__ import annotations
 
-from typing import Any
+from typing_extensions import Unpack
 
 from lightning_recipes._validation import check_alpha, check_bool, check_spatial_dims
 from lightning_recipes.callbacks.mixing._base import MixingCallback, errors_named
 from lightning_recipes.callbacks.mixing._draw import Methods
 from lightning_recipes.callbacks.mixing._kernels import CutMixKernel
+from lightning_recipes.callbacks.mixing._options import MixingOptions, takes_mixing_options
 
 __all__ = ["CutMix"]
 
 
+@takes_mixing_options
 class CutMix(MixingCallback):
     """Mixes training batches with CutMix: a box of the partner is pasted into each sample.
 
@@ -25,7 +27,8 @@ class CutMix(MixingCallback):
         correct_lam: Weight targets by the clipped box's area (default) rather than the
             sampled lam.
         spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``.
-        **options: What every mixing callback takes, as for :class:`MixUp`.
+
+    Every option of :class:`~lightning_recipes.MixingOptions` is a keyword argument too.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -40,7 +43,7 @@ class CutMix(MixingCallback):
         *,
         correct_lam: bool = True,
         spatial_dims: int | None = None,
-        **options: Any,
+        **options: Unpack[MixingOptions],
     ) -> None:
         with errors_named(self):
             self.alpha = check_alpha(alpha)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from typing_extensions import Unpack
+
 from lightning_recipes._validation import (
     check_alpha,
     check_decay_power,
@@ -14,10 +16,12 @@ from lightning_recipes._validation import (
 from lightning_recipes.callbacks.mixing._base import MixingCallback, errors_named
 from lightning_recipes.callbacks.mixing._draw import Methods
 from lightning_recipes.callbacks.mixing._kernels import FMixKernel
+from lightning_recipes.callbacks.mixing._options import MixingOptions, takes_mixing_options
 
 __all__ = ["FMix"]
 
 
+@takes_mixing_options
 class FMix(MixingCallback):
     """Mixes training batches with FMix: a binarised low-frequency Fourier mask per batch or
     per sample selects which parts come from the partner.
@@ -32,7 +36,8 @@ class FMix(MixingCallback):
             gives binary masks.
         spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``: 1 for audio
             ``(batch, channels, time)``, 3 for volumes ``(batch, channels, D, H, W)``.
-        **options: What every mixing callback takes, as for :class:`MixUp`.
+
+    Every option of :class:`~lightning_recipes.MixingOptions` is a keyword argument too.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -48,7 +53,7 @@ class FMix(MixingCallback):
         decay_power: float = 3.0,
         max_soft: float = 0.0,
         spatial_dims: int | None = None,
-        **options: Any,
+        **options: Unpack[MixingOptions],
     ) -> None:
         with errors_named(self):
             self.alpha = check_alpha(alpha)

@@ -3,16 +3,18 @@ https://arxiv.org/abs/1710.09412)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing_extensions import Unpack
 
 from lightning_recipes._validation import check_alpha
 from lightning_recipes.callbacks.mixing._base import MixingCallback, errors_named
 from lightning_recipes.callbacks.mixing._draw import Methods
 from lightning_recipes.callbacks.mixing._kernels import MixUpKernel
+from lightning_recipes.callbacks.mixing._options import MixingOptions, takes_mixing_options
 
 __all__ = ["MixUp"]
 
 
+@takes_mixing_options
 class MixUp(MixingCallback):
     """Mixes training batches with MixUp: ``lam * x_i + (1 - lam) * x_perm(i)``.
 
@@ -26,12 +28,8 @@ class MixUp(MixingCallback):
     Args:
         alpha: Concentration of ``Beta(alpha, alpha)``, > 0; 1 (default, uniform) as in
             timm and torchvision. The paper uses 0.1 to 0.4 on ImageNet, 1 on CIFAR-10.
-        **options: What every mixing callback takes: ``p``, ``per_sample``,
-            ``label_smoothing``, ``num_classes``, ``stop_epoch``, ``stop_fraction``,
-            ``input_key``, ``target_key``, ``seed``, ``save_grid``, ``grid_samples``,
-            ``inplace``; see
-            :class:`~lightning_recipes.callbacks.mixing._base.MixingCallback` (and
-            ``lightning-recipes fit --trainer.callbacks.help lightning_recipes.MixUp``).
+
+    Every option of :class:`~lightning_recipes.MixingOptions` is a keyword argument too.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -40,7 +38,7 @@ class MixUp(MixingCallback):
 
     _LOG_NAME = "MixUp"
 
-    def __init__(self, alpha: float = 1.0, **options: Any) -> None:
+    def __init__(self, alpha: float = 1.0, **options: Unpack[MixingOptions]) -> None:
         with errors_named(self):
             self.alpha = check_alpha(alpha)
             super().__init__(Methods((MixUpKernel(),), (self.alpha,), None), **options)

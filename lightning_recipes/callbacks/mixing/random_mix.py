@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from typing_extensions import Unpack
+
 from lightning_recipes._validation import (
     check_alpha,
     check_bool,
@@ -17,6 +19,7 @@ from lightning_recipes.callbacks.mixing._kernels import (
     MixKernel,
     MixUpKernel,
 )
+from lightning_recipes.callbacks.mixing._options import MixingOptions, takes_mixing_options
 from lightning_recipes.callbacks.mixing._randomness import MethodChoice
 from lightning_recipes.callbacks.mixing.fmix import checked_fmix_kernel
 
@@ -25,6 +28,7 @@ __all__ = ["RandomMix"]
 _METHODS = ("mixup", "cutmix", "fmix")
 
 
+@takes_mixing_options
 class RandomMix(MixingCallback):
     """Picks MixUp, CutMix or FMix at random for each batch (or each sample) and applies it.
 
@@ -41,7 +45,8 @@ class RandomMix(MixingCallback):
         spatial_dims: Number of trailing spatial dims of CutMix and FMix; default ``x.ndim - 2``.
         decay_power: See :class:`FMix`.
         max_soft: See :class:`FMix`.
-        **options: What every mixing callback takes, as for :class:`MixUp`.
+
+    Every option of :class:`~lightning_recipes.MixingOptions` is a keyword argument too.
 
     Example:
         >>> import lightning.pytorch as pl
@@ -60,7 +65,7 @@ class RandomMix(MixingCallback):
         spatial_dims: int | None = None,
         decay_power: float = 3.0,
         max_soft: float = 0.0,
-        **options: Any,
+        **options: Unpack[MixingOptions],
     ) -> None:
         with errors_named(self):
             self.probs = _check_probs(probs)
