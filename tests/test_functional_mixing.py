@@ -371,6 +371,55 @@ def test_inplace_box_paste_reads_every_partner_before_writing() -> None:
     torch.testing.assert_close(weights, m.flatten(1).mean(1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("size", [(9, 13), (17,), (3, 5, 6)])
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.8, 1.0])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_per_batch_cutmix_pastes_the_blend_of_its_box_mask_bit_for_bit(
+    dtype: torch.dtype, size: tuple[int, ...], lam: float, channels_last: bool
+) -> None:
+    # Out of place, one box per batch is a clone with the partners' boxes gathered into it;
+    # the independent formula is the mask of the same draw blended with the partners.
+    if channels_last and len(size) != 2:
+        pytest.skip("channels-last is a 4-D layout")
+    x = torch.randn(6, 3, *size, generator=_gen(5)).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    perm = sample_partners(6, generator=_gen(6))
+    mixed, weights = cutmix(x, lam, perm, generator=_gen(7))
+    boxes = sample_boxes(size, lam, generator=_gen(7))
+    mask = box_mask(boxes, size, dtype=dtype)
+    expected = torch.lerp(x[perm], x, mask)
+    assert torch.equal(mixed, expected) and mixed.dtype == dtype
+    assert mixed.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(weights, box_mask(boxes, size).mean().expand(6))
+    # The same values as in place, and `x` itself untouched.
+    target = x.clone()
+    inplace, inplace_weights = cutmix(target, lam, perm, generator=_gen(7), inplace=True)
+    assert torch.equal(inplace, mixed) and torch.equal(inplace_weights, weights)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_per_batch_cutmix_takes_a_partner_whose_box_is_finite(inplace: bool) -> None:
+    # One box per batch reads only the partners' boxes: a NaN outside a partner's box does
+    # not reach the sample that takes it, which is mixed; a NaN inside it leaves it unmixed.
+    clean = _distinct_batch(4, 8, 8)
+    boxes = sample_boxes((8, 8), 0.5, generator=_gen(8))
+    inside = box_mask(boxes, (8, 8)) == 0
+    assert inside.any() and (~inside).any()
+    perm = torch.tensor([1, 2, 3, 0])
+    expected, expected_weights = cutmix(clean.clone(), 0.5, perm, generator=_gen(8))
+    for where, mixes in ((~inside, True), (inside, False)):
+        x = clean.clone()
+        x[1, 0][where] = float("nan")  # sample 0 takes image 1 as its partner
+        mixed, weights = cutmix(x.clone(), 0.5, perm, generator=_gen(8), inplace=inplace)
+        if mixes:
+            assert torch.equal(mixed[0], expected[0]) and weights[0] == expected_weights[0] < 1
+        else:
+            assert torch.equal(mixed[0], x[0]) and weights[0] == 1.0
+        assert torch.equal(mixed[2:], expected[2:])
+
+
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(
     batch=st.integers(2, 9),
