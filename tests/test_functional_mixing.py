@@ -580,6 +580,12 @@ ERROR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
         r"`spatial_size` must be 1 to 3 positi",
     ),
     (
+        lambda: sample_fmix_mask((8, 8), 0.5, mask_sampler="coarse"),
+        ValueError,
+        r"`mask_sampler` must be one of \('exact', 'fast'\), got 'coarse'",
+    ),
+    (lambda: fmix(_X, 0.5, _PERM, mask_sampler=_wrong(0)), TypeError, r"`mask_sampler` must be a"),
+    (
         lambda: cutmix(_X, 0.5, _PERM, generator=_wrong(3)),
         TypeError,
         r"`generator` must be a torch.Gene",

@@ -158,6 +158,7 @@ class FMixKernel(_SpatialKernel):
 
     decay_power: float
     max_soft: float
+    mask_sampler: str = "exact"
 
     def weight_map(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> WeightMap:
         return WeightMap(
@@ -168,6 +169,7 @@ class FMixKernel(_SpatialKernel):
                 max_soft=self.max_soft,
                 generator=generator,
                 spatial_dims=self.spatial_dims,
+                mask_sampler=self.mask_sampler,
             )
         )
 

@@ -41,6 +41,7 @@ class RandomMix(MixingCallback):
         spatial_dims: Number of trailing spatial dims of CutMix and FMix; default ``x.ndim - 2``.
         decay_power: See :class:`FMix`.
         max_soft: See :class:`FMix`.
+        mask_sampler: See :class:`FMix`.
         **options: What every mixing callback takes, as for :class:`MixUp`.
 
     Example:
@@ -60,6 +61,7 @@ class RandomMix(MixingCallback):
         spatial_dims: int | None = None,
         decay_power: float = 3.0,
         max_soft: float = 0.0,
+        mask_sampler: str = "exact",
         **options: Any,
     ) -> None:
         with errors_named(self):
@@ -67,8 +69,9 @@ class RandomMix(MixingCallback):
             self.methods = tuple(m for m in _METHODS if self.probs.get(m, 0.0) > 0)
             self.alpha = _check_alphas(alpha)
             self.correct_lam = check_bool(correct_lam, "correct_lam")
-            fmix = checked_fmix_kernel(decay_power, max_soft, spatial_dims)
+            fmix = checked_fmix_kernel(decay_power, max_soft, spatial_dims, mask_sampler)
             self.decay_power, self.max_soft = fmix.decay_power, fmix.max_soft
+            self.mask_sampler = fmix.mask_sampler
             self.spatial_dims = fmix.spatial_dims
             kernels: dict[str, MixKernel] = {
                 "mixup": MixUpKernel(),
