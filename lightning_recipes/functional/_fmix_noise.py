@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["ENERGY_TOLERANCE", "fast_mask", "spectrum_cutoff"]
+__all__ = ["ENERGY_TOLERANCE", "fast_field", "fast_mask", "spectrum_cutoff"]
 
 # Share of the spectrum's energy (DC excluded: it shifts the field, not its ranks) that the
 # fast sampler may drop: an RMS error of the field of sqrt(1e-4) = 1% of its spread.
@@ -53,7 +53,7 @@ def fast_mask(
 ) -> Tensor | None:
     """Binary masks ``(batch, N)`` of area about ``lam``, or None where the sub-lattice is
     the whole input (the caller then ranks every element, for an exact count)."""
-    field = _field(batch, size, decay_power, generator, device)
+    field = fast_field(batch, size, decay_power, generator, device)
     steps = [max(1, s // math.ceil(_RANKED_POINTS ** (1 / len(size)))) for s in size]
     if all(step == 1 for step in steps):
         return None
@@ -71,19 +71,8 @@ def fast_field(
     generator: torch.Generator | None,
     device: torch.device,
 ) -> Tensor:
-    """The cut field at the input's size, ``(batch, N)`` (for exact ranks of every element:
-    the soft edge, or inputs no larger than the sub-lattice)."""
-    return _field(batch, size, decay_power, generator, device).reshape(batch, -1)
-
-
-def _field(
-    batch: int,
-    size: tuple[int, ...],
-    decay_power: float,
-    generator: torch.Generator | None,
-    device: torch.device,
-) -> Tensor:
-    """Fields ``(batch, *size)`` of the spectrum cut at :func:`spectrum_cutoff`."""
+    """Fields ``(batch, *size)`` of the spectrum cut at :func:`spectrum_cutoff` (also for
+    exact ranks of every element: the soft edge, or inputs no larger than the sub-lattice)."""
     cutoff = spectrum_cutoff(size, decay_power)
     grid = tuple(min(s, 2 * cutoff + 1) for s in size)
     index, scale, shape = _kept_frequencies(size, grid, decay_power, cutoff, device)

@@ -126,7 +126,7 @@ def _sample_mask(
         if mask is not None:
             return mask.view(*batch_shape, *size)
     noise = fast_field if mask_sampler == "fast" else _low_frequency_noise
-    grey = noise(batch, size, decay_power, generator, device)
+    grey = noise(batch, size, decay_power, generator, device).reshape(batch, -1)
     if max_soft == 0.0:
         mask = _top_k_mask(grey, count, dtype)
     else:
