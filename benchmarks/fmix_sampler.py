@@ -21,10 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_recipes.functional._fmix_noise import (
     ENERGY_TOLERANCE,
     _kept_frequencies,
-    _threshold,
     spectrum_cutoff,
+    sub_lattice,
+    threshold_mask,
 )
-from lightning_recipes.functional.fmix import _spectrum_scale, _top_k_mask
+from lightning_recipes.functional.fmix import _count, _spectrum_scale, _top_k_mask
 
 SIZES = [(32, 32), (64, 64), (224, 224), (2048,), (224,), (24, 24, 24), (64, 64, 64)]
 
@@ -50,17 +51,13 @@ def compare(size: tuple[int, ...], masks: int, seed: int = 0) -> list[str]:
     n = math.prod(size)
     count = (lam * n).round().long()
     exact = _top_k_mask(exact_field, count, torch.float32)
-    steps = [max(1, s // math.ceil(1024 ** (1 / len(size)))) for s in size]
-    if all(step == 1 for step in steps):
-        fast = _top_k_mask(cut_field.reshape(masks, -1), count, torch.float32)
-        lattice = n
+    points = sub_lattice(cut_field)
+    kept = _top_k_mask(points, _count(lam, points.shape[1]))
+    lattice = points.shape[1]
+    if lattice == n:
+        fast = kept.float()
     else:
-        sub = cut_field
-        for dim, step in enumerate(steps):
-            sub = sub[(slice(None),) * (dim + 1) + (slice(None, None, step),)]
-        lattice = math.prod(sub.shape[1:])
-        threshold = _threshold(sub.reshape(masks, -1), lam)
-        fast = (cut_field.reshape(masks, -1) > threshold.view(-1, 1)).float()
+        fast = threshold_mask(cut_field.clone(), points, kept).reshape(masks, -1)
     differ = (exact != fast).float().mean(1)
     area = (fast.mean(1) - count / n).abs()
     energy = spectrum_energy_share(size, cutoff)

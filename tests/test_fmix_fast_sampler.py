@@ -25,8 +25,9 @@ from lightning_recipes.functional import fmix, sample_fmix_mask
 from lightning_recipes.functional._fmix_noise import (
     ENERGY_TOLERANCE,
     _interpolation,
-    _threshold,
     spectrum_cutoff,
+    sub_lattice,
+    threshold_mask,
 )
 
 # The significance of each test: with the seeds fixed, a failure is a real difference (or a
@@ -180,14 +181,19 @@ def test_trigonometric_interpolation_is_exact_within_the_band(size: int, points:
     np.testing.assert_allclose(fine, signal(np.arange(size) / size), atol=1e-5)
 
 
-def test_the_threshold_keeps_round_lam_n_points_per_row() -> None:
-    points = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
-    lam = torch.tensor([0.0, 0.02, 0.31, 0.5, 0.99, 1.0])
-    threshold = _threshold(points, lam)
-    kept = (points > threshold.view(-1, 1)).sum(1)
-    assert kept.tolist() == (lam * 50).round().long().tolist()
-    assert threshold[0] == math.inf and threshold[-1] == -math.inf
-    assert (_threshold(points, 0.31).view(-1, 1) < points).sum(1).tolist() == [16] * 6
+def test_the_threshold_lies_between_the_kept_and_the_dropped_lattice_points() -> None:
+    field = torch.randn(4, 64, 64, generator=torch.Generator().manual_seed(0))
+    points = sub_lattice(field)
+    assert torch.equal(points, field[:, ::2, ::2].reshape(4, -1))  # 64 // 32: every 2nd
+    kept = points > torch.tensor([[math.inf], [0.5], [-0.5], [-math.inf]])
+    assert kept[0].sum() == 0 and kept[-1].all()
+    mask = threshold_mask(field.clone(), points, kept).bool()
+    # The mask on the lattice is the kept points, and no point beyond them flips order.
+    assert torch.equal(mask[:, ::2, ::2].reshape(4, -1), kept)
+    assert not mask[0].any() and mask[-1].all()
+    for row in (1, 2):
+        low, high = points[row][kept[row]].min(), points[row][~kept[row]].max()
+        assert (field[row][mask[row]] > high).all() and (field[row][~mask[row]] < low).all()
 
 
 def test_fast_masks_with_a_soft_edge_keep_their_mean() -> None:

@@ -16,9 +16,10 @@ sampler makes two approximations, both measured in the FMix card (``docs/methods
    (one small matrix product per dim), which is exact for a field of that band: the result
    equals the full-size inverse FFT of the cut spectrum up to float rounding.
 2. **The threshold is found on a sub-lattice** of about 1024 points of the field (every
-   ``size // 32``-th point of an image), halfway between the last point kept and the first
-   dropped, so the mask's area is ``lam`` up to that lattice's resolution, and only its
-   points are ranked. Where the lattice is the whole input, the mask holds exactly
+   ``size // 32``-th point of an image): its ``round(lam * n)`` highest points are chosen as
+   the exact sampler chooses elements, and the threshold is halfway between the lowest of
+   them and the highest of the rest, so the mask's area is ``lam`` up to that lattice's
+   resolution, and only its points are ranked. Where the lattice is the whole input, the mask holds exactly
    ``round(lam * N)`` ones, as with ``"exact"``.
 
 Where the cutoff saves nothing (small sizes, small ``decay_power``), the grid is the input's.
@@ -33,7 +34,13 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["ENERGY_TOLERANCE", "fast_field", "fast_mask", "spectrum_cutoff"]
+__all__ = [
+    "ENERGY_TOLERANCE",
+    "fast_field",
+    "spectrum_cutoff",
+    "sub_lattice",
+    "threshold_mask",
+]
 
 # Share of the spectrum's energy (DC excluded: it shifts the field, not its ranks) that the
 # fast sampler may drop: an RMS error of the field of sqrt(1e-4) = 1% of its spread.
@@ -42,26 +49,24 @@ ENERGY_TOLERANCE = 1e-4
 _RANKED_POINTS = 1024
 
 
-def fast_mask(
-    batch: int,
-    size: tuple[int, ...],
-    lam: float | Tensor,
-    decay_power: float,
-    generator: torch.Generator | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> Tensor | None:
-    """Binary masks ``(batch, N)`` of area about ``lam``, or None where the sub-lattice is
-    the whole input (the caller then ranks every element, for an exact count)."""
-    field = fast_field(batch, size, decay_power, generator, device)
+def sub_lattice(field: Tensor) -> Tensor:
+    """About ``1024`` points of each field ``(batch, *size)`` on a regular lattice (every
+    ``size // 32``-th point of an image; all points of a field no larger), ``(batch, n)``."""
+    size = field.shape[1:]
     steps = [max(1, s // math.ceil(_RANKED_POINTS ** (1 / len(size)))) for s in size]
-    if all(step == 1 for step in steps):
-        return None
-    lattice = field
     for dim, step in enumerate(steps):
-        lattice = lattice[(slice(None),) * (dim + 1) + (slice(None, None, step),)]
-    threshold = _threshold(lattice.reshape(batch, -1), lam)
-    return field.gt_(threshold.view(batch, *([1] * len(size)))).to(dtype).view(batch, -1)
+        field = field[(slice(None),) * (dim + 1) + (slice(None, None, step),)]
+    return field.reshape(field.shape[0], -1)
+
+
+def threshold_mask(field: Tensor, points: Tensor, kept: Tensor) -> Tensor:
+    """Each field ``(batch, *size)`` above the value halfway between the lowest of its
+    lattice ``points`` that are ``kept`` and the highest of those that are not (+inf where
+    none is kept, -inf where all are): 1 or 0 in the field's dtype, written into ``field``."""
+    lowest_kept = points.masked_fill(~kept, math.inf).amin(dim=1)
+    highest_dropped = points.masked_fill(kept, -math.inf).amax(dim=1)
+    threshold = lowest_kept.add_(highest_dropped).mul_(0.5)
+    return field.gt_(threshold.view(-1, *([1] * (field.ndim - 1))))
 
 
 def fast_field(
@@ -96,30 +101,6 @@ def fast_field(
             rows = field.reshape(batch, math.prod(lead), grid[dim], math.prod(tail))
             field = (matrix @ rows).view(batch, *lead, size[dim], *tail)
     return field
-
-
-def _threshold(points: Tensor, lam: float | Tensor) -> Tensor:
-    """Per row of ``points`` ``(batch, n)``, the value halfway between the ``round(lam * n)``-th
-    highest and the next (+inf to keep none, -inf to keep all), ``(batch,)``.
-
-    Each row is padded to ``2n`` values with ``n - count`` of +inf and ``count`` of -inf, so
-    that the wanted values are the ``n``-th and ``n + 1``-th smallest of every row: one
-    ``kthvalue`` for the batch despite a count per row, and no device sync.
-    """
-    batch, n = points.shape
-    if isinstance(lam, Tensor):
-        count = (lam.float().clamp(0.0, 1.0) * n).round_().long().reshape(batch, 1)
-    else:
-        count = torch.full((batch, 1), round(lam * n), dtype=torch.long, device=points.device)
-    slots = torch.arange(n, device=points.device)
-    pad = torch.where(slots < n - count, math.inf, -math.inf).to(points.dtype)
-    padded = torch.cat((points, pad), dim=1)
-    # Sorted, a row is `count` of -inf, the points, `n - count` of +inf: its n + 1-th
-    # smallest value is the lowest point kept (+inf for none), its n-th the highest dropped
-    # (-inf for none). Their mean is +inf for count 0 and -inf for count n.
-    kept = padded.kthvalue(n + 1, dim=1).values
-    dropped = padded.kthvalue(n, dim=1).values
-    return kept.add_(dropped).mul_(0.5)
 
 
 @functools.lru_cache(maxsize=64)

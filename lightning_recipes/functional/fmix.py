@@ -37,7 +37,7 @@ from lightning_recipes._validation import (
     check_spatial_size,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional._fmix_noise import fast_field, fast_mask
+from lightning_recipes.functional._fmix_noise import fast_field, sub_lattice, threshold_mask
 from lightning_recipes.functional.blend import _blend_finite
 
 __all__ = ["fmix", "sample_fmix_mask"]
@@ -113,18 +113,15 @@ def _sample_mask(
     """:func:`sample_fmix_mask` on checked arguments (the callbacks check them once, at
     construction, instead of on every batch)."""
     n = math.prod(size)
-    count: int | Tensor
-    batch_shape: tuple[int, ...]
-    if isinstance(lam, Tensor):
-        batch_shape = tuple(lam.shape)
-        count = (lam.float().clamp(0.0, 1.0) * n).round_().long().reshape(-1)
-    else:
-        batch_shape, count = (), round(lam * n)
+    batch_shape = tuple(lam.shape) if isinstance(lam, Tensor) else ()
     batch = math.prod(batch_shape)
+    count = _count(lam, n)
     if mask_sampler == "fast" and max_soft == 0.0:
-        mask = fast_mask(batch, size, lam, decay_power, generator, device, dtype)
-        if mask is not None:
-            return mask.view(*batch_shape, *size)
+        field = fast_field(batch, size, decay_power, generator, device)
+        points = sub_lattice(field)
+        kept = _top_k_mask(points, _count(lam, points.shape[1]))
+        mask = kept if points.shape[1] == n else threshold_mask(field, points, kept)
+        return mask.to(dtype).view(*batch_shape, *size)
     noise = fast_field if mask_sampler == "fast" else _low_frequency_noise
     grey = noise(batch, size, decay_power, generator, device).reshape(batch, -1)
     if max_soft == 0.0:
@@ -135,6 +132,13 @@ def _sample_mask(
         soft = torch.minimum(count, n - count).clamp_max(int(n * max_soft))
         mask = _soft_top_k_mask(grey, count, soft)
     return mask.to(dtype).view(*batch_shape, *size)
+
+
+def _count(lam: float | Tensor, n: int) -> int | Tensor:
+    """``round(lam * n)``: a Python int, or per element of ``lam`` flat ``torch.long``."""
+    if isinstance(lam, Tensor):
+        return (lam.float().clamp(0.0, 1.0) * n).round_().long().reshape(-1)
+    return round(lam * n)
 
 
 def fmix(
