@@ -26,6 +26,7 @@ from lightning_recipes.functional import (
     sample_partners,
     soft_targets,
 )
+from lightning_recipes.functional.blend import _blend_finite
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -493,6 +494,46 @@ def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
         targets = mix_targets(y, weights, perm, num_classes=4)
         assert targets[0].tolist() == [1.0, 0.0, 0.0, 0.0]
         assert targets.isfinite().all()
+
+
+def _reference_guarded_lerp(
+    x: torch.Tensor, perm: torch.Tensor, weight: float | torch.Tensor
+) -> torch.Tensor:
+    """The guard written out sample by sample (a partner with any NaN or inf is replaced by
+    the sample itself), then one float32 ``lerp`` of the whole batch, rounded once to
+    ``x.dtype``; the weight is first rounded to ``x.dtype``, as documented."""
+    finite = [bool(torch.isfinite(x[j]).all()) for j in range(x.shape[0])]
+    partners = torch.tensor([int(j) if finite[int(j)] else i for i, j in enumerate(perm)])
+    if isinstance(weight, torch.Tensor):
+        weight = weight.to(x.dtype).float()
+    return torch.lerp(x[partners].float(), x.float(), weight).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["float", "ratio", "mask", "soft mask"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_the_guarded_blend_is_the_float32_lerp_rounded_once(
+    dtype: torch.dtype, kind: str, inplace: bool
+) -> None:
+    # float32: the same bits as the guard and a float32 lerp; float16 / bfloat16: the float32
+    # computation rounded once to the input's dtype.
+    x = torch.randn(7, 3, 13, 9, generator=_gen(20)).mul_(3).to(dtype)
+    x[4, 1, 2, 3] = float("nan")  # sample 0 takes image 4 as its partner
+    perm = torch.tensor([4, 0, 1, 2, 3, 6, 5])
+    weight: float | torch.Tensor = {
+        "float": 0.3125,
+        "ratio": torch.rand(7, 1, 1, 1, generator=_gen(21)),
+        "mask": (torch.rand(7, 1, 13, 9, generator=_gen(22)) > 0.5).float(),
+        "soft mask": torch.rand(1, 1, 13, 9, generator=_gen(23)),
+    }[kind]
+    expected = _reference_guarded_lerp(x, perm, weight)
+    weights = torch.rand(7, generator=_gen(24))
+    target = x.clone()
+    mixed, got_weights = _blend_finite(target, perm, weight, weights, inplace)
+    assert mixed.dtype == dtype and (mixed is target) == inplace
+    assert torch.equal(mixed.nan_to_num(7.0), expected.nan_to_num(7.0))
+    assert torch.equal(mixed[0], x[0])  # not mixed with its broken partner
+    assert got_weights[0] == 1.0 and torch.equal(got_weights[1:], weights[1:])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

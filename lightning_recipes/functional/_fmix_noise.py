@@ -19,8 +19,8 @@ sampler makes two approximations, both measured in the FMix card (``docs/methods
    ``size // 32``-th point of an image): its ``round(lam * n)`` highest points are chosen as
    the exact sampler chooses elements, and the threshold is halfway between the lowest of
    them and the highest of the rest, so the mask's area is ``lam`` up to that lattice's
-   resolution, and only its points are ranked. Where the lattice is the whole input, the mask holds exactly
-   ``round(lam * N)`` ones, as with ``"exact"``.
+   resolution, and only its points are ranked. Where the lattice is the whole input, the
+   mask holds exactly ``round(lam * N)`` ones, as with ``"exact"``.
 
 Where the cutoff saves nothing (small sizes, small ``decay_power``), the grid is the input's.
 The targets are weighted by each mask's actual mean.
