@@ -99,6 +99,12 @@ def _gather_lerp(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor) -> t
     return torch.lerp(partners, x, weight, out=partners)
 
 
+def _clone_and_paste(x: torch.Tensor, perm: torch.Tensor, box: tuple[slice, ...]) -> torch.Tensor:
+    mixed = x.clone()
+    torch.index_select(x[box], 0, perm, out=mixed[box])
+    return mixed
+
+
 def callback_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
     """The callback's per-batch work on a fresh list batch ``[x, y]``."""
     trainer, module = _set_up(callback)
@@ -216,6 +222,8 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
         buffer = torch.empty_like(x)
         perm = torch.randperm(shape[0])
         ratio = torch.rand(shape[0], *([1] * (len(shape) - 1)))
+        side = round(shape[-1] * 0.5**0.5)
+        half_box = (slice(None), slice(None), slice(0, side), slice(0, side))
         fns: dict[str, Callable[[], Any]] = {
             "clone": x.clone,
             # Lower bounds: the FMix spectra of one mask per sample (the paper draws a complex
@@ -227,6 +235,9 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
             # The least a blend with a gathered partner does in torch ops: gather, then lerp.
             "gather+lerp floor": functools.partial(_gather_lerp, x, perm, ratio),
             "guard floor": functools.partial(torch.sum, x, dim=tuple(range(1, x.ndim))),
+            # Per-batch CutMix's kernel without its guard, on a box of half the image: a clone
+            # and the partners' boxes gathered into it (timm: a flipped copy and the box).
+            "paste floor": functools.partial(_clone_and_paste, x, perm, half_box),
             "MixUp batch inplace": inplace_step(MixUp(seed=0, inplace=True), x, y),
             "CutMix batch inplace": inplace_step(CutMix(seed=0, inplace=True), x, y),
             **{
@@ -332,6 +343,7 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
         floors = (
             ("floor: `torch.add(x, 0)` (read x, write a new tensor)", t["add floor"]),
             ("floor: `copy_` into existing memory", t["copy floor"]),
+            ("floor: clone + half-image box gathered in, no guard", t["paste floor"]),
             ("floor: the guard, a per-sample sum", t["guard floor"]),
             ("floor: gather the partners + `lerp`", t["gather+lerp floor"]),
             ("floor: guard + gather + `lerp`", t["guard floor"] + t["gather+lerp floor"]),
