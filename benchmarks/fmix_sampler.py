@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lightning_recipes.functional._fmix_binarise import top_k_mask
 from lightning_recipes.functional._fmix_noise import (
     ENERGY_TOLERANCE,
     _kept_frequencies,
@@ -25,7 +26,7 @@ from lightning_recipes.functional._fmix_noise import (
     sub_lattice,
     threshold_mask,
 )
-from lightning_recipes.functional.fmix import _count, _spectrum_scale, _top_k_mask
+from lightning_recipes.functional.fmix import _count, _spectrum_scale
 
 SIZES = [(32, 32), (64, 64), (224, 224), (2048,), (224,), (24, 24, 24), (64, 64, 64)]
 
@@ -50,9 +51,9 @@ def compare(size: tuple[int, ...], masks: int, seed: int = 0) -> list[str]:
     lam = torch.rand(masks, generator=generator)
     n = math.prod(size)
     count = (lam * n).round().long()
-    exact = _top_k_mask(exact_field, count, torch.float32)
+    exact = top_k_mask(exact_field, count, torch.float32)
     points = sub_lattice(cut_field)
-    kept = _top_k_mask(points, _count(lam, points.shape[1]))
+    kept = top_k_mask(points, _count(lam, points.shape[1]))
     lattice = points.shape[1]
     if lattice == n:
         fast = kept.float()

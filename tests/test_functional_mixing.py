@@ -189,11 +189,11 @@ def test_fmix_masks_are_binary_with_exact_area(size: tuple[int, ...]) -> None:
 def test_top_k_selection_is_exact_with_ties() -> None:
     """The binarisation takes exactly `count` values per row, never a lower one before a
     higher one, also when many values are equal (constant rows, few levels)."""
-    from lightning_recipes.functional.fmix import _top_k_mask
+    from lightning_recipes.functional._fmix_binarise import top_k_mask
 
     values = torch.cat([torch.randint(0, 3, (6, 40), generator=_gen()).float(), torch.zeros(2, 40)])
     count = torch.tensor([0, 1, 13, 20, 39, 40, 7, 33])
-    for mask in (_top_k_mask(values, count), _top_k_mask(values[:1], 17)):
+    for mask in (top_k_mask(values, count), top_k_mask(values[:1], 17)):
         rows = mask.shape[0]
         assert torch.equal(mask.sum(1), count[:rows] if rows > 1 else torch.tensor([17]))
         taken = torch.where(mask, values[:rows], float("inf")).amin(1)
