@@ -11,9 +11,11 @@ masks, mixing the images and building float32 soft targets), by default and with
 ``Mixup`` and torchvision's ``MixUp``/``CutMix`` are called on ``(x, y)`` with integer labels
 and also return mixed soft targets; timm gets ``label_smoothing=0`` for parity. Against
 ``x.clone()`` both the mix alone (seeding, drawing lam, partners and masks, mixing the images)
-and the whole hook are given. Lower bounds measured in the same rounds show which targets no
-implementation of the specified algorithm can meet on this machine: one read and one write of
-the batch into existing memory (``copy_``), and the Gaussian spectra FMix draws per mask.
+and the whole hook are given. Floors measured in the same rounds show which targets no
+implementation in torch ops can meet on this machine: one read and one write of the batch
+(``torch.add(x, 0)``, ``copy_`` into existing memory), the non-finite guard (a per-sample sum),
+a gather of the partners and one ``lerp``, per-batch CutMix's clone-and-paste kernel without
+its guard, and the Gaussian spectra the exact FMix sampler draws per mask.
 Every contender of a row is timed in the same interleaved rounds and the median is kept.
 """
 
