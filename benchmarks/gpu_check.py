@@ -36,10 +36,19 @@ On one CUDA GPU, for torchvision ResNets (random weights, nothing downloaded) in
    ``MixUp`` in the fit) and where they come from;
 5. under ``"16-mixed"`` with a large initial loss scale (to provoke overflow skips), the loss-scale
    trajectory, the skipped steps (``LossScaleMonitor``) and that the OneCycle scheduler stepped
-   exactly once per real parameter update (``on_skipped_step="hold"``).
+   exactly once per real parameter update (``on_skipped_step="hold"``);
+6. the compiled guard and blend (``lightning_recipes.functional._fused``) on a 128x3x224x224
+   batch, per kind of weight map (a float, a ratio per sample, a mask) and dtype: whether it
+   was chosen (its first result equal to the torch ops' bit for bit), both paths' GPU time
+   beside a clone's, the first call's time (the compilation) and the first call at a smaller
+   batch (no recompilation: milliseconds, not seconds);
+7. ``lightning-recipes fit --config configs/cifar10.yaml --trainer.precision 16-mixed`` on one
+   device with ``FMix(per_sample=True, mask_sampler="fast")`` added, on a CIFAR-10 file of
+   random pixels the check writes (in this process, with torchvision's checksums pointed at
+   it; ``32-true`` in the dry run).
 
-Without CUDA (``--dry-run``), the GPU time is skipped with its reason; the host time and the fit
-cost run at tiny sizes under ``32-true``.
+Without CUDA (``--dry-run``), the GPU time and the compiled blend are skipped with their reason;
+the host time, the fit cost and the command's fit run at tiny sizes under ``32-true``.
 
 Prints a plain-text table and writes every figure and setting to ``--output`` (JSON). Each
 section (and each fit) runs on its own: a failure is recorded and the rest still runs.
@@ -99,6 +108,7 @@ MIXERS: dict[str, Callable[..., Callback]] = {
     "MixUp": lambda **kw: MixUp(**kw),
     "CutMix": lambda **kw: CutMix(**kw),
     "FMix": lambda **kw: FMix(**kw),
+    "FMix-fast": lambda **kw: FMix(mask_sampler="fast", **kw),
     "RandomMix": lambda **kw: RandomMix({"mixup": 0.3, "cutmix": 0.3, "fmix": 0.4}, **kw),
 }
 # Per batch, RandomMix pastes a CutMix box in place: its own code path, checked for syncs too.
@@ -998,6 +1008,206 @@ def loss_scale(s: Settings, clock: _Clock) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
+def fused_blend(s: Settings, clock: _Clock) -> dict[str, Any]:
+    """The compiled guard and blend (``lightning_recipes.functional._fused``): per kind of
+    weight map and dtype on a 128x3x224x224 batch, whether the compiled path was chosen (its
+    first result equal to the torch ops' bit for bit), both paths' GPU time, and the first
+    call at a smaller batch (a recompilation would take seconds)."""
+    if s.device != "cuda":
+        return {"status": "skipped", "reason": "compiled only on CUDA (no CUDA device)"}
+    from lightning_recipes.functional import _fused
+    from lightning_recipes.functional.blend import _blend_finite
+
+    batch, size = 128, 224
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    rows: dict[str, Any] = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = torch.randn(batch, 3, size, size, device="cuda", generator=gen).to(dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+        kinds: dict[str, Any] = {
+            "float": 0.3,
+            "ratio": torch.rand(batch, 1, 1, 1, device="cuda", generator=gen),
+            "mask": (torch.rand(batch, 1, size, size, device="cuda", generator=gen) > 0.5).float(),
+        }
+        for kind, weight in kinds.items():
+            name = f"{kind} {str(dtype).removeprefix('torch.')}"
+            rows[name] = _fused_row(_fused, _blend_finite, x, weight, gen)
+            clock.say(
+                f"fused blend {name}: chosen {rows[name]['compiled_chosen']},"
+                f" {rows[name]['eager_gpu_ms']:.3f} -> {rows[name]['compiled_gpu_ms']:.3f} ms"
+            )
+    return {"status": "ok", "batch": f"{batch}x3x{size}x{size} channels-last", "rows": rows}
+
+
+def _fused_row(
+    fused: Any, blend_finite: Callable[..., Any], x: torch.Tensor, weight: Any, gen: Any
+) -> dict[str, Any]:
+    """One kind of call: the compiled path's choice, equality and time, and a smaller batch."""
+    batch = x.shape[0]
+    perm = torch.randperm(batch, device="cuda", generator=gen)
+    weights = torch.rand(batch, device="cuda", generator=gen)
+
+    def call(n: int = batch) -> Any:
+        w = weight[:n] if isinstance(weight, torch.Tensor) and weight.shape[0] > 1 else weight
+        return blend_finite(x[:n], perm[:n] % n, w, weights[:n], inplace=False)
+
+    start = time.perf_counter()
+    compiled = call()
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - start
+    shape = tuple(d == 1 for d in weight.shape) if isinstance(weight, torch.Tensor) else None
+    key = ("cuda", x.dtype, x.ndim, shape)
+    with _patched(fused, "_DEVICES", ()):
+        eager = call()
+        eager_ms = _gpu_ms(call)
+    compiled_ms = _gpu_ms(call)
+    start = time.perf_counter()
+    call(batch - 3)  # the smaller last batch of an epoch: no recompilation
+    torch.cuda.synchronize()
+    return {
+        "compiled_chosen": key in fused._checked,
+        "rejected": key in fused._rejected,
+        "equal_to_eager": bool(torch.equal(compiled[0].nan_to_num(), eager[0].nan_to_num())),
+        "first_call_s": first_s,
+        "eager_gpu_ms": eager_ms,
+        "compiled_gpu_ms": compiled_ms,
+        "clone_gpu_ms": _gpu_ms(x.clone),
+        "smaller_batch_first_call_s": time.perf_counter() - start,
+    }
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def _gpu_ms(fn: Callable[[], Any], calls: int = 10) -> float:
+    """Median GPU time of ``fn`` over ``calls`` calls, CUDA events around each."""
+    fn()
+    times = []
+    for _ in range(calls):
+        start, end = _event(), _event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(float(start.elapsed_time(end)))
+    return float(statistics.median(times))
+
+
+def _write_cifar(root: Path, per_batch: int) -> None:
+    """A CIFAR-10 python-format tree of random pixels under ``root``, and torchvision's
+    checksums of this process pointed at its files (nothing is downloaded)."""
+    import hashlib
+    import pickle
+
+    import numpy as np
+
+    cifar = torchvision.datasets.CIFAR10
+    folder = root / cifar.base_folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+
+    def write(name: str, entry: dict[str, Any]) -> str:
+        data = pickle.dumps(entry)
+        (folder / name).write_bytes(data)
+        return hashlib.md5(data).hexdigest()
+
+    sums = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        pixels = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, NUM_CLASSES, size=per_batch).tolist()
+        sums[name] = write(name, {"data": pixels, "labels": labels, "batch_label": name})
+    meta = write("batches.meta", {"label_names": [f"c{i}" for i in range(NUM_CLASSES)]})
+    cifar.train_list = [[n, sums[n]] for n, _ in cifar.train_list]
+    cifar.test_list = [["test_batch", sums["test_batch"]]]
+    cifar.meta = {**cifar.meta, "md5": meta}
+
+
+def _restore_cifar(saved: tuple[Any, Any, Any]) -> None:
+    cifar = torchvision.datasets.CIFAR10
+    cifar.train_list, cifar.test_list, cifar.meta = saved
+
+
+def cli_fit(s: Settings, clock: _Clock) -> dict[str, Any]:
+    """``lightning-recipes fit --config configs/cifar10.yaml --trainer.precision 16-mixed``
+    with ``FMix(per_sample=True, mask_sampler="fast")`` added, on one device, on a CIFAR-10
+    file this check writes (``32-true`` on the CPU), in this process."""
+    import tempfile
+
+    from lightning_recipes.cli import main as cli_main
+
+    precision = "16-mixed" if s.device == "cuda" else "32-true"
+    steps = 20 if s.device == "cuda" else 2
+    cifar = torchvision.datasets.CIFAR10
+    saved = cifar.train_list, cifar.test_list, cifar.meta
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as restore:
+        restore.callback(lambda: _restore_cifar(saved))
+        root = Path(tmp)
+        _write_cifar(root / "data", per_batch=400)
+        argv = [
+            "fit",
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "configs" / "cifar10.yaml"),
+            "--trainer.accelerator",
+            "gpu" if s.device == "cuda" else "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.strategy",
+            "auto",
+            "--trainer.precision",
+            precision,
+            "--trainer.sync_batchnorm",
+            "false",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            str(steps),
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--trainer.default_root_dir",
+            str(root / "runs"),
+            "--trainer.logger.init_args.save_dir",
+            str(root / "runs"),
+            "--trainer.callbacks+=lightning_recipes.FMix",
+            "--trainer.callbacks.per_sample",
+            "true",
+            "--trainer.callbacks.mask_sampler",
+            "fast",
+            "--data.init_args.root",
+            str(root / "data"),
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.batch_size",
+            "64",
+            "--data.init_args.val_size",
+            "200",
+        ]
+        start = time.perf_counter()
+        cli_main(argv)
+        elapsed = time.perf_counter() - start
+        metrics = sorted((root / "runs").rglob("metrics.csv"))
+        checkpoints = sorted(p.name for p in (root / "runs").rglob("*.ckpt"))
+        text = metrics[-1].read_text() if metrics else ""
+    clock.say(f"cli fit {precision}: {elapsed:.1f} s, checkpoints {checkpoints}")
+    return {
+        "status": "ok",
+        "precision": precision,
+        "argv": argv,
+        "elapsed_s": elapsed,
+        "train_steps": steps,
+        "logged_lam_fmix": "lam-FMix" in text,
+        "checkpoints": checkpoints,
+    }
+
+
 def _fmt(value: Any, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -1144,6 +1354,34 @@ def table(results: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"Loss scale: {ls.get('status')} ({ls.get('reason', ls.get('error'))})")
+    fused = results.get("fused_blend", {})
+    lines.append("")
+    if fused.get("status") == "ok":
+        lines.append(f"Compiled guard + blend, {fused['batch']} (GPU ms, median of 10)")
+        lines.append(
+            f"{'kind':<16} {'chosen':>7} {'equal':>6} {'eager':>8} {'compiled':>9}"
+            f" {'clone':>7} {'first s':>8} {'smaller s':>10}"
+        )
+        for name, row in fused["rows"].items():
+            lines.append(
+                f"{name:<16} {row['compiled_chosen']!s:>7} {row['equal_to_eager']!s:>6}"
+                f" {row['eager_gpu_ms']:>8.3f} {row['compiled_gpu_ms']:>9.3f}"
+                f" {row['clone_gpu_ms']:>7.3f} {row['first_call_s']:>8.2f}"
+                f" {row['smaller_batch_first_call_s']:>10.3f}"
+            )
+    else:
+        lines.append(
+            f"Compiled blend: {fused.get('status')} ({fused.get('reason', fused.get('error'))})"
+        )
+    cli = results.get("cli_fit", {})
+    if cli.get("status") == "ok":
+        lines.append(
+            f"lightning-recipes fit, {cli['precision']}, FMix per sample (fast sampler), CIFAR-10"
+            f" file written by the check: {cli['train_steps']} steps in {cli['elapsed_s']:.1f} s,"
+            f" lam logged {cli['logged_lam_fmix']}, checkpoints {cli['checkpoints']}"
+        )
+    else:
+        lines.append(f"CLI fit: {cli.get('status')} ({cli.get('reason', cli.get('error'))})")
     errors = [k for k, v in results.items() if isinstance(v, dict) and v.get("status") == "error"]
     if errors:
         lines.append("")
@@ -1199,6 +1437,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _guarded(results, "step_syncs", clock, lambda: step_syncs(s, clock))
     _guarded(results, "fit_cost", clock, lambda: fit_cost(s, fits, clock))
     _guarded(results, "loss_scale", clock, lambda: loss_scale(s, clock))
+    _guarded(results, "fused_blend", clock, lambda: fused_blend(s, clock))
+    _guarded(results, "cli_fit", clock, lambda: cli_fit(s, clock))
     results["elapsed_s"] = clock.elapsed()
     try:
         text = table(results)

@@ -11,9 +11,11 @@ masks, mixing the images and building float32 soft targets), by default and with
 ``Mixup`` and torchvision's ``MixUp``/``CutMix`` are called on ``(x, y)`` with integer labels
 and also return mixed soft targets; timm gets ``label_smoothing=0`` for parity. Against
 ``x.clone()`` both the mix alone (seeding, drawing lam, partners and masks, mixing the images)
-and the whole hook are given. Lower bounds measured in the same rounds show which targets no
-implementation of the specified algorithm can meet on this machine: one read and one write of
-the batch into existing memory (``copy_``), and the Gaussian spectra FMix draws per mask.
+and the whole hook are given. Floors measured in the same rounds show which targets no
+implementation in torch ops can meet on this machine: one read and one write of the batch
+(``torch.add(x, 0)``, ``copy_`` into existing memory), the non-finite guard (a per-sample sum),
+a gather of the partners and one ``lerp``, per-batch CutMix's clone-and-paste kernel without
+its guard, and the Gaussian spectra the exact FMix sampler draws per mask.
 Every contender of a row is timed in the same interleaved rounds and the median is kept.
 """
 
@@ -92,6 +94,17 @@ def _set_up(callback: Any) -> tuple[SimpleNamespace, SimpleNamespace]:
     module = SimpleNamespace(num_classes=NUM_CLASSES, hparams={}, log=lambda *a, **k: None)
     callback.setup(trainer, module, "fit")
     return trainer, module
+
+
+def _gather_lerp(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    partners = torch.index_select(x, 0, perm)
+    return torch.lerp(partners, x, weight, out=partners)
+
+
+def _clone_and_paste(x: torch.Tensor, perm: torch.Tensor, box: tuple[slice, ...]) -> torch.Tensor:
+    mixed = x.clone()
+    torch.index_select(x[box], 0, perm, out=mixed[box])
+    return mixed
 
 
 def callback_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
@@ -209,6 +222,10 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
         y = torch.randint(0, NUM_CLASSES, (shape[0],))
         spectrum_shape = (shape[0], *shape[2:-1], shape[-1] // 2 + 1)
         buffer = torch.empty_like(x)
+        perm = torch.randperm(shape[0])
+        ratio = torch.rand(shape[0], *([1] * (len(shape) - 1)))
+        side = round(shape[-1] * 0.5**0.5)
+        half_box = (slice(None), slice(None), slice(0, side), slice(0, side))
         fns: dict[str, Callable[[], Any]] = {
             "clone": x.clone,
             # Lower bounds: the FMix spectra of one mask per sample (the paper draws a complex
@@ -216,6 +233,13 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
             # that exists (a vectorised per-sample mix touches every element at least once).
             "spectrum draw": functools.partial(torch.randn, spectrum_shape, dtype=torch.complex64),
             "copy floor": functools.partial(buffer.copy_, x),
+            "add floor": functools.partial(torch.add, x, 0),
+            # The least a blend with a gathered partner does in torch ops: gather, then lerp.
+            "gather+lerp floor": functools.partial(_gather_lerp, x, perm, ratio),
+            "guard floor": functools.partial(torch.sum, x, dim=tuple(range(1, x.ndim))),
+            # Per-batch CutMix's kernel without its guard, on a box of half the image: a clone
+            # and the partners' boxes gathered into it (timm: a flipped copy and the box).
+            "paste floor": functools.partial(_clone_and_paste, x, perm, half_box),
             "MixUp batch inplace": inplace_step(MixUp(seed=0, inplace=True), x, y),
             "CutMix batch inplace": inplace_step(CutMix(seed=0, inplace=True), x, y),
             **{
@@ -235,6 +259,12 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
             "MixUp sample": callback_step(MixUp(seed=0, per_sample=True), x, y),
             "CutMix sample": callback_step(CutMix(seed=0, per_sample=True), x, y),
             "FMix sample": callback_step(FMix(seed=0, per_sample=True), x, y),
+            "FMix sample fast": callback_step(
+                FMix(seed=0, per_sample=True, mask_sampler="fast"), x, y
+            ),
+            "FMix sample fast mix": callback_mix(
+                FMix(seed=0, per_sample=True, mask_sampler="fast"), x
+            ),
             "RandomMix sample": callback_step(RandomMix(seed=0, per_sample=True), x, y),
             "timm mixup batch": timm_mixup(x, y, "mixup", "batch"),
             "timm cutmix batch": timm_mixup(x, y, "cutmix", "batch"),
@@ -245,14 +275,21 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
         }
         t = median_times(fns, rounds, budget)
         numpy_t = median_times(
-            {"FMix sample": fns["FMix sample"], "numpy": paper_fmix_numpy_per_sample(x)},
+            {
+                "FMix sample": fns["FMix sample"],
+                "FMix sample fast": fns["FMix sample fast"],
+                "numpy": paper_fmix_numpy_per_sample(x),
+            },
             rounds,
             budget,
         )
         for method, name in (("mixup", "MixUp"), ("cutmix", "CutMix")):
             timm_t, tv_t = t[f"timm {method} batch"], t[f"tv {name}"]
-            ratio = t[f"{name} batch"] / min(timm_t, tv_t)
-            ratio_inplace = t[f"{name} batch inplace"] / min(timm_t, tv_t)
+            # The issue's targets: MixUp within 1.2x the faster peer, CutMix (default, a new
+            # tensor) at most timm's time (timm pastes into its input).
+            base, target = (min(timm_t, tv_t), 1.2) if method == "mixup" else (timm_t, 1.0)
+            ratio = t[f"{name} batch"] / base
+            ratio_inplace = t[f"{name} batch inplace"] / base
             vs_libs.append(
                 [
                     shape_name,
@@ -261,9 +298,11 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
                     ms(t[f"{name} batch inplace"]),
                     ms(timm_t),
                     ms(tv_t),
+                    "faster of both" if method == "mixup" else "timm",
                     f"{ratio:.2f}",
                     f"{ratio_inplace:.2f}",
-                    verdict(ratio <= 1.2) + " / " + verdict(ratio_inplace <= 1.2),
+                    f"<= {target}",
+                    verdict(ratio <= target) + " / " + verdict(ratio_inplace <= target),
                 ]
             )
             elem = t[f"timm {method} elem"]
@@ -280,47 +319,67 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
                     verdict(speedup >= 5),
                 ]
             )
-        for name in ("MixUp", "CutMix", "FMix", "RandomMix"):
-            for lam in ("batch", "sample"):
-                mix, hook = t[f"{name} {lam} mix"], t[f"{name} {lam}"]
-                ratio = mix / t["clone"]
-                vs_clone.append(
-                    [
-                        shape_name,
-                        f"{name} {lam}",
-                        ms(mix),
-                        ms(hook),
-                        ms(t["clone"]),
-                        f"{ratio:.2f}",
-                        f"{hook / t['clone']:.2f}",
-                        verdict(ratio <= 3),
-                    ]
-                )
-        vs_clone.append(
-            [
-                shape_name,
-                "floor: FMix spectra, one per sample (`torch.randn`)",
-                ms(t["spectrum draw"]),
-                "-",
-                ms(t["clone"]),
-                f"{t['spectrum draw'] / t['clone']:.2f}",
-                "-",
-                "-",
-            ]
+        clone = t["clone"]
+        hooks = [
+            (name, lam)
+            for name in ("MixUp", "CutMix", "FMix", "RandomMix")
+            for lam in ("batch", "sample")
+        ]
+        hooks.insert(6, ("FMix", "sample fast"))
+        for name, lam in hooks:
+            mix, hook = t[f"{name} {lam} mix"], t[f"{name} {lam}"]
+            target = 1.6 if name in ("FMix", "RandomMix") and lam != "batch" else 1.3
+            vs_clone.append(
+                [
+                    shape_name,
+                    f"{name} {lam}",
+                    ms(mix),
+                    ms(hook),
+                    ms(clone),
+                    f"{mix / clone:.2f}",
+                    f"{hook / clone:.2f}",
+                    f"<= {target}",
+                    verdict(hook / clone <= target),
+                ]
+            )
+        floors = (
+            ("floor: `torch.add(x, 0)` (read x, write a new tensor)", t["add floor"]),
+            ("floor: `copy_` into existing memory", t["copy floor"]),
+            ("floor: clone + half-image box gathered in, no guard", t["paste floor"]),
+            ("floor: the guard, a per-sample sum", t["guard floor"]),
+            ("floor: gather the partners + `lerp`", t["gather+lerp floor"]),
+            ("floor: guard + gather + `lerp`", t["guard floor"] + t["gather+lerp floor"]),
+            ("floor: exact FMix spectra, one per sample (`torch.randn`)", t["spectrum draw"]),
         )
-        ratio = numpy_t["FMix sample"] / numpy_t["numpy"]
+        for label, seconds in floors:
+            vs_clone.append(
+                [
+                    shape_name,
+                    label,
+                    ms(seconds),
+                    "-",
+                    ms(clone),
+                    f"{seconds / clone:.2f}",
+                    "-",
+                    "-",
+                    "-",
+                ]
+            )
         vs_numpy.append(
             [
                 shape_name,
                 ms(numpy_t["FMix sample"]),
+                ms(numpy_t["FMix sample fast"]),
                 ms(numpy_t["numpy"]),
-                f"{ratio:.2f}",
-                verdict(ratio <= 1),
+                f"{numpy_t['FMix sample'] / numpy_t['numpy']:.2f}",
+                f"{numpy_t['FMix sample fast'] / numpy_t['numpy']:.2f}",
+                verdict(numpy_t["FMix sample"] <= numpy_t["numpy"]),
             ]
         )
     out.append(
         table(
-            "Per-batch lam: ours / faster of timm `Mixup` and torchvision v2 (target <= 1.2)",
+            "Per-batch lam: ours / timm `Mixup` and torchvision v2 (targets: MixUp <= 1.2 of the"
+            " faster, CutMix by default <= 1.0 of timm)",
             [
                 "batch",
                 "method",
@@ -328,8 +387,10 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
                 "ours `inplace=True` ms",
                 "timm ms",
                 "torchvision ms",
+                "against",
                 "ratio",
                 "ratio `inplace=True`",
+                "target",
                 "met (default / inplace)",
             ],
             vs_libs,
@@ -353,7 +414,8 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
     )
     out.append(
         table(
-            "Any mix / `x.clone()` (target <= 3)",
+            "Whole hook / `x.clone()` (targets: <= 1.3; FMix and RandomMix per sample <= 1.6),"
+            " with the floors measured in the same rounds",
             [
                 "batch",
                 "callback, lam",
@@ -362,7 +424,8 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
                 "clone ms",
                 "mix / clone",
                 "hook / clone",
-                "met (mix)",
+                "target",
+                "met (hook)",
             ],
             vs_clone,
         )
@@ -370,7 +433,15 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
     out.append(
         table(
             "FMix, a mask per sample: ours / the paper's numpy algorithm per sample (target <= 1)",
-            ["batch", "ours ms", "numpy ms", "ratio", "met"],
+            [
+                "batch",
+                "exact ms",
+                "fast ms",
+                "numpy ms",
+                "exact / numpy",
+                "fast / numpy",
+                "met (exact)",
+            ],
             vs_numpy,
         )
     )
@@ -431,6 +502,7 @@ def bench_fit(repeats: int, epochs: int, batches: int) -> str:
         "FMix": FMix,
         "RandomMix": RandomMix,
         "FMix per sample": lambda: FMix(per_sample=True),
+        "FMix per sample, fast sampler": lambda: FMix(per_sample=True, mask_sampler="fast"),
     }
     fit(None)  # warm-up
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in contenders}
@@ -454,12 +526,12 @@ def bench_fit(repeats: int, epochs: int, batches: int) -> str:
                 f"{wall / base:.3f}",
                 f"{cpu / base_cpu:.3f}",
                 f"{share:.1%}",
-                verdict(cpu / base_cpu <= 1.05),
+                verdict(cpu / base_cpu <= 1.03),
             ]
         )
     return table(
         f"Digits fit, `ImageClassifier`, {epochs} epochs of {batches} batches of 64 ({repeats}"
-        " interleaved fits each): with / without the callback (target <= 1.05)",
+        " interleaved fits each): with / without the callback (target <= 1.03, CPU time)",
         [
             "callback",
             "with s (median wall)",

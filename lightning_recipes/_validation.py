@@ -129,6 +129,10 @@ def check_max_soft(max_soft: object) -> float:
     return max_soft
 
 
+def check_mask_sampler(mask_sampler: object) -> str:
+    return check_choice(check_str(mask_sampler, "mask_sampler"), "mask_sampler", ("exact", "fast"))
+
+
 def check_label_smoothing(label_smoothing: object) -> float:
     label_smoothing = check_real(label_smoothing, "label_smoothing")
     if not 0.0 <= label_smoothing < 1.0:

@@ -26,6 +26,7 @@ from lightning_recipes.functional import (
     sample_partners,
     soft_targets,
 )
+from lightning_recipes.functional.blend import _blend_finite
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -188,11 +189,11 @@ def test_fmix_masks_are_binary_with_exact_area(size: tuple[int, ...]) -> None:
 def test_top_k_selection_is_exact_with_ties() -> None:
     """The binarisation takes exactly `count` values per row, never a lower one before a
     higher one, also when many values are equal (constant rows, few levels)."""
-    from lightning_recipes.functional.fmix import _top_k_mask
+    from lightning_recipes.functional._fmix_binarise import top_k_mask
 
     values = torch.cat([torch.randint(0, 3, (6, 40), generator=_gen()).float(), torch.zeros(2, 40)])
     count = torch.tensor([0, 1, 13, 20, 39, 40, 7, 33])
-    for mask in (_top_k_mask(values, count), _top_k_mask(values[:1], 17)):
+    for mask in (top_k_mask(values, count), top_k_mask(values[:1], 17)):
         rows = mask.shape[0]
         assert torch.equal(mask.sum(1), count[:rows] if rows > 1 else torch.tensor([17]))
         taken = torch.where(mask, values[:rows], float("inf")).amin(1)
@@ -371,6 +372,55 @@ def test_inplace_box_paste_reads_every_partner_before_writing() -> None:
     torch.testing.assert_close(weights, m.flatten(1).mean(1))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("size", [(9, 13), (17,), (3, 5, 6)])
+@pytest.mark.parametrize("lam", [0.0, 0.3, 0.8, 1.0])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_per_batch_cutmix_pastes_the_blend_of_its_box_mask_bit_for_bit(
+    dtype: torch.dtype, size: tuple[int, ...], lam: float, channels_last: bool
+) -> None:
+    # Out of place, one box per batch is a clone with the partners' boxes gathered into it;
+    # the independent formula is the mask of the same draw blended with the partners.
+    if channels_last and len(size) != 2:
+        pytest.skip("channels-last is a 4-D layout")
+    x = torch.randn(6, 3, *size, generator=_gen(5)).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    perm = sample_partners(6, generator=_gen(6))
+    mixed, weights = cutmix(x, lam, perm, generator=_gen(7))
+    boxes = sample_boxes(size, lam, generator=_gen(7))
+    mask = box_mask(boxes, size, dtype=dtype)
+    expected = torch.lerp(x[perm], x, mask)
+    assert torch.equal(mixed, expected) and mixed.dtype == dtype
+    assert mixed.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(weights, box_mask(boxes, size).mean().expand(6))
+    # The same values as in place, and `x` itself untouched.
+    target = x.clone()
+    inplace, inplace_weights = cutmix(target, lam, perm, generator=_gen(7), inplace=True)
+    assert torch.equal(inplace, mixed) and torch.equal(inplace_weights, weights)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_per_batch_cutmix_takes_a_partner_whose_box_is_finite(inplace: bool) -> None:
+    # One box per batch reads only the partners' boxes: a NaN outside a partner's box does
+    # not reach the sample that takes it, which is mixed; a NaN inside it leaves it unmixed.
+    clean = _distinct_batch(4, 8, 8)
+    boxes = sample_boxes((8, 8), 0.5, generator=_gen(8))
+    inside = box_mask(boxes, (8, 8)) == 0
+    assert inside.any() and (~inside).any()
+    perm = torch.tensor([1, 2, 3, 0])
+    expected, expected_weights = cutmix(clean.clone(), 0.5, perm, generator=_gen(8))
+    for where, mixes in ((~inside, True), (inside, False)):
+        x = clean.clone()
+        x[1, 0][where] = float("nan")  # sample 0 takes image 1 as its partner
+        mixed, weights = cutmix(x.clone(), 0.5, perm, generator=_gen(8), inplace=inplace)
+        if mixes:
+            assert torch.equal(mixed[0], expected[0]) and weights[0] == expected_weights[0] < 1
+        else:
+            assert torch.equal(mixed[0], x[0]) and weights[0] == 1.0
+        assert torch.equal(mixed[2:], expected[2:])
+
+
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(
     batch=st.integers(2, 9),
@@ -444,6 +494,46 @@ def test_a_non_finite_image_does_not_spread_to_the_sample_it_partners(
         targets = mix_targets(y, weights, perm, num_classes=4)
         assert targets[0].tolist() == [1.0, 0.0, 0.0, 0.0]
         assert targets.isfinite().all()
+
+
+def _reference_guarded_lerp(
+    x: torch.Tensor, perm: torch.Tensor, weight: float | torch.Tensor
+) -> torch.Tensor:
+    """The guard written out sample by sample (a partner with any NaN or inf is replaced by
+    the sample itself), then one float32 ``lerp`` of the whole batch, rounded once to
+    ``x.dtype``; the weight is first rounded to ``x.dtype``, as documented."""
+    finite = [bool(torch.isfinite(x[j]).all()) for j in range(x.shape[0])]
+    partners = torch.tensor([int(j) if finite[int(j)] else i for i, j in enumerate(perm)])
+    if isinstance(weight, torch.Tensor):
+        weight = weight.to(x.dtype).float()
+    return torch.lerp(x[partners].float(), x.float(), weight).to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["float", "ratio", "mask", "soft mask"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_the_guarded_blend_is_the_float32_lerp_rounded_once(
+    dtype: torch.dtype, kind: str, inplace: bool
+) -> None:
+    # float32: the same bits as the guard and a float32 lerp; float16 / bfloat16: the float32
+    # computation rounded once to the input's dtype.
+    x = torch.randn(7, 3, 13, 9, generator=_gen(20)).mul_(3).to(dtype)
+    x[4, 1, 2, 3] = float("nan")  # sample 0 takes image 4 as its partner
+    perm = torch.tensor([4, 0, 1, 2, 3, 6, 5])
+    weight: float | torch.Tensor = {
+        "float": 0.3125,
+        "ratio": torch.rand(7, 1, 1, 1, generator=_gen(21)),
+        "mask": (torch.rand(7, 1, 13, 9, generator=_gen(22)) > 0.5).float(),
+        "soft mask": torch.rand(1, 1, 13, 9, generator=_gen(23)),
+    }[kind]
+    expected = _reference_guarded_lerp(x, perm, weight)
+    weights = torch.rand(7, generator=_gen(24))
+    target = x.clone()
+    mixed, got_weights = _blend_finite(target, perm, weight, weights, inplace)
+    assert mixed.dtype == dtype and (mixed is target) == inplace
+    assert torch.equal(mixed.nan_to_num(7.0), expected.nan_to_num(7.0))
+    assert torch.equal(mixed[0], x[0])  # not mixed with its broken partner
+    assert got_weights[0] == 1.0 and torch.equal(got_weights[1:], weights[1:])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -530,6 +620,12 @@ ERROR_CASES: list[tuple[Callable[[], Any], type[Exception], str]] = [
         TypeError,
         r"`spatial_size` must be 1 to 3 positi",
     ),
+    (
+        lambda: sample_fmix_mask((8, 8), 0.5, mask_sampler="coarse"),
+        ValueError,
+        r"`mask_sampler` must be one of \('exact', 'fast'\), got 'coarse'",
+    ),
+    (lambda: fmix(_X, 0.5, _PERM, mask_sampler=_wrong(0)), TypeError, r"`mask_sampler` must be a"),
     (
         lambda: cutmix(_X, 0.5, _PERM, generator=_wrong(3)),
         TypeError,

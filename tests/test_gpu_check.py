@@ -67,8 +67,14 @@ def test_dry_run_reports_every_section(
 
     # No CUDA: no GPU memory and no sync check, each with its reason.
     assert results["memory"]["status"] == "skipped" and "CUDA" in results["memory"]["reason"]
-    for section in ("sync_check", "step_syncs"):
+    for section in ("sync_check", "step_syncs", "fused_blend"):
         assert results[section]["status"] == "skipped" and "CUDA" in results[section]["reason"]
+
+    # The command's fit on the CIFAR-10 file the check wrote, with FMix logging its lam.
+    cli = results["cli_fit"]
+    assert cli["status"] == "ok", cli
+    assert cli["precision"] == "32-true" and "--trainer.precision" in cli["argv"]
+    assert cli["logged_lam_fmix"] and "last.ckpt" in cli["checkpoints"]
 
     # Per callback and mode: the host time of the hook; no GPU time without CUDA, with a reason.
     mixing = results["mixing_cost"]
@@ -260,6 +266,8 @@ def test_table_reads_gpu_figures(monkeypatch: pytest.MonkeyPatch):
     assert cells(big, "FMix sample")[0] == "0.050*"
     assert any(line.startswith("  * some calls") for line in lines)
     assert f"{small}: fit cost skipped (its estimated 20 s would pass)" in lines
-    assert any("GPU still busy when the call returned: 319 of 320 calls" in line for line in lines)
+    calls = len(sizes) * len(keys) * timed["calls"]
+    busy = f"GPU still busy when the call returned: {calls - 1} of {calls} calls"
+    assert any(busy in line for line in lines)
     assert any("15.10 ms (median) before the calls" in line for line in lines)
     assert any("differ by up to 0.40%" in line for line in lines)

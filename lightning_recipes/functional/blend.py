@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from lightning_recipes._validation import check_inplace, check_input, check_perm
+from lightning_recipes.functional._fused import fused_blend_finite
 
 __all__ = ["blend"]
 
@@ -55,9 +56,22 @@ def _blend_finite(
     x: Tensor, perm: Tensor, weight: float | Tensor, weights: Tensor, inplace: bool
 ) -> tuple[Tensor, Tensor]:
     """:func:`_blend`, with the samples whose partner is non-finite left unmixed and their
-    ``weights`` (float32, ``(batch,)``) set to 1, so that their targets stay their own."""
-    perm, partner_finite = _finite_partners(x, perm)
-    return _blend(x, perm, weight, inplace), torch.where(partner_finite, weights, 1.0)
+    ``weights`` (float32, ``(batch,)``) set to 1, so that their targets stay their own.
+
+    Out of place on a device with a compiler (CUDA), the guard and the blend run compiled,
+    with the same result bit for bit (:mod:`lightning_recipes.functional._fused`).
+    """
+    if isinstance(weight, Tensor):
+        weight = weight.to(x.dtype)
+
+    def eager() -> tuple[Tensor, Tensor]:
+        partners, partner_finite = _finite_partners(x, perm)
+        mixed = _blend(x, partners, weight, inplace)
+        return mixed, torch.where(partner_finite, weights, 1.0)
+
+    if inplace:
+        return eager()
+    return fused_blend_finite(x, perm, weight, weights, eager)
 
 
 def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:

@@ -187,13 +187,13 @@ def cutmix(
         spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``.
         inplace: Write the mixed batch into ``x`` (see
             :func:`~lightning_recipes.functional.blend`); by default ``x`` is not modified.
-            With one box per batch only the box is copied then, as in timm's ``Mixup``.
+            With one box per batch only the box is copied then, as in timm's ``Mixup``;
+            without it, ``x`` is cloned and the box copied into the clone.
 
     Returns:
         ``(mixed, weights)``: the mixed batch (dtype and memory format of ``x``) and the
         float32 weight of each sample itself, shape ``(batch,)``. A sample whose partner holds
-        NaN or inf (with one box per batch and ``inplace``: inside the box) is not mixed
-        (weight 1).
+        NaN or inf (with one box per batch: inside the box) is not mixed (weight 1).
 
     Example:
         >>> x = torch.stack([torch.zeros(1, 4, 4), torch.ones(1, 4, 4)])
@@ -208,8 +208,8 @@ def cutmix(
     lam = check_lam(lam, x.shape[0], x.device)
     box_device = x.device if isinstance(lam, Tensor) else torch.device("cpu")
     generator = check_generator(generator, box_device)
-    if inplace and not isinstance(lam, Tensor):
-        return _paste_box(x, lam, perm, generator, correct_lam, spatial_dims)
+    if not isinstance(lam, Tensor):
+        return _paste_box(x, lam, perm, generator, correct_lam, spatial_dims, inplace)
     mask, weights = _cutmix_mask(
         x, lam, generator=generator, correct_lam=correct_lam, spatial_dims=spatial_dims
     )
@@ -223,12 +223,17 @@ def _paste_box(
     generator: torch.Generator | None,
     correct_lam: bool,
     spatial_dims: int | None,
+    inplace: bool,
 ) -> tuple[Tensor, Tensor]:
-    """In-place CutMix with one box: only the box is read from the partners and written.
+    """CutMix with one box: only the box is read from the partners and written.
 
-    The box of every partner is gathered before any is written, so a sample whose box is
-    overwritten still gives its own pixels to the sample that takes it as partner. The box
-    is the same draw as :func:`_cutmix_mask` makes, so the result equals the out-of-place one.
+    In place, the box of every partner is gathered before any is written, so a sample whose
+    box is overwritten still gives its own pixels to the sample that takes it as partner. Out
+    of place, ``x`` is cloned and the partners' boxes are gathered straight into the clone's
+    box: one pass over the batch and one over the boxes, instead of building a mask, gathering
+    every partner and blending through the mask (``benchmarks/RESULTS.md``). Pasting gives the
+    blend's values bit for bit, since a binary weight copies pixels exactly. The box is the
+    same draw as :func:`_cutmix_mask` makes, so all paths give the same result.
     """
     ndim = resolve_spatial_dims(x, spatial_dims, "cutmix")
     size = tuple(x.shape[-ndim:])
@@ -238,9 +243,15 @@ def _paste_box(
     # Only the boxes are read, so only they are checked: a partner whose NaN lies outside
     # its box gives finite pixels.
     perm, partner_finite = _finite_partners(boxes, perm)
-    x[region] = boxes.index_select(0, perm)
+    if inplace:
+        mixed = x
+        mixed[region] = boxes.index_select(0, perm)
+    else:
+        mixed = x.clone()  # keeps the memory format
+        # The clone's box is a view that does not overlap `x`: the gather writes into it.
+        torch.index_select(boxes, 0, perm, out=mixed[region])
     weights = torch.full((x.shape[0],), _box_weight(box, size, lam, correct_lam), device=x.device)
-    return x, torch.where(partner_finite, weights, 1.0)
+    return mixed, torch.where(partner_finite, weights, 1.0)
 
 
 def _box_weight(

@@ -81,10 +81,10 @@ class MixKernel:
         raise NotImplementedError
 
     def paste(
-        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator
+        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator, inplace: bool
     ) -> Mixed | None:
-        """Mixes ``x`` in place with one per-batch ``lam`` without a full weight map, or
-        returns None where the method has no such shortcut (CutMix has: it copies the box)."""
+        """Mixes ``x`` with one per-batch ``lam`` without a full weight map, or returns None
+        where the method has no such shortcut (CutMix has: it copies the box)."""
         return None
 
     def mix(
@@ -96,8 +96,8 @@ class MixKernel:
         inplace: bool,
     ) -> Mixed:
         """Samples the weight map and blends ``x`` with its partners ``x[perm]`` through it."""
-        if inplace and not isinstance(lam, Tensor):
-            pasted = self.paste(x, lam, perm, generator)
+        if not isinstance(lam, Tensor):
+            pasted = self.paste(x, lam, perm, generator, inplace)
             if pasted is not None:
                 return pasted
         return apply_map(x, perm, self.weight_map(x, lam, generator), inplace)
@@ -144,9 +144,9 @@ class CutMixKernel(_SpatialKernel):
         )
 
     def paste(
-        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator
+        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator, inplace: bool
     ) -> Mixed | None:
-        pasted = _paste_box(x, lam, perm, generator, self.correct_lam, self.spatial_dims)
+        pasted = _paste_box(x, lam, perm, generator, self.correct_lam, self.spatial_dims, inplace)
         return Mixed(*pasted, perm)
 
 
@@ -158,6 +158,7 @@ class FMixKernel(_SpatialKernel):
 
     decay_power: float
     max_soft: float
+    mask_sampler: str = "exact"
 
     def weight_map(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> WeightMap:
         return WeightMap(
@@ -168,6 +169,7 @@ class FMixKernel(_SpatialKernel):
                 max_soft=self.max_soft,
                 generator=generator,
                 spatial_dims=self.spatial_dims,
+                mask_sampler=self.mask_sampler,
             )
         )
 

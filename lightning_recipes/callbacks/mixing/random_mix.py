@@ -3,7 +3,7 @@ switches between MixUp and CutMix."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from typing_extensions import Unpack
 
@@ -45,6 +45,7 @@ class RandomMix(MixingCallback):
         spatial_dims: Number of trailing spatial dims of CutMix and FMix; default ``x.ndim - 2``.
         decay_power: See :class:`FMix`.
         max_soft: See :class:`FMix`.
+        mask_sampler: See :class:`FMix`.
 
     Every option of :class:`~lightning_recipes.MixingOptions` is a keyword argument too.
 
@@ -65,6 +66,7 @@ class RandomMix(MixingCallback):
         spatial_dims: int | None = None,
         decay_power: float = 3.0,
         max_soft: float = 0.0,
+        mask_sampler: Literal["exact", "fast"] = "exact",
         **options: Unpack[MixingOptions],
     ) -> None:
         with errors_named(self):
@@ -72,8 +74,9 @@ class RandomMix(MixingCallback):
             self.methods = tuple(m for m in _METHODS if self.probs.get(m, 0.0) > 0)
             self.alpha = _check_alphas(alpha)
             self.correct_lam = check_bool(correct_lam, "correct_lam")
-            fmix = checked_fmix_kernel(decay_power, max_soft, spatial_dims)
+            fmix = checked_fmix_kernel(decay_power, max_soft, spatial_dims, mask_sampler)
             self.decay_power, self.max_soft = fmix.decay_power, fmix.max_soft
+            self.mask_sampler = fmix.mask_sampler
             self.spatial_dims = fmix.spatial_dims
             kernels: dict[str, MixKernel] = {
                 "mixup": MixUpKernel(),
