@@ -40,10 +40,18 @@ HINTS = typing.get_type_hints(MixingOptions)
 OWN = {
     "MixUp": (MixUp, ["alpha"]),
     "CutMix": (CutMix, ["alpha", "correct_lam", "spatial_dims"]),
-    "FMix": (FMix, ["alpha", "decay_power", "max_soft", "spatial_dims"]),
+    "FMix": (FMix, ["alpha", "decay_power", "max_soft", "spatial_dims", "mask_sampler"]),
     "RandomMix": (
         RandomMix,
-        ["probs", "alpha", "correct_lam", "spatial_dims", "decay_power", "max_soft"],
+        [
+            "probs",
+            "alpha",
+            "correct_lam",
+            "spatial_dims",
+            "decay_power",
+            "max_soft",
+            "mask_sampler",
+        ],
     ),
 }
 # A value other than the default for every option (`stop_epoch` excludes `stop_fraction`).
