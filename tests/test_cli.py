@@ -430,7 +430,7 @@ def test_cifar10_config_instantiates(tmp_path):
 
 
 def test_summary_says_when_the_schedule_stopped_early(tmp_path):
-    from lightning_recipes.cli import _schedule_lines
+    from lightning_recipes.cli._runs import _schedule_lines
 
     class StopAt2(pl.Callback):
         def on_train_batch_end(self, trainer, *args):

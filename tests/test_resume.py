@@ -38,7 +38,8 @@ from lightning_recipes import (
     find_last_checkpoint,
 )
 from lightning_recipes._compat import request_graceful_stop
-from lightning_recipes.cli import _checkpoint_folders, main
+from lightning_recipes.cli import main
+from lightning_recipes.cli._runs import _checkpoint_folders
 from lightning_recipes.data._common import _EpochSampler, _ResumableLoader
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The command's view of a run: where its checkpoints are, and the lines of its closing summary.
 
-Kept apart from :mod:`lightning_recipes.cli`, which parses, builds and reports errors.
+Kept apart from :mod:`lightning_recipes.cli._command`, which parses, builds and reports errors.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``lightning-recipes`` command: a LightningCLI over any OneCycleModule and data module."""
+"""``RecipesCLI`` and ``main``: the LightningCLI behind the ``lightning-recipes`` command."""
 
 from __future__ import annotations
 
@@ -15,20 +15,26 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
-from lightning_recipes._cli_errors import (
+from lightning_recipes._compat import cli_method_arguments, cli_subcommand_parser
+from lightning_recipes.checkpointing import (
+    AtomicCheckpointIO,
+    InterruptCheckpoint,
+    find_last_checkpoint,
+)
+from lightning_recipes.cli._errors import (
     TRACEBACK_ENV,
     _exit_with_short_error,
     _instantiating_cli,
 )
-from lightning_recipes._cli_links import (
+from lightning_recipes.cli._links import (
     _LINKED,
     _check_links,
     _explicit_links,
     _set_example_input,
 )
-from lightning_recipes._cli_parser import _Parser, _parser_kwargs
-from lightning_recipes._cli_quiet import _harmless_upstream_output_filtered
-from lightning_recipes._cli_runs import (
+from lightning_recipes.cli._parser import _Parser, _parser_kwargs
+from lightning_recipes.cli._quiet import _harmless_upstream_output_filtered
+from lightning_recipes.cli._runs import (
     _check_checkpoint,
     _checkpoint_folders,
     _checkpoint_lines,
@@ -39,15 +45,9 @@ from lightning_recipes._cli_runs import (
     _run_root,
     _schedule_lines,
 )
-from lightning_recipes._compat import cli_method_arguments, cli_subcommand_parser
-from lightning_recipes.checkpointing import (
-    AtomicCheckpointIO,
-    InterruptCheckpoint,
-    find_last_checkpoint,
-)
+from lightning_recipes.cli._trainer import RecipesTrainer
 from lightning_recipes.lr_find import LRFindResult
 from lightning_recipes.module import OneCycleModule
-from lightning_recipes.trainer import RecipesTrainer
 
 __all__ = ["TRACEBACK_ENV", "RecipesCLI", "main"]
 
