@@ -232,6 +232,22 @@ def test_help_lists_subcommands(capsys):
     assert "--model" in out and "--data" in out
 
 
+def test_the_command_keeps_its_published_import_paths():
+    # The command moved into the `cli` subpackage; the names users and saved configs know
+    # still import, and are the objects the command runs.
+    from importlib.metadata import entry_points
+
+    import lightning_recipes.cli
+    import lightning_recipes.trainer
+    from lightning_recipes.cli._trainer import RecipesTrainer
+
+    assert lightning_recipes.trainer.RecipesTrainer is RecipesTrainer
+    assert lightning_recipes.cli.RecipesTrainer is RecipesTrainer
+    (script,) = entry_points(group="console_scripts", name="lightning-recipes")
+    assert script.value == "lightning_recipes.cli:main"
+    assert script.load() is lightning_recipes.cli.main is main
+
+
 def _build(*args: str) -> RecipesCLI:
     """The objects ``main`` would build, without running a subcommand."""
     return RecipesCLI(
