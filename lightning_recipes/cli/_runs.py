@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_recipes._compat import saved_class_path
 from lightning_recipes.checkpointing import InterruptCheckpoint, read_checkpoint
@@ -155,7 +156,19 @@ def _checkpoint_lines(
     return [f"  checkpoints: {dirpath} ({', '.join(parts)})"]
 
 
+def _log_dir_of_rank_zero(trainer: pl.Trainer) -> str:
+    """``trainer.log_dir`` as global rank 0 computes it, without the broadcast that sends it to
+    the other ranks: an interrupted run's summary comes when they may have exited already."""
+    if not trainer.loggers:
+        return str(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        return str(logger.log_dir)
+    return str(logger.save_dir or trainer.default_root_dir)
+
+
 def _interrupted_summary(trainer: pl.Trainer) -> str:
+    """What a stopped run saved, printed by global rank 0; it runs no collective."""
     callbacks = trainer.callbacks  # type: ignore[attr-defined]
     interrupt = next((cb for cb in callbacks if isinstance(cb, InterruptCheckpoint)), None)
     stopped_by = interrupt.signal if interrupt is not None else None
@@ -164,7 +177,7 @@ def _interrupted_summary(trainer: pl.Trainer) -> str:
         "",
         f"lightning-recipes fit interrupted by {what} at epoch {trainer.current_epoch},"
         f" global step {trainer.global_step}; not tested.",
-        f"  logs:        {trainer.log_dir or trainer.default_root_dir}",
+        f"  logs:        {_log_dir_of_rank_zero(trainer)}",
         *_checkpoint_lines(trainer, interrupt),
     ]
     if interrupt is not None and interrupt.saved_path is not None:
