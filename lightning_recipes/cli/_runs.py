@@ -105,7 +105,8 @@ def _run_root(trainer: pl.Trainer) -> Path:
 
 def _checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
     """Where the run's checkpoints are: the folders set on checkpoint callbacks, then every
-    ``<version>/checkpoints`` of the run (or ``default_root_dir/checkpoints``)."""
+    ``<version>/checkpoints`` of the run (or ``default_root_dir/checkpoints``), then
+    ``default_root_dir``, where Lightning saves ``hpc_ckpt_<N>.ckpt`` before a SLURM requeue."""
     folders = [
         Path(callback.dirpath)
         for callback in trainer.callbacks  # type: ignore[attr-defined]
@@ -116,15 +117,29 @@ def _checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
         folders += sorted(path for path in root.glob("*/checkpoints") if path.is_dir())
     else:
         folders.append(root / "checkpoints")
+    folders.append(Path(trainer.default_root_dir))
     return folders
 
 
 def _last_names(trainer: pl.Trainer) -> tuple[str, ...]:
-    names = {ModelCheckpoint.CHECKPOINT_NAME_LAST}
+    """The names of the checkpoints that hold a run's latest state: ``last``, Lightning's
+    ``hpc_ckpt``, the interrupt checkpoint's, and the file that an unmonitored
+    ``ModelCheckpoint`` with a fixed file name keeps rewriting (the configs' ``step``)."""
+    names = {ModelCheckpoint.CHECKPOINT_NAME_LAST, "hpc_ckpt"}
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, InterruptCheckpoint):
+        if isinstance(callback, InterruptCheckpoint) or _keeps_one_latest_file(callback):
             names.add(callback.filename)
     return tuple(sorted(names))
+
+
+def _keeps_one_latest_file(callback: object) -> bool:
+    return (
+        isinstance(callback, ModelCheckpoint)
+        and callback.monitor is None
+        and callback.save_top_k == 1
+        and bool(callback.filename)
+        and "{" not in str(callback.filename)
+    )
 
 
 def _checkpoint_lines(
