@@ -21,7 +21,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from lightning_recipes._compat import PATH as _PATH
-from lightning_recipes._compat import request_graceful_stop
+from lightning_recipes._compat import (
+    request_graceful_stop,
+    save_and_requeue_on_slurm,
+    slurm_requeue_signal,
+)
 from lightning_recipes._validation import check_type
 
 __all__ = ["InterruptCheckpoint"]
@@ -54,6 +58,14 @@ class InterruptCheckpoint(Callback):
     waiting in their next collective. A rank that Lightning's launcher started waits, before
     it exits, for that launcher to exit first: the launcher kills itself with SIGKILL when it
     sees a child exit with a non-zero status.
+
+    On SLURM with Lightning's automatic requeue (``SLURMEnvironment(auto_requeue=True)``, the
+    default there), the requeue signal (SIGUSR1, sent ahead of the time limit by
+    ``#SBATCH --signal=USR1@90``) is deferred the same way: after the current batch every rank
+    takes part in Lightning's save of ``hpc_ckpt_<N>.ckpt`` and rank 0 requeues the job.
+    Lightning saves it inside the signal handler, wherever the step is (between the optimizer
+    and the scheduler step, say) and, with several processes, with a collective among the
+    other ranks' collectives.
 
     Args:
         dirpath: Folder of the checkpoint; by default that of the first ``ModelCheckpoint``,
@@ -89,17 +101,22 @@ class InterruptCheckpoint(Callback):
         # A signal this process received that the ranks have not yet agreed to stop for.
         self._received: signal.Signals | None = None
         self._stopping = False
+        self._requeue_signal: signal.Signals | None = None
+        self._requeue_asked = False
         self._launcher_pid: int | None = None
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.saved_path, self.signal, self._received, self._stopping = None, None, None, False
-        self._trainer = trainer
+        self._trainer, self._requeue_asked = trainer, False
         self._launcher_pid = _launching_rank_pid() if trainer.world_size > 1 else None
+        self._requeue_signal = slurm_requeue_signal(trainer)
         # Installed here, after Lightning recorded the handlers it restores when fit ends. One
         # process keeps Lightning's SIGTERM handler (it stops that process alone, which is
         # right); several get this one (see the class docstring).
         signals = [signal.SIGINT] + ([signal.SIGTERM] if trainer.world_size > 1 else [])
+        if self._requeue_signal is not None:
+            signals.append(self._requeue_signal)
         for signum in signals:
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
@@ -170,6 +187,9 @@ class InterruptCheckpoint(Callback):
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         received = signal.Signals(signum)
+        if received == self._requeue_signal:
+            self._requeue_asked = True  # saved and requeued after the current batch
+            return
         if received == signal.SIGINT and (self.signal is not None or self._trainer is None):
             raise KeyboardInterrupt  # a second Ctrl-C
         trainer = self._trainer
@@ -191,13 +211,21 @@ class InterruptCheckpoint(Callback):
 
     def _agree_to_stop(self, trainer: pl.Trainer) -> None:
         # Every rank reaches this point after the same batch, and all stop asking at once.
-        if trainer.world_size == 1 or self._stopping:
+        if self._stopping:
             return
-        received = int(self._received or 0)
-        mine = torch.tensor([received], device=trainer.strategy.root_device)
-        agreed = int(trainer.strategy.reduce(mine, reduce_op="max").item())
-        if agreed:
-            self.signal, self._stopping = signal.Signals(agreed), True
+        if trainer.world_size == 1:  # a stop is already requested by the signal handler
+            stop, requeue = 0, int(self._requeue_asked)
+        else:
+            mine = torch.tensor(
+                [int(self._received or 0), int(self._requeue_asked)],
+                device=trainer.strategy.root_device,
+            )
+            stop, requeue = (int(v) for v in trainer.strategy.reduce(mine, reduce_op="max"))
+        if requeue and self._requeue_signal is not None:
+            self._requeue_asked = False
+            save_and_requeue_on_slurm(trainer, self._requeue_signal)
+        if stop:
+            self.signal, self._stopping = signal.Signals(stop), True
             request_graceful_stop(trainer)
 
     def _restore_handlers(self) -> None:

@@ -662,6 +662,64 @@ def test_cli_sigkill_loses_at_most_the_step_interval_and_resumes_exactly(tmp_pat
     _assert_ends_as_the_full_run(full_cli_run, out, resumed.stdout)
 
 
+# A SLURM job with Lightning's automatic requeue, simulated: the job's variables, the requeue
+# signal (SIGUSR1, which `#SBATCH --signal=USR1@90` sends) and an `scontrol` that records the
+# requeue and then ends the job at once, as SLURM does when it requeues (no grace here).
+FAKE_SCONTROL = """#!/bin/sh
+echo "$@" >> "$SCONTROL_LOG"
+kill -KILL $PPID
+"""
+SLURM_JOB = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "digits",
+    "SLURM_NTASKS": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "127.0.0.1",
+}
+
+
+@pytest.mark.slow
+def test_slurm_requeue_resumes_from_the_hpc_checkpoint_exactly(tmp_path, full_cli_run):
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    (bin_folder / "scontrol").write_text(FAKE_SCONTROL)
+    (bin_folder / "scontrol").chmod(0o755)
+    log = tmp_path / "scontrol.log"
+    env = {**SLURM_JOB, "PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}"}
+    env["SCONTROL_LOG"] = str(log)
+    out = tmp_path / "out"
+    args = _short_args(out, epochs=EPOCHS, batches=BATCHES)
+    _cli(
+        tmp_path,
+        *args,
+        *_signal_at(KILL_STEP, signal.SIGUSR1, out),
+        expect=-signal.SIGKILL,
+        **env,
+    )
+    # The scenario: the requeue signal came in the middle of the 2nd epoch, the job was
+    # requeued, and Lightning's checkpoint holds the state after the batch then under way.
+    assert json.loads((out / "signal.json").read_text())["step"] == KILL_STEP
+    assert log.read_text().split() == ["requeue", SLURM_JOB["SLURM_JOB_ID"]]
+    hpc = out / "hpc_ckpt_1.ckpt"
+    state = torch.load(hpc, map_location="cpu", weights_only=False)
+    saved = KILL_STEP + 1
+    assert (state["epoch"], state["global_step"]) == (1, saved) and saved % BATCHES > 0
+    (scheduler,) = state["lr_schedulers"]
+    assert (scheduler["last_epoch"], scheduler["total_steps"]) == (saved, EPOCHS * BATCHES)
+    (mixing,) = [value for key, value in state["callbacks"].items() if "MixUp" in key]
+    assert mixing["batches"] == saved
+    assert not (out / "digits" / "version_0" / "checkpoints" / "interrupted.ckpt").exists()
+
+    requeued = _cli(tmp_path, *args, "--ckpt_path", "last", SLURM_RESTART_COUNT="1", **env)
+    assert f"--ckpt_path last: resuming from {hpc}" in requeued.stdout
+    # The summary names this run's checkpoints (not those of the requeue's).
+    assert f"last: {out / 'digits' / 'version_1' / 'checkpoints' / 'last.ckpt'}" in requeued.stdout
+    assert not log.read_text().count("\n") > 1  # requeued once, by the first run only
+    _assert_ends_as_the_full_run(full_cli_run, out, requeued.stdout)
+
+
 # -------------------------------------------------------------------- bad checkpoint files
 def _real_checkpoint(tmp_path: Path) -> Path:
     path = tmp_path / "good.ckpt"
