@@ -220,7 +220,7 @@ class InterruptCheckpoint(Callback):
                 [int(self._received or 0), int(self._requeue_asked)],
                 device=trainer.strategy.root_device,
             )
-            stop, requeue = (int(v) for v in trainer.strategy.reduce(mine, reduce_op="max"))
+            stop, requeue = trainer.strategy.reduce(mine, reduce_op="max").tolist()  # one sync
         if requeue and self._requeue_signal is not None:
             self._requeue_asked = False
             save_and_requeue_on_slurm(trainer, self._requeue_signal)
