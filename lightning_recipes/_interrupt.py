@@ -51,18 +51,20 @@ class InterruptCheckpoint(Callback):
 
     With several processes (DDP), a signal may reach every rank (a scheduler's preemption),
     the launching process only, or one rank only, and each at another moment. A rank that
-    receives one only takes note; after every training and validation batch the ranks agree
-    (one all-reduce of the signal number) and, when any of them received one, all stop after
-    that same batch and save one checkpoint together. Lightning's own handler instead runs a
-    collective inside the signal handler and lets a rank stop alone, which leaves the others
-    waiting in their next collective. A rank that Lightning's launcher started waits, before
-    it exits, for that launcher to exit first: the launcher kills itself with SIGKILL when it
-    sees a child exit with a non-zero status.
+    receives one only takes note; after every training and validation batch the ranks start
+    an all-reduce of what they noted (on the CPU, in the background) and read the one started
+    a batch before, so when any of them received a signal, all stop after the same batch (the
+    next but one) and save one checkpoint together, and no batch waits for the others.
+    Lightning's own handler instead runs a collective inside the signal handler and lets a
+    rank stop alone, which leaves the others waiting in their next collective. A rank that
+    Lightning's launcher started waits, before it exits, for that launcher to exit first: the
+    launcher kills itself with SIGKILL when it sees a child exit with a non-zero status.
 
     On SLURM with Lightning's automatic requeue (``SLURMEnvironment(auto_requeue=True)``, the
     default there), the requeue signal (SIGUSR1, sent ahead of the time limit by
-    ``#SBATCH --signal=USR1@90``) is deferred the same way: after the current batch every rank
-    takes part in Lightning's save of ``hpc_ckpt_<N>.ckpt`` and rank 0 requeues the job.
+    ``#SBATCH --signal=USR1@90``) is deferred the same way: at the end of a batch (the
+    current one on one process, the next but one on several) every rank takes part in
+    Lightning's save of ``hpc_ckpt_<N>.ckpt`` and rank 0 requeues the job.
     Lightning saves it inside the signal handler, wherever the step is (between the optimizer
     and the scheduler step, say) and, with several processes, with a collective among the
     other ranks' collectives.
@@ -104,12 +106,16 @@ class InterruptCheckpoint(Callback):
         self._requeue_signal: signal.Signals | None = None
         self._requeue_asked = False
         self._launcher_pid: int | None = None
+        self._group: Any = None  # the process group of the ranks' agreement
+        self._round: tuple[Any, torch.Tensor] | None = None  # the all-reduce under way
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.saved_path, self.signal, self._received, self._stopping = None, None, None, False
         self._trainer, self._requeue_asked = trainer, False
-        self._launcher_pid = _launching_rank_pid() if trainer.world_size > 1 else None
+        self._launcher_pid, self._round = None, None
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            self._launcher_pid, self._group = _launching_rank_pid(), _cpu_group()
         self._requeue_signal = slurm_requeue_signal(trainer)
         # Installed here, after Lightning recorded the handlers it restores when fit ends. One
         # process keeps Lightning's SIGTERM handler (it stops that process alone, which is
@@ -213,20 +219,32 @@ class InterruptCheckpoint(Callback):
         # Every rank reaches this point after the same batch, and all stop asking at once.
         if self._stopping:
             return
-        if trainer.world_size == 1:  # a stop is already requested by the signal handler
+        if self._group is None:  # one process: a stop is already requested by the handler
             stop, requeue = 0, int(self._requeue_asked)
-        else:
-            mine = torch.tensor(
-                [int(self._received or 0), int(self._requeue_asked)],
-                device=trainer.strategy.root_device,
-            )
-            stop, requeue = trainer.strategy.reduce(mine, reduce_op="max").tolist()  # one sync
-        if requeue and self._requeue_signal is not None:
             self._requeue_asked = False
+        else:
+            stop, requeue = self._finish_round()
+            noted = torch.tensor([int(self._received or 0), int(self._requeue_asked)])
+            self._requeue_asked = False
+            work = dist.all_reduce(noted, dist.ReduceOp.MAX, group=self._group, async_op=True)
+            self._round = (work, noted)
+        if requeue and self._requeue_signal is not None:
             save_and_requeue_on_slurm(trainer, self._requeue_signal)
         if stop:
             self.signal, self._stopping = signal.Signals(stop), True
+            self._finish_round()  # started by every rank: ends on every rank
             request_graceful_stop(trainer)
+
+    def _finish_round(self) -> tuple[int, int]:
+        """The ranks' agreed (signal number, requeue) of the round started a batch before; by
+        now it has finished, as the batch's gradient all-reduce brought the ranks together."""
+        if self._round is None:
+            return 0, 0
+        work, noted = self._round
+        self._round = None
+        work.wait()
+        stop, requeue = noted.tolist()
+        return int(stop), int(requeue)
 
     def _restore_handlers(self) -> None:
         for signum, previous in self._previous_handlers.items():
@@ -253,6 +271,14 @@ def _launching_rank_pid() -> int | None:
     dist.all_gather_object(ranks, (socket.gethostname(), os.getpid()))
     parent = (socket.gethostname(), os.getppid())
     return parent[1] if parent in ranks else None
+
+
+def _cpu_group() -> Any:
+    """A process group whose collectives take CPU tensors: the default one under gloo, else a
+    gloo group of all ranks, so that the agreement never waits for a GPU stream."""
+    if "gloo" in str(dist.get_backend()):
+        return dist.group.WORLD
+    return dist.new_group(backend="gloo")
 
 
 def _wait_for_exit_of(pid: int, timeout: float) -> None:

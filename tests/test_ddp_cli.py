@@ -584,6 +584,9 @@ def test_resume_on_one_device_with_rescale_ends_the_schedule(rescaled_resume):
 
 # ------------------------------------------------------------- SIGTERM to one rank or to all
 SIGNAL_STEP = BATCHES + 1  # one batch into the second epoch
+# The ranks read, after each batch, the agreement they started after the one before: the
+# signal noted after batch 5 is agreed on after batch 6 and read after batch 7.
+STOP_STEP = SIGNAL_STEP + 2
 GRACE = 30  # seconds a scheduler typically waits between SIGTERM and SIGKILL
 
 
@@ -625,17 +628,17 @@ def test_ddp_sigterm_saves_one_checkpoint_and_resumes_bit_for_bit(ddp_run, tmp_p
     assert ended - sent["time"] < GRACE
     assert "Traceback" not in output and "RuntimeError" not in output
 
-    # Both ranks stopped after the same batch (the one after the signal: the ranks agree at
-    # the end of a batch) and exited; one checkpoint holds that step.
+    # Both ranks stopped after the same batch, still in that epoch, and exited; one checkpoint
+    # holds that step.
     stopped = _ranks(tmp_path, "killed")
-    assert [r["global_step"] for r in stopped] == [SIGNAL_STEP + 1] * 2
+    assert [r["global_step"] for r in stopped] == [STOP_STEP] * 2
     assert [r["stopped_by"] for r in stopped] == ["SIGTERMException"] * 2
     assert all(_gone(r["pid"], within=GRACE) for r in stopped)
     checkpoints = tmp_path / "digits" / "version_0" / "checkpoints"
     assert sorted(p.name for p in tmp_path.rglob("interrupted*.ckpt")) == ["interrupted.ckpt"]
     state = torch.load(checkpoints / "interrupted.ckpt", map_location="cpu", weights_only=False)
-    assert (state["epoch"], state["global_step"]) == (1, SIGNAL_STEP + 1)
-    summary = f"fit interrupted by SIGTERM at epoch 1, global step {SIGNAL_STEP + 1}"
+    assert (state["epoch"], state["global_step"]) == (1, STOP_STEP) and STOP_STEP % BATCHES > 0
+    summary = f"fit interrupted by SIGTERM at epoch 1, global step {STOP_STEP}"
     assert summary in killed.stdout
 
     resumed = _run([*_ddp_args(tmp_path, config, out="resumed"), "--ckpt_path", "last"], tmp_path)
