@@ -154,6 +154,7 @@ class InterruptCheckpoint(Callback):
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_handlers()
+        self._finish_round()  # every rank ends training here: none is left under way
 
     @override
     def on_exception(
