@@ -14,7 +14,9 @@ Reported per setting, as medians over the repeats: optimizer steps per second, i
 second (steps x 64 x processes, since ``batch_size`` is per process) and, for DDP, both as a
 ratio to one process. Two processes make half the steps of one per epoch, each on a batch of
 64, so the steps-per-second ratio is below 1 even when DDP pays: the images-per-second ratio
-is the speed-up, the steps-per-second ratio what the all-reduce costs each step.
+is the speed-up, the steps-per-second ratio what the all-reduce costs each step. Also reported:
+the time inside ``InterruptCheckpoint.on_train_batch_end`` a step, where the processes agree
+whether any of them received SIGTERM (one scalar all-reduce; nothing with one process).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lightning_recipes import InterruptCheckpoint
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "digits.yaml"
 BATCH_SIZE = 64  # configs/digits.yaml, per process
@@ -49,7 +53,21 @@ class StepTimer(Callback):
         self.out = out
         self.seconds = 0.0
         self.steps = 0
+        self.check_seconds = 0.0  # inside InterruptCheckpoint.on_train_batch_end
         self._start: tuple[float, int] | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(callback, InterruptCheckpoint):
+                hook = callback.on_train_batch_end
+
+                def timed(trainer: pl.Trainer, *args: Any, hook: Any = hook) -> None:
+                    started = time.perf_counter()
+                    hook(trainer, *args)
+                    if trainer.current_epoch >= 1:
+                        self.check_seconds += time.perf_counter() - started
+
+                callback.on_train_batch_end = timed  # type: ignore[method-assign]
 
     def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         if trainer.current_epoch >= 1:
@@ -67,6 +85,7 @@ class StepTimer(Callback):
             record = {
                 "steps": self.steps,
                 "seconds": self.seconds,
+                "check_seconds": self.check_seconds,
                 "world_size": trainer.world_size,
                 "threads": torch.get_num_threads(),
             }
@@ -123,11 +142,15 @@ def main() -> None:
             for devices in (1, 2):  # alternate, so drifts of a shared machine hit both
                 measured[devices].append(run(devices, args.epochs, Path(tmp)))
 
-    rows = {}
+    rows, checks = {}, {}
     for devices, records in measured.items():
         assert all(r["world_size"] == devices and r["threads"] == 1 for r in records)
         steps_per_s = statistics.median(r["steps"] / r["seconds"] for r in records)
         rows[devices] = (steps_per_s, steps_per_s * BATCH_SIZE * devices, records[0]["steps"])
+        checks[devices] = (
+            statistics.median(1e6 * r["check_seconds"] / r["steps"] for r in records),
+            statistics.median(100 * r["check_seconds"] / r["seconds"] for r in records),
+        )
 
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores;")
     print(
@@ -142,6 +165,12 @@ def main() -> None:
         print(
             f"| {devices} | {steps} | {steps_per_s:.1f} | {images_per_s:.0f}"
             f" | {steps_per_s / base_steps:.2f} | {images_per_s / base_images:.2f} |"
+        )
+    print()
+    for devices, (per_step, share) in checks.items():
+        print(
+            f"{devices} process(es): InterruptCheckpoint's per-batch check {per_step:.0f} us a"
+            f" step, {share:.2f}% of the timed batches"
         )
 
 

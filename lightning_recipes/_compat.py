@@ -7,12 +7,14 @@ error, so that an upgrade that removes one breaks here, next to its test
 from __future__ import annotations
 
 import inspect
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
+from lightning.fabric.plugins.environments.slurm import SLURMEnvironment
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -37,6 +39,58 @@ def request_graceful_stop(trainer: pl.Trainer) -> None:
     if connector is None or not hasattr(connector, "received_sigterm"):
         raise KeyboardInterrupt
     connector.received_sigterm = True
+
+
+def slurm_requeue_signal(trainer: pl.Trainer) -> signal.Signals | None:
+    """The signal on which Lightning saves ``hpc_ckpt_<N>.ckpt`` and requeues the job: that of
+    a ``SLURMEnvironment(auto_requeue=True)`` (SIGUSR1 by default), else ``None``.
+
+    Reads ``trainer._accelerator_connector.cluster_environment`` (a single-device strategy has
+    no ``cluster_environment``); without it, the strategy's, and ``None`` when neither exists.
+    """
+    connector = getattr(trainer, "_accelerator_connector", None)
+    environment = getattr(connector, "cluster_environment", None)
+    if environment is None:
+        environment = getattr(trainer.strategy, "cluster_environment", None)
+    if not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
+        return None
+    return environment.requeue_signal
+
+
+def save_and_requeue_on_slurm(trainer: pl.Trainer, signum: int) -> None:
+    """What Lightning does on the SLURM requeue signal: save ``hpc_ckpt_<N>.ckpt`` in
+    ``default_root_dir`` (every rank takes part) and, on global rank 0, ``scontrol requeue``
+    the job (``trainer._signal_connector._slurm_sigusr_handler_fn``).
+
+    Raises:
+        RuntimeError: another Lightning version, without that handler.
+    """
+    connector = getattr(trainer, "_signal_connector", None)
+    requeue = getattr(connector, "_slurm_sigusr_handler_fn", None)
+    if requeue is None:
+        raise RuntimeError(
+            "This Lightning version has no `_SignalConnector._slurm_sigusr_handler_fn`: the"
+            " SLURM requeue of `InterruptCheckpoint` needs Lightning 2.x"
+        )
+    requeue(signum, None)
+
+
+@contextmanager
+def no_hpc_checkpoint_loaded() -> Iterator[None]:
+    """Within this block, ``trainer.test(model)`` and the like evaluate ``model`` as it is.
+
+    On SLURM, Lightning replaces ``ckpt_path=None`` by the newest ``hpc_ckpt_<N>.ckpt`` of
+    ``default_root_dir`` when there is one (``_CheckpointConnector._parse_ckpt_path`` asks
+    ``SLURMEnvironment.detect()``): after a requeued fit, the test of the final weights would
+    load the requeue checkpoint instead. ``detect`` answers ``False`` meanwhile; the cluster
+    environment of an existing trainer is already chosen.
+    """
+    detect = SLURMEnvironment.__dict__["detect"]
+    SLURMEnvironment.detect = staticmethod(lambda: False)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SLURMEnvironment.detect = detect  # type: ignore[method-assign]
 
 
 def should_update_logs(trainer: pl.Trainer) -> bool:

@@ -7,14 +7,15 @@ for the newest ``last`` checkpoint of a run.
 - :class:`InterruptCheckpoint` turns the first Ctrl-C into the same graceful stop as SIGTERM
   (Lightning's loops stop after the current batch) and saves the state at that moment; the
   process then exits with ``128 + signal number`` (143 for SIGTERM, 130 for Ctrl-C).
-- :func:`find_last_checkpoint` picks the newest ``last``/interrupt checkpoint among the
-  ``version_N`` folders of a run, for ``lightning-recipes fit --ckpt_path last``.
+- :func:`find_last_checkpoint` picks the newest ``last``/interrupt/step/SLURM-requeue
+  checkpoint among the folders of a run, for ``lightning-recipes fit --ckpt_path last``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import zipfile
 from collections.abc import Callable, Iterable
@@ -115,9 +116,10 @@ def read_checkpoint(path: _PATH, **kwargs: Any) -> dict[str, Any]:
 
 
 def find_last_checkpoint(
-    directories: Iterable[_PATH], names: Iterable[str] = ("last", "interrupted")
+    directories: Iterable[_PATH], names: Iterable[str] = ("last", "interrupted", "hpc_ckpt")
 ) -> Path | None:
-    """The newest checkpoint named ``<name>.ckpt`` or ``<name>-v<N>.ckpt`` in ``directories``.
+    """The newest checkpoint named ``<name>.ckpt``, ``<name>-v<N>.ckpt`` or ``<name>_<N>.ckpt``
+    in ``directories``.
 
     "Newest" is the latest modification time, as for Lightning's ``ckpt_path="last"``; files
     being written (the hidden temporary files of :class:`AtomicCheckpointIO`) and missing
@@ -125,8 +127,9 @@ def find_last_checkpoint(
 
     Args:
         directories: Checkpoint folders, e.g. every ``version_N/checkpoints`` of a run.
-        names: Checkpoint names without extension: ``ModelCheckpoint``'s ``last`` and
-            :class:`InterruptCheckpoint`'s ``interrupted`` by default.
+        names: Checkpoint names without extension: ``ModelCheckpoint``'s ``last``,
+            :class:`InterruptCheckpoint`'s ``interrupted`` and the ``hpc_ckpt_<N>`` that
+            Lightning saves before a SLURM requeue, by default.
 
     Returns:
         The path, or ``None`` when no such file exists.
@@ -137,7 +140,7 @@ def find_last_checkpoint(
         >>> find_last_checkpoint([folder / "version_0" / "checkpoints"]) is None
         True
     """
-    names = tuple(names)
+    patterns = [re.compile(rf"{re.escape(name)}(-v\d+|_\d+)?") for name in names]
     found: list[tuple[int, str, Path]] = []
     for directory in directories:
         directory = Path(directory)
@@ -147,14 +150,11 @@ def find_last_checkpoint(
             stem, suffix = os.path.splitext(path.name)
             if suffix != ".ckpt" or not path.is_file():
                 continue
-            if any(_is_named(stem, name) for name in names):
+            # `last`, and `last-v1`, ... that ModelCheckpoint writes beside an existing file,
+            # or `hpc_ckpt_1`, `hpc_ckpt_2`, ... that Lightning numbers.
+            if any(pattern.fullmatch(stem) for pattern in patterns):
                 found.append((path.stat().st_mtime_ns, str(path), path))
     return max(found)[2] if found else None
-
-
-def _is_named(stem: str, name: str) -> bool:
-    # `last`, and `last-v1`, `last-v2`, ... that ModelCheckpoint writes beside an existing file.
-    return stem == name or (stem.startswith(f"{name}-v") and stem[len(name) + 2 :].isdigit())
 
 
 def _atomic_torch_save(checkpoint: dict[str, Any], path: Path) -> None:

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +65,15 @@ class RankRecorder(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         # `log_dir` is broadcast from rank 0: every rank has to ask for it.
-        log_dir = trainer.log_dir
+        self._write(trainer, trainer.log_dir)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        # What a stopped run saw, without a collective: another rank may be gone already.
+        self._write(trainer, None, stopped_by=type(exception).__name__)
+
+    def _write(
+        self, trainer: pl.Trainer, log_dir: str | None, stopped_by: str | None = None
+    ) -> None:
         (config,) = trainer.lr_scheduler_configs[:1]
         monitors = [c for c in trainer.callbacks if isinstance(c, LRMonitor)]
         scales = [c for c in trainer.callbacks if isinstance(c, LossScaleMonitor)]
@@ -73,6 +84,9 @@ class RankRecorder(Callback):
             "estimated_stepping_batches": trainer.estimated_stepping_batches,
             "total_steps": config.scheduler.total_steps,
             "global_step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "pid": os.getpid(),
+            "stopped_by": stopped_by,
             "log_dir": log_dir,
             "lrs": self.lrs,
             "momentums": self.momentums,
@@ -112,3 +126,37 @@ class TrainDuringValidation(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         pl_module.train()
+
+
+class SignalRankAt(Callback):
+    """Sends ``signum`` to its own process on global rank ``rank`` after the training batch that
+    brings ``global_step`` to ``step`` (a real signal, to the handlers the fit installed), and
+    writes ``<out>/signal.json``: the rank, the step, the epoch and the time it was sent.
+
+    On rank 0 of a ``ddp`` run that process is the command the user started, which launched the
+    other ranks; on another rank it is that one process only.
+    """
+
+    def __init__(
+        self, out: str, step: int, rank: int = 0, signum: int = signal.SIGTERM.value
+    ) -> None:
+        self.out, self.step, self.rank, self.signum = out, step, rank, signum
+        self.sent = False
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.sent or trainer.global_rank != self.rank or trainer.global_step != self.step:
+            return
+        self.sent = True
+        folder = Path(self.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        sent = {
+            "rank": self.rank,
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "batches_in_epoch": batch_idx + 1,
+            "time": time.time(),
+        }
+        (folder / "signal.json").write_text(json.dumps(sent))
+        os.kill(os.getpid(), self.signum)

@@ -232,6 +232,22 @@ def test_help_lists_subcommands(capsys):
     assert "--model" in out and "--data" in out
 
 
+def test_the_command_keeps_its_published_import_paths():
+    # The command moved into the `cli` subpackage; the names users and saved configs know
+    # still import, and are the objects the command runs.
+    from importlib.metadata import entry_points
+
+    import lightning_recipes.cli
+    import lightning_recipes.trainer
+    from lightning_recipes.cli._trainer import RecipesTrainer
+
+    assert lightning_recipes.trainer.RecipesTrainer is RecipesTrainer
+    assert lightning_recipes.cli.RecipesTrainer is RecipesTrainer
+    (script,) = entry_points(group="console_scripts", name="lightning-recipes")
+    assert script.value == "lightning_recipes.cli:main"
+    assert script.load() is lightning_recipes.cli.main is main
+
+
 def _build(*args: str) -> RecipesCLI:
     """The objects ``main`` would build, without running a subcommand."""
     return RecipesCLI(
@@ -380,10 +396,12 @@ def test_cifar10_config_prints(tmp_path, capsys):
     assert trainer["sync_batchnorm"] is True
     assert trainer["max_epochs"] == 30
     assert trainer["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
-    checkpoint, last, interrupt, *monitors = trainer["callbacks"]
-    assert checkpoint["class_path"] == last["class_path"]
+    checkpoint, last, step, interrupt, *monitors = trainer["callbacks"]
+    assert checkpoint["class_path"] == last["class_path"] == step["class_path"]
     assert checkpoint["class_path"] == "lightning.pytorch.callbacks.ModelCheckpoint"
     assert last["init_args"]["filename"] == "last" and last["init_args"]["monitor"] is None
+    assert step["init_args"]["filename"] == "step" and step["init_args"]["monitor"] is None
+    assert step["init_args"]["every_n_train_steps"] == 50
     assert interrupt["class_path"] == "lightning_recipes.InterruptCheckpoint"
     assert [m["class_path"] for m in monitors] == [
         "lightning_recipes.LRMonitor",
@@ -425,12 +443,13 @@ def test_cifar10_config_instantiates(tmp_path):
     assert cli.model.net[0].in_channels == 3 and cli.model.net[-1].out_features == 10
     assert isinstance(cli.trainer.logger, CSVLogger)
     assert cli.trainer.max_epochs == 30
-    checkpoint, last = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
-    assert checkpoint.monitor == "val/acc" and last.monitor is None
+    checkpoint, last, step = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert checkpoint.monitor == "val/acc" and last.monitor is None and step.monitor is None
+    assert step._every_n_train_steps == 50 and step.filename == "step"
 
 
 def test_summary_says_when_the_schedule_stopped_early(tmp_path):
-    from lightning_recipes.cli import _schedule_lines
+    from lightning_recipes.cli._runs import _schedule_lines
 
     class StopAt2(pl.Callback):
         def on_train_batch_end(self, trainer, *args):

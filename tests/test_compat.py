@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import csv
 import math
+import signal
 import types
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -33,14 +35,17 @@ from lightning_recipes._compat import (
     get_lr_within_step,
     grad_scale_tensor,
     is_view,
+    no_hpc_checkpoint_loaded,
     onecycle_anneal,
     onecycle_phases,
     sample_dirichlet,
+    save_and_requeue_on_slurm,
     saved_class_path,
     scheduler_step_count,
     set_last_lr,
     set_onecycle_phases,
     should_update_logs,
+    slurm_requeue_signal,
     steps_with_amp_scaling,
     view_base,
 )
@@ -489,6 +494,64 @@ def test_amp_found_inf_is_none_for_other_optimizers() -> None:
     found = _found_inf_after_a_step(torch.optim.SGD([nn.Parameter(torch.ones(2))], lr=0.1), 1.0)
     assert found is None
     assert amp_found_inf(object()) is None  # type: ignore[arg-type]
+
+
+# --- SLURM: slurm_requeue_signal / save_and_requeue_on_slurm / no_hpc_checkpoint_loaded -----
+SLURM_VARIABLES = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "job", "SLURM_JOB_ID": "7"}
+
+
+@pytest.fixture
+def on_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {**SLURM_VARIABLES, "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLURM_NODEID", "0")
+
+
+def _trainer_in(environment: Any) -> pl.Trainer:
+    return pl.Trainer(accelerator="cpu", plugins=[environment], logger=False)
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        (SLURMEnvironment(auto_requeue=True), signal.SIGUSR1),
+        (SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGHUP), signal.SIGHUP),
+        (SLURMEnvironment(auto_requeue=False), None),
+        (LightningEnvironment(), None),
+    ],
+    ids=["requeue", "own-signal", "no-requeue", "not-slurm"],
+)
+def test_slurm_requeue_signal_is_that_of_the_trainers_environment(
+    on_slurm: None, monkeypatch: pytest.MonkeyPatch, environment: Any, expected: Any
+) -> None:
+    trainer = _trainer_in(environment)
+    assert slurm_requeue_signal(trainer) == expected
+    # Without the connector's: the strategy's environment, which one device does not have.
+    monkeypatch.delattr(trainer._accelerator_connector, "cluster_environment")
+    assert slurm_requeue_signal(trainer) is None
+    ddp = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", plugins=[environment])
+    monkeypatch.delattr(ddp._accelerator_connector, "cluster_environment")
+    assert slurm_requeue_signal(ddp) == expected
+
+
+def test_save_and_requeue_on_slurm_without_lightnings_handler_is_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trainer = pl.Trainer(logger=False)
+    monkeypatch.delattr(type(trainer._signal_connector), "_slurm_sigusr_handler_fn")
+    with pytest.raises(RuntimeError, match="_slurm_sigusr_handler_fn"):
+        save_and_requeue_on_slurm(trainer, signal.SIGUSR1)
+
+
+def test_no_hpc_checkpoint_loaded_hides_slurm_from_ckpt_path_none(on_slurm: None) -> None:
+    # Lightning asks `detect()` when it turns `ckpt_path=None` into the newest hpc checkpoint.
+    assert SLURMEnvironment.detect()
+    with no_hpc_checkpoint_loaded():
+        assert not SLURMEnvironment.detect()
+    assert SLURMEnvironment.detect()
+    with pytest.raises(KeyError), no_hpc_checkpoint_loaded():
+        raise KeyError("restored on the way out too")
+    assert SLURMEnvironment.detect()
 
 
 _UPSTREAM = (

@@ -7,6 +7,7 @@ so that a hang fails the test instead of stalling the suite. A ``RankRecorder`` 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -14,8 +15,10 @@ import math
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,18 +144,28 @@ BATCHES = _batches(2)  # 4; one process has 9, so the OneCycle length depends on
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The command in a session of its own, so that every process it starts is killed when it
+    hangs or the test fails: a timeout fails the test instead of stalling the suite."""
     # Each process on one intra-op thread: two processes share the machine's cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "lightning_recipes", *args],
+    command = [sys.executable, "-m", "lightning_recipes", *args]
+    process = subprocess.Popen(
+        command,
         cwd=cwd,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=TIMEOUT,  # a hang fails the test
-        check=False,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # the ranks it started, if any are left
+        process.wait()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _fit_args(folder: Path, strategy: str, devices: int = 2, config: Path = DIGITS) -> list[str]:
@@ -186,8 +199,8 @@ def _fit_args(folder: Path, strategy: str, devices: int = 2, config: Path = DIGI
     ]
 
 
-def _ranks(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads((folder / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)]
+def _ranks(folder: Path, out: str = "ranks") -> list[dict[str, Any]]:
+    return [json.loads((folder / out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 def _csv(log_dir: Path) -> list[dict[str, float]]:
@@ -206,13 +219,19 @@ def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     assert keep_all["filename"] == "last"
     keep_all.update(filename="end-{epoch}", save_top_k=-1, enable_version_counter=True)
     (folder / "digits.yaml").write_text(yaml.safe_dump(config))
-    args = [
-        *_fit_args(folder, "ddp", config=folder / "digits.yaml"),
-        "--trainer.callbacks+=lightning_recipes.LossScaleMonitor",
-    ]
-    result = _run(args, folder)
+    result = _run(_ddp_args(folder, folder / "digits.yaml"), folder)
     assert result.returncode == 0, result.stdout + result.stderr
     return folder, result
+
+
+def _ddp_args(folder: Path, config: Path, out: str = "ranks") -> list[str]:
+    """The command of ``ddp_run``, writing into ``folder`` and its records into ``out``."""
+    args = [
+        *_fit_args(folder, "ddp", config=config),
+        "--trainer.callbacks+=lightning_recipes.LossScaleMonitor",
+    ]
+    args[args.index("--trainer.callbacks.out") + 1] = str(folder / out)
+    return args
 
 
 def _reference_onecycle(total: int, max_lr: float = 0.2) -> tuple[list[float], list[float]]:
@@ -561,3 +580,80 @@ def test_resume_on_one_device_with_rescale_ends_the_schedule(rescaled_resume):
     # What `on_schedule_mismatch="rescale"` promises: the schedule ends on the run's last
     # optimizer step, at min_lr = max_lr / div_factor / final_div_factor.
     assert rescaled_resume["lrs"][-1] == pytest.approx(0.2 / 25 / 1e4, rel=1e-9)
+
+
+# ------------------------------------------------------------- SIGTERM to one rank or to all
+SIGNAL_STEP = BATCHES + 1  # one batch into the second epoch
+# The ranks read, after each batch, the agreement they started after the one before: the
+# signal noted after batch 5 is agreed on after batch 6 and read after batch 7.
+STOP_STEP = SIGNAL_STEP + 2
+GRACE = 30  # seconds a scheduler typically waits between SIGTERM and SIGKILL
+
+
+def _gone(pid: int, within: float) -> bool:
+    """Whether process ``pid`` has exited (it is not a child of this one) within ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0, 1], ids=["to-the-launching-process", "to-one-rank-only"])
+def test_ddp_sigterm_saves_one_checkpoint_and_resumes_bit_for_bit(ddp_run, tmp_path, rank):
+    full_folder, _ = ddp_run
+    config = full_folder / "digits.yaml"
+    signal_at = [
+        "--trainer.callbacks+=_ddp_helpers.SignalRankAt",
+        f"--trainer.callbacks.out={tmp_path / 'signal'}",
+        f"--trainer.callbacks.step={SIGNAL_STEP}",
+        f"--trainer.callbacks.rank={rank}",
+    ]
+    killed = _run([*_ddp_args(tmp_path, config, out="killed"), *signal_at], tmp_path)
+    ended = time.time()
+    output = killed.stdout + killed.stderr
+    assert killed.returncode == 128 + signal.SIGTERM, output
+    # The scenario: one rank received SIGTERM in the middle of an epoch.
+    sent = json.loads((tmp_path / "signal" / "signal.json").read_text())
+    assert (sent["rank"], sent["step"], sent["epoch"]) == (rank, SIGNAL_STEP, 1)
+    assert 0 < sent["batches_in_epoch"] < BATCHES
+    assert ended - sent["time"] < GRACE
+    assert "Traceback" not in output and "RuntimeError" not in output
+
+    # Both ranks stopped after the same batch, still in that epoch, and exited; one checkpoint
+    # holds that step.
+    stopped = _ranks(tmp_path, "killed")
+    assert [r["global_step"] for r in stopped] == [STOP_STEP] * 2
+    assert [r["stopped_by"] for r in stopped] == ["SIGTERMException"] * 2
+    assert all(_gone(r["pid"], within=GRACE) for r in stopped)
+    checkpoints = tmp_path / "digits" / "version_0" / "checkpoints"
+    assert sorted(p.name for p in tmp_path.rglob("interrupted*.ckpt")) == ["interrupted.ckpt"]
+    state = torch.load(checkpoints / "interrupted.ckpt", map_location="cpu", weights_only=False)
+    assert (state["epoch"], state["global_step"]) == (1, STOP_STEP) and STOP_STEP % BATCHES > 0
+    summary = f"fit interrupted by SIGTERM at epoch 1, global step {STOP_STEP}"
+    assert summary in killed.stdout
+
+    resumed = _run([*_ddp_args(tmp_path, config, out="resumed"), "--ckpt_path", "last"], tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from {checkpoints / 'interrupted.ckpt'}" in resumed.stdout
+    # Per rank, every step's LR, mixing weight and loss, before and after the stop, are those
+    # of the uninterrupted run, and so are the final weights.
+    for full, before, after in zip(
+        _ranks(full_folder), stopped, _ranks(tmp_path, "resumed"), strict=True
+    ):
+        for key in ("lrs", "momentums", "lams", "losses"):
+            assert before[key] + after[key] == full[key], key
+        assert after["global_step"] == EPOCHS * BATCHES
+    end = f"end-epoch={EPOCHS - 1}.ckpt"
+    expected = _weights(full_folder / "digits" / "version_0" / "checkpoints" / end)
+    got = _weights(tmp_path / "digits" / "version_1" / "checkpoints" / end)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(got[key], value) for key, value in expected.items())

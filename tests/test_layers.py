@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "backbones",
         "classifier",
     ),
-    ("lr_find", "_lr_suggestions", "preview", "trainer", "_cli", "cli", "__main__"),
+    ("lr_find", "_lr_suggestions", "preview", "trainer", "cli", "__main__"),
 )
 
 

@@ -13,7 +13,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from _logs import csv_rows
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -38,10 +42,12 @@ from lightning_recipes import (
     find_last_checkpoint,
 )
 from lightning_recipes._compat import request_graceful_stop
-from lightning_recipes.cli import _checkpoint_folders, main
+from lightning_recipes.cli import main
+from lightning_recipes.cli._runs import _checkpoint_folders
 from lightning_recipes.data._common import _EpochSampler, _ResumableLoader
 
 REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
 DIGITS = REPO / "configs" / "digits.yaml"
 SUBPROCESS_TIMEOUT = 300
 EPOCHS, BATCHES = 3, 6  # 18 optimizer steps
@@ -331,6 +337,14 @@ def test_find_last_checkpoint_newest_across_versions(tmp_path):
     versioned = _touch(run / "version_2" / "checkpoints" / "last-v1.ckpt", 40)
     assert find_last_checkpoint(folders) == versioned
     assert find_last_checkpoint(folders, names=["interrupted"]) == newest
+    # Lightning's SLURM requeue checkpoints, numbered in the run's root folder, and a step
+    # checkpoint of the configs.
+    hpc = _touch(run / "hpc_ckpt_2.ckpt", 80)
+    _touch(run / "hpc_ckpt_1.ckpt", 45)
+    assert find_last_checkpoint([*folders, run]) == hpc
+    step = _touch(run / "version_2" / "checkpoints" / "step.ckpt", 90)
+    assert find_last_checkpoint([*folders, run]) == hpc  # not a name looked for by default
+    assert find_last_checkpoint([*folders, run], names=["last", "step"]) == step
 
 
 def test_find_last_checkpoint_none(tmp_path):
@@ -454,10 +468,12 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
 
 
 # -------------------------------------------------------------------------------- the CLI
-def _short_args(folder: Path, epochs: int = 1, batches: int = 2) -> list[str]:
+def _short_args(
+    folder: Path, epochs: int = 1, batches: int = 2, config: Path = DIGITS
+) -> list[str]:
     return [
         "--config",
-        str(DIGITS),
+        str(config),
         "--trainer.max_epochs",
         str(epochs),
         "--trainer.limit_train_batches",
@@ -481,7 +497,9 @@ def test_shipped_config_last_checkpoint_is_the_last_epoch_and_best_is_apart(tmp_
     folder = tmp_path / "digits" / "version_0" / "checkpoints"
     last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 12)
-    assert sorted(p.name for p in folder.iterdir()) == ["epoch00.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch00.ckpt", "last.ckpt", "step.ckpt"]
+    step = torch.load(folder / "step.ckpt", map_location="cpu", weights_only=False)
+    assert step["global_step"] == 10  # every 10 optimizer steps, in the middle of epoch 2
     best = torch.load(folder / "epoch00.ckpt", map_location="cpu", weights_only=False)
     assert best["global_step"] == 4
     out = capsys.readouterr().out
@@ -514,9 +532,10 @@ def test_checkpoint_folders_of_a_run(tmp_path):
             tmp_path / "logs" / "job" / v / "checkpoints"
             for v in ("custom", "version_0", "version_3")
         ),
+        tmp_path,  # Lightning's hpc_ckpt_<N>.ckpt
     ]
     no_logger = pl.Trainer(logger=False, default_root_dir=tmp_path)
-    assert _checkpoint_folders(no_logger) == [tmp_path / "checkpoints"]
+    assert _checkpoint_folders(no_logger) == [tmp_path / "checkpoints", tmp_path]
 
 
 @pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
@@ -525,31 +544,14 @@ def test_ckpt_path_last_without_any_checkpoint_is_an_error_outside_fit(tmp_path,
         main([subcommand, *_short_args(tmp_path), "--ckpt_path", "last"])
 
 
-KILLER = """
-import csv
-import os
-import signal
-
-from lightning.pytorch.callbacks import Callback
-
-
-class SignalAt(Callback):
-    def __init__(self, step: int, signum: int = 15):
-        self.step, self.signum, self.sent = step, signum, False
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step == self.step and not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), self.signum)
-"""
-
-
 def _cli(folder: Path, *args: str, expect: int = 0, **env: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "lightning_recipes", "fit", *args]
+    # `_ddp_helpers.SignalRankAt` stops a run: the tests folder is on the path.
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     result = subprocess.run(
         command,
         cwd=folder,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath, **env},
         capture_output=True,
         text=True,
         timeout=SUBPROCESS_TIMEOUT,
@@ -559,21 +561,52 @@ def _cli(folder: Path, *args: str, expect: int = 0, **env: str) -> subprocess.Co
     return result
 
 
-@pytest.mark.slow
-def test_cli_sigterm_saves_exits_143_and_resumes_with_ckpt_path_last(tmp_path):
-    (tmp_path / "killer.py").write_text(textwrap.dedent(KILLER))
-    pythonpath = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
-    args = _short_args(tmp_path / "out", epochs=EPOCHS, batches=BATCHES)
-    full = _cli(tmp_path, *_short_args(tmp_path / "full", epochs=EPOCHS, batches=BATCHES))
-    assert "lightning-recipes fit finished" in full.stdout
+def _signal_at(step: int, signum: int, out: Path) -> list[str]:
+    """Arguments that add a callback sending ``signum`` to the command after step ``step``."""
+    return [
+        "--trainer.callbacks+=_ddp_helpers.SignalRankAt",
+        f"--trainer.callbacks.out={out}",
+        f"--trainer.callbacks.step={step}",
+        f"--trainer.callbacks.signum={int(signum)}",
+    ]
 
+
+@pytest.fixture(scope="module")
+def full_cli_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The shipped digits config, never stopped: the reference of the resumed runs."""
+    folder = tmp_path_factory.mktemp("full")
+    full = _cli(folder, *_short_args(folder / "out", epochs=EPOCHS, batches=BATCHES))
+    assert "lightning-recipes fit finished" in full.stdout
+    return folder / "out", full
+
+
+def _assert_ends_as_the_full_run(
+    full_cli_run: tuple[Path, subprocess.CompletedProcess], out: Path, resumed: str
+) -> None:
+    """The resumed run's last checkpoint holds the uninterrupted run's final weights, bit for
+    bit, and its test accuracy is the same."""
+    full_out, full = full_cli_run
+    assert "lightning-recipes fit finished" in resumed
+    full_last = full_out / "digits" / "version_0" / "checkpoints" / "last.ckpt"
+    resumed_last = out / "digits" / "version_1" / "checkpoints" / "last.ckpt"
+    a = torch.load(full_last, map_location="cpu", weights_only=False)
+    b = torch.load(resumed_last, map_location="cpu", weights_only=False)
+    assert a["global_step"] == b["global_step"] == EPOCHS * BATCHES
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        assert torch.equal(b["state_dict"][key], value), key
+    test_line = next(line for line in full.stdout.splitlines() if "test/acc:" in line)
+    assert test_line in resumed, resumed[resumed.index("fit finished") :]
+
+
+@pytest.mark.slow
+def test_cli_sigterm_saves_exits_143_and_resumes_with_ckpt_path_last(tmp_path, full_cli_run):
+    args = _short_args(tmp_path / "out", epochs=EPOCHS, batches=BATCHES)
     killed = _cli(
         tmp_path,
         *args,
-        "--trainer.callbacks+=killer.SignalAt",
-        f"--trainer.callbacks.step={KILL_STEP}",
+        *_signal_at(KILL_STEP, signal.SIGTERM, tmp_path / "signal"),
         expect=128 + signal.SIGTERM,
-        PYTHONPATH=pythonpath,
     )
     folder = tmp_path / "out" / "digits" / "version_0" / "checkpoints"
     assert f"interrupted by SIGTERM at epoch 1, global step {KILL_STEP}" in killed.stdout
@@ -585,16 +618,106 @@ def test_cli_sigterm_saves_exits_143_and_resumes_with_ckpt_path_last(tmp_path):
 
     resumed = _cli(tmp_path, *args, "--ckpt_path", "last")
     assert f"--ckpt_path last: resuming from {folder / 'interrupted.ckpt'}" in resumed.stdout
-    assert "lightning-recipes fit finished" in resumed.stdout
-    full_last = tmp_path / "full" / "digits" / "version_0" / "checkpoints" / "last.ckpt"
-    resumed_last = tmp_path / "out" / "digits" / "version_1" / "checkpoints" / "last.ckpt"
-    a = torch.load(full_last, map_location="cpu", weights_only=False)
-    b = torch.load(resumed_last, map_location="cpu", weights_only=False)
-    assert a["global_step"] == b["global_step"] == EPOCHS * BATCHES
-    for key, value in a["state_dict"].items():
-        assert torch.equal(b["state_dict"][key], value), key
-    test_line = next(line for line in full.stdout.splitlines() if "test/acc:" in line)
-    assert test_line in resumed.stdout
+    _assert_ends_as_the_full_run(full_cli_run, tmp_path / "out", resumed.stdout)
+
+
+STEP_EVERY = 4  # the step checkpoint's interval in this test (the shipped config: 10)
+# SIGKILL after a step drawn at random (seeded, so the test repeats) among those after the step
+# checkpoint of step 8, the middle of the 2nd epoch, and up to the next checkpoint (step 12).
+SIGKILL_STEP = random.Random(2026).randint(2 * STEP_EVERY + 1, 2 * BATCHES)
+
+
+@pytest.mark.slow
+def test_cli_sigkill_loses_at_most_the_step_interval_and_resumes_exactly(tmp_path, full_cli_run):
+    config = yaml.safe_load(DIGITS.read_text())
+    (step,) = [
+        callback["init_args"]
+        for callback in config["trainer"]["callbacks"]
+        if callback.get("init_args", {}).get("filename") == "step"
+    ]
+    step["every_n_train_steps"] = STEP_EVERY
+    (tmp_path / "digits.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    args = _short_args(out, epochs=EPOCHS, batches=BATCHES, config=tmp_path / "digits.yaml")
+    # No grace: the process ends at once, nothing is saved at the kill.
+    _cli(tmp_path, *args, *_signal_at(SIGKILL_STEP, signal.SIGKILL, out), expect=-signal.SIGKILL)
+    sent = json.loads((out / "signal.json").read_text())
+    assert sent["step"] == SIGKILL_STEP
+    checkpoints = out / "digits" / "version_0" / "checkpoints"
+    assert not (checkpoints / "interrupted.ckpt").exists()
+    assert not list(checkpoints.glob(".*.tmp"))  # no save was under way
+    # The newest state saved before the kill: a step checkpoint, or the end of an epoch.
+    saved = max(
+        STEP_EVERY * ((SIGKILL_STEP - 1) // STEP_EVERY), BATCHES * ((SIGKILL_STEP - 1) // BATCHES)
+    )
+    assert 0 < SIGKILL_STEP - saved <= STEP_EVERY
+
+    resumed = _cli(tmp_path, *args, "--ckpt_path", "last")
+    match = re.search(r"--ckpt_path last: resuming from (\S+)", resumed.stdout)
+    assert match is not None, resumed.stdout
+    # The scenario: the newest checkpoint is the step checkpoint, in the middle of an epoch.
+    assert Path(match[1]) == checkpoints / "step.ckpt"
+    state = torch.load(match[1], map_location="cpu", weights_only=False)
+    assert state["global_step"] == saved == 2 * STEP_EVERY and saved % BATCHES > 0
+    _assert_ends_as_the_full_run(full_cli_run, out, resumed.stdout)
+
+
+# A SLURM job with Lightning's automatic requeue, simulated: the job's variables, the requeue
+# signal (SIGUSR1, which `#SBATCH --signal=USR1@90` sends) and an `scontrol` that records the
+# requeue and then ends the job at once, as SLURM does when it requeues (no grace here).
+FAKE_SCONTROL = """#!/bin/sh
+echo "$@" >> "$SCONTROL_LOG"
+kill -KILL $PPID
+"""
+SLURM_JOB = {
+    "SLURM_JOB_ID": "4242",
+    "SLURM_JOB_NAME": "digits",
+    "SLURM_NTASKS": "1",
+    "SLURM_PROCID": "0",
+    "SLURM_LOCALID": "0",
+    "SLURM_NODEID": "0",
+    "SLURM_NODELIST": "127.0.0.1",
+}
+
+
+@pytest.mark.slow
+def test_slurm_requeue_resumes_from_the_hpc_checkpoint_exactly(tmp_path, full_cli_run):
+    bin_folder = tmp_path / "bin"
+    bin_folder.mkdir()
+    (bin_folder / "scontrol").write_text(FAKE_SCONTROL)
+    (bin_folder / "scontrol").chmod(0o755)
+    log = tmp_path / "scontrol.log"
+    env = {**SLURM_JOB, "PATH": f"{bin_folder}{os.pathsep}{os.environ['PATH']}"}
+    env["SCONTROL_LOG"] = str(log)
+    out = tmp_path / "out"
+    args = _short_args(out, epochs=EPOCHS, batches=BATCHES)
+    _cli(
+        tmp_path,
+        *args,
+        *_signal_at(KILL_STEP, signal.SIGUSR1, out),
+        expect=-signal.SIGKILL,
+        **env,
+    )
+    # The scenario: the requeue signal came in the middle of the 2nd epoch, the job was
+    # requeued, and Lightning's checkpoint holds the state after the batch then under way.
+    assert json.loads((out / "signal.json").read_text())["step"] == KILL_STEP
+    assert log.read_text().split() == ["requeue", SLURM_JOB["SLURM_JOB_ID"]]
+    hpc = out / "hpc_ckpt_1.ckpt"
+    state = torch.load(hpc, map_location="cpu", weights_only=False)
+    saved = KILL_STEP + 1
+    assert (state["epoch"], state["global_step"]) == (1, saved) and saved % BATCHES > 0
+    (scheduler,) = state["lr_schedulers"]
+    assert (scheduler["last_epoch"], scheduler["total_steps"]) == (saved, EPOCHS * BATCHES)
+    (mixing,) = [value for key, value in state["callbacks"].items() if "MixUp" in key]
+    assert mixing["batches"] == saved
+    assert not (out / "digits" / "version_0" / "checkpoints" / "interrupted.ckpt").exists()
+
+    requeued = _cli(tmp_path, *args, "--ckpt_path", "last", SLURM_RESTART_COUNT="1", **env)
+    assert f"--ckpt_path last: resuming from {hpc}" in requeued.stdout
+    # The summary names this run's checkpoints (not those of the requeue's).
+    assert f"last: {out / 'digits' / 'version_1' / 'checkpoints' / 'last.ckpt'}" in requeued.stdout
+    assert not log.read_text().count("\n") > 1  # requeued once, by the first run only
+    _assert_ends_as_the_full_run(full_cli_run, out, requeued.stdout)
 
 
 # -------------------------------------------------------------------- bad checkpoint files

@@ -1,6 +1,6 @@
 """The command's view of a run: where its checkpoints are, and the lines of its closing summary.
 
-Kept apart from :mod:`lightning_recipes.cli`, which parses, builds and reports errors.
+Kept apart from :mod:`lightning_recipes.cli._command`, which parses, builds and reports errors.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from lightning_recipes._compat import saved_class_path
 from lightning_recipes.checkpointing import InterruptCheckpoint, read_checkpoint
@@ -104,7 +105,8 @@ def _run_root(trainer: pl.Trainer) -> Path:
 
 def _checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
     """Where the run's checkpoints are: the folders set on checkpoint callbacks, then every
-    ``<version>/checkpoints`` of the run (or ``default_root_dir/checkpoints``)."""
+    ``<version>/checkpoints`` of the run (or ``default_root_dir/checkpoints``), then
+    ``default_root_dir``, where Lightning saves ``hpc_ckpt_<N>.ckpt`` before a SLURM requeue."""
     folders = [
         Path(callback.dirpath)
         for callback in trainer.callbacks  # type: ignore[attr-defined]
@@ -115,15 +117,29 @@ def _checkpoint_folders(trainer: pl.Trainer) -> list[Path]:
         folders += sorted(path for path in root.glob("*/checkpoints") if path.is_dir())
     else:
         folders.append(root / "checkpoints")
+    folders.append(Path(trainer.default_root_dir))
     return folders
 
 
 def _last_names(trainer: pl.Trainer) -> tuple[str, ...]:
-    names = {ModelCheckpoint.CHECKPOINT_NAME_LAST}
+    """The names of the checkpoints that hold a run's latest state: ``last``, Lightning's
+    ``hpc_ckpt``, the interrupt checkpoint's, and the file that an unmonitored
+    ``ModelCheckpoint`` with a fixed file name keeps rewriting (the configs' ``step``)."""
+    names = {ModelCheckpoint.CHECKPOINT_NAME_LAST, "hpc_ckpt"}
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, InterruptCheckpoint):
+        if isinstance(callback, InterruptCheckpoint) or _keeps_one_latest_file(callback):
             names.add(callback.filename)
     return tuple(sorted(names))
+
+
+def _keeps_one_latest_file(callback: object) -> bool:
+    return (
+        isinstance(callback, ModelCheckpoint)
+        and callback.monitor is None
+        and callback.save_top_k == 1
+        and bool(callback.filename)
+        and "{" not in str(callback.filename)
+    )
 
 
 def _checkpoint_lines(
@@ -155,7 +171,19 @@ def _checkpoint_lines(
     return [f"  checkpoints: {dirpath} ({', '.join(parts)})"]
 
 
+def _log_dir_of_rank_zero(trainer: pl.Trainer) -> str:
+    """``trainer.log_dir`` as global rank 0 computes it, without the broadcast that sends it to
+    the other ranks: an interrupted run's summary comes when they may have exited already."""
+    if not trainer.loggers:
+        return str(trainer.default_root_dir)
+    logger = trainer.loggers[0]
+    if isinstance(logger, (CSVLogger, TensorBoardLogger)):
+        return str(logger.log_dir)
+    return str(logger.save_dir or trainer.default_root_dir)
+
+
 def _interrupted_summary(trainer: pl.Trainer) -> str:
+    """What a stopped run saved, printed by global rank 0; it runs no collective."""
     callbacks = trainer.callbacks  # type: ignore[attr-defined]
     interrupt = next((cb for cb in callbacks if isinstance(cb, InterruptCheckpoint)), None)
     stopped_by = interrupt.signal if interrupt is not None else None
@@ -164,7 +192,7 @@ def _interrupted_summary(trainer: pl.Trainer) -> str:
         "",
         f"lightning-recipes fit interrupted by {what} at epoch {trainer.current_epoch},"
         f" global step {trainer.global_step}; not tested.",
-        f"  logs:        {trainer.log_dir or trainer.default_root_dir}",
+        f"  logs:        {_log_dir_of_rank_zero(trainer)}",
         *_checkpoint_lines(trainer, interrupt),
     ]
     if interrupt is not None and interrupt.saved_path is not None:

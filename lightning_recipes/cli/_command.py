@@ -1,4 +1,4 @@
-"""The ``lightning-recipes`` command: a LightningCLI over any OneCycleModule and data module."""
+"""``RecipesCLI`` and ``main``: the LightningCLI behind the ``lightning-recipes`` command."""
 
 from __future__ import annotations
 
@@ -15,20 +15,30 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from typing_extensions import override
 
-from lightning_recipes._cli_errors import (
+from lightning_recipes._compat import (
+    cli_method_arguments,
+    cli_subcommand_parser,
+    no_hpc_checkpoint_loaded,
+)
+from lightning_recipes.checkpointing import (
+    AtomicCheckpointIO,
+    InterruptCheckpoint,
+    find_last_checkpoint,
+)
+from lightning_recipes.cli._errors import (
     TRACEBACK_ENV,
     _exit_with_short_error,
     _instantiating_cli,
 )
-from lightning_recipes._cli_links import (
+from lightning_recipes.cli._links import (
     _LINKED,
     _check_links,
     _explicit_links,
     _set_example_input,
 )
-from lightning_recipes._cli_parser import _Parser, _parser_kwargs
-from lightning_recipes._cli_quiet import _harmless_upstream_output_filtered
-from lightning_recipes._cli_runs import (
+from lightning_recipes.cli._parser import _Parser, _parser_kwargs
+from lightning_recipes.cli._quiet import _harmless_upstream_output_filtered
+from lightning_recipes.cli._runs import (
     _check_checkpoint,
     _checkpoint_folders,
     _checkpoint_lines,
@@ -39,15 +49,9 @@ from lightning_recipes._cli_runs import (
     _run_root,
     _schedule_lines,
 )
-from lightning_recipes._compat import cli_method_arguments, cli_subcommand_parser
-from lightning_recipes.checkpointing import (
-    AtomicCheckpointIO,
-    InterruptCheckpoint,
-    find_last_checkpoint,
-)
+from lightning_recipes.cli._trainer import RecipesTrainer
 from lightning_recipes.lr_find import LRFindResult
 from lightning_recipes.module import OneCycleModule
-from lightning_recipes.trainer import RecipesTrainer
 
 __all__ = ["TRACEBACK_ENV", "RecipesCLI", "main"]
 
@@ -78,9 +82,10 @@ class RecipesCLI(LightningCLI):
     given), and SIGTERM or Ctrl-C during ``fit`` saves the state of that moment
     (:class:`~lightning_recipes.InterruptCheckpoint`, added when the config has none and
     checkpointing is on), prints where it went and exits with status 143 (SIGTERM) or 130
-    (Ctrl-C). ``--ckpt_path last`` resumes from the newest ``last``/``interrupted`` checkpoint
-    of the same run (logger ``save_dir``/``name``, across its ``version_N`` folders, or
-    ``default_root_dir``); when there is none, ``fit`` says so and starts from scratch and
+    (Ctrl-C). ``--ckpt_path last`` resumes from the newest ``last``, ``interrupted`` or step
+    checkpoint, or ``hpc_ckpt_<N>`` (Lightning's, before a SLURM requeue), of the same run
+    (logger ``save_dir``/``name``, across its ``version_N`` folders, or ``default_root_dir``);
+    when there is none, ``fit`` says so and starts from scratch and
     ``validate``/``test``/``predict`` stop with an error. A checkpoint file that cannot be read,
     or that was saved from another model class, is an error naming the file (and both classes).
     """
@@ -231,7 +236,8 @@ class RecipesCLI(LightningCLI):
             return
         results: list[Mapping[str, float]] = []
         if datamodule is not None and is_overridden("test_dataloader", datamodule):
-            results = trainer.test(self.model, datamodule=datamodule)
+            with no_hpc_checkpoint_loaded():  # on SLURM, Lightning would load a requeue's one
+                results = trainer.test(self.model, datamodule=datamodule)
         log_dir = trainer.log_dir or trainer.default_root_dir
         _recover_checkpoint_paths(trainer)
         lines = ["", "lightning-recipes fit finished; test metrics of the final weights:"]

@@ -8,8 +8,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_recipes._cli_runs import _import
 from lightning_recipes.classifier import ImageClassifier
+from lightning_recipes.cli._runs import _import
 
 # Data-module attributes copied into model arguments of the same name, when both exist.
 _LINKED = ("num_classes", "in_channels")
