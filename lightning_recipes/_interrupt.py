@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -116,6 +117,7 @@ class InterruptCheckpoint(Callback):
         self._launcher_pid, self._round = None, None
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             self._launcher_pid, self._group = _launching_rank_pid(), _cpu_group()
+            _destroy_process_groups_at_exit()
         self._requeue_signal = slurm_requeue_signal(trainer)
         # Installed here, after Lightning recorded the handlers it restores when fit ends. One
         # process keeps Lightning's SIGTERM handler (it stops that process alone, which is
@@ -280,6 +282,29 @@ def _cpu_group() -> Any:
     if "gloo" in str(dist.get_backend()):
         return dist.group.WORLD
     return dist.new_group(backend="gloo")
+
+
+_destroy_registered = False
+
+
+def _destroy_process_groups_at_exit() -> None:
+    """Destroy the process groups (the default one and the agreement's) before the interpreter
+    finalizes, once per process.
+
+    Lightning registers this only for NCCL. A gloo group left alive at exit keeps worker
+    threads whose destruction during the interpreter's finalization aborts the process now and
+    then ("terminate called without an active exception", status 134) after a run that
+    finished or saved its checkpoint; ``atexit`` runs while the interpreter is still whole.
+    """
+    global _destroy_registered
+    if not _destroy_registered:
+        atexit.register(_destroy_process_groups)
+        _destroy_registered = True
+
+
+def _destroy_process_groups() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _wait_for_exit_of(pid: int, timeout: float) -> None:

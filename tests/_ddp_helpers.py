@@ -14,6 +14,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from lightning_recipes import LossScaleMonitor, LRMonitor, TrainingSanityChecks
+from lightning_recipes._interrupt import _destroy_process_groups_at_exit
 
 
 def _number(value: Any) -> float:
@@ -160,3 +161,13 @@ class SignalRankAt(Callback):
         }
         (folder / "signal.json").write_text(json.dumps(sent))
         os.kill(os.getpid(), self.signum)
+
+
+class DestroyProcessGroupsAtExit(Callback):
+    """What :class:`~lightning_recipes.InterruptCheckpoint` does in a multi-process fit, for a
+    test that has no such callback: each rank destroys its gloo process group before the
+    interpreter finalizes, so no rank aborts at exit after the fit has finished."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if trainer.world_size > 1:
+            _destroy_process_groups_at_exit()

@@ -7,6 +7,7 @@ import json
 import sys
 
 import lightning.pytorch as pl
+import torch.distributed as dist
 
 from lightning_recipes import DigitsDataModule, ImageClassifier, lr_find
 
@@ -50,3 +51,7 @@ with open(f"{out}/rank{trainer.global_rank}.json", "w") as f:
         },
         f,
     )
+# A script that starts a process group ends it: a gloo group left to the interpreter's
+# finalization can abort the process at exit.
+if dist.is_initialized():
+    dist.destroy_process_group()

@@ -165,6 +165,8 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the ranks it started, if any are left
         process.wait()
+    # No rank aborted at exit (a gloo group left to the interpreter's finalization).
+    assert "terminate called" not in stderr, stderr
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from _approx import assert_rows_close
+from _ddp_helpers import DestroyProcessGroupsAtExit
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import nn
@@ -307,9 +308,8 @@ def test_ddp_two_processes_match_standalone(tmp_path):
     out = tmp_path / "ranks"
     out.mkdir()
     model = Net(max_lr=0.5)
-    t = trainer(
-        tmp_path, [Recorder(out)], devices=2, strategy="ddp_spawn", accumulate_grad_batches=2
-    )
+    callbacks = [Recorder(out), DestroyProcessGroupsAtExit()]
+    t = trainer(tmp_path, callbacks, devices=2, strategy="ddp_spawn", accumulate_grad_batches=2)
     t.fit(model, loader())
     # 40 samples over 2 ranks: 5 batches of 4 per rank, accumulation 2 -> 3 steps an epoch.
     total = optimizer_steps(5, 2, 2)

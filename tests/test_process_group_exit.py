@@ -1,0 +1,33 @@
+"""A multi-process fit with ``InterruptCheckpoint`` destroys its process groups before the
+interpreter finalizes (Lightning does so only for NCCL): a gloo group left alive aborts a rank
+now and then at exit, "terminate called without an active exception", status 134."""
+
+from __future__ import annotations
+
+import atexit
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from lightning_recipes import _interrupt
+
+
+def test_destroys_the_default_group_and_is_then_a_no_op(tmp_path: Path) -> None:
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    extra = dist.new_group(backend="gloo")  # as the ranks' agreement makes under NCCL
+    assert dist.is_initialized() and extra is not None
+    _interrupt._destroy_process_groups()
+    assert not dist.is_initialized()
+    _interrupt._destroy_process_groups()  # nothing left: no error
+    assert not dist.is_initialized()
+
+
+def test_registered_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(_interrupt, "_destroy_registered", False)
+    _interrupt._destroy_process_groups_at_exit()
+    _interrupt._destroy_process_groups_at_exit()
+    assert registered == [_interrupt._destroy_process_groups]
