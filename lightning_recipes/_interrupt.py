@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -157,12 +158,14 @@ class InterruptCheckpoint(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore_handlers()
         self._finish_round()  # every rank ends training here: none is left under way
+        self._group = None  # no reference that keeps the group (and its threads) alive
 
     @override
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._restore_handlers()
+        self._group = None
         if not isinstance(exception, SIGTERMException):
             return
         stopped_by = self.signal or signal.SIGTERM
@@ -288,13 +291,14 @@ _destroy_registered = False
 
 
 def _destroy_process_groups_at_exit() -> None:
-    """Destroy the process groups (the default one and the agreement's) before the interpreter
-    finalizes, once per process.
+    """Destroy and free the process groups (the default one and the agreement's) before the
+    interpreter finalizes, once per process.
 
-    Lightning registers this only for NCCL. A gloo group left alive at exit keeps worker
-    threads whose destruction during the interpreter's finalization aborts the process now and
-    then ("terminate called without an active exception", status 134) after a run that
-    finished or saved its checkpoint; ``atexit`` runs while the interpreter is still whole.
+    Lightning destroys the group at exit only for NCCL. A gloo group alive at exit keeps its
+    worker threads, and one that frees a finished collective's tensors during the
+    interpreter's finalization cannot take the GIL and aborts the process ("terminate called
+    without an active exception", status 134) after a run that finished or saved its
+    checkpoint. ``atexit`` runs while the interpreter is still whole.
     """
     global _destroy_registered
     if not _destroy_registered:
@@ -305,6 +309,10 @@ def _destroy_process_groups_at_exit() -> None:
 def _destroy_process_groups() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        # A gloo group's worker threads stop only when the group itself is freed, and the
+        # trainer and its DDP model that hold it are cycles by now (the command has returned):
+        # collected here, the threads are joined before finalization, not during it.
+        gc.collect()
 
 
 def _wait_for_exit_of(pid: int, timeout: float) -> None:

@@ -165,8 +165,6 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # the ranks it started, if any are left
         process.wait()
-    # No rank aborted at exit (a gloo group left to the interpreter's finalization).
-    assert "terminate called" not in stderr, stderr
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
@@ -223,6 +221,9 @@ def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     (folder / "digits.yaml").write_text(yaml.safe_dump(config))
     result = _run(_ddp_args(folder, folder / "digits.yaml"), folder)
     assert result.returncode == 0, result.stdout + result.stderr
+    # No rank aborted at exit: a gloo group's worker threads left to the interpreter's
+    # finalization abort it now and then (InterruptCheckpoint frees the group at exit).
+    assert "terminate called" not in result.stderr, result.stderr
     return folder, result
 
 

@@ -5,6 +5,7 @@ now and then at exit, "terminate called without an active exception", status 134
 from __future__ import annotations
 
 import atexit
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,22 @@ def test_destroys_the_default_group_and_is_then_a_no_op(tmp_path: Path) -> None:
     assert not dist.is_initialized()
     _interrupt._destroy_process_groups()  # nothing left: no error
     assert not dist.is_initialized()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in Linux /proc")
+def test_the_group_s_threads_are_joined_once_nothing_holds_it(tmp_path: Path) -> None:
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    before = threads()
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    held = [dist.group.WORLD]
+    held.append(held)  # a cycle, as the trainer, its callbacks and its DDP model make
+    assert threads() > before  # gloo's worker threads
+    del held
+    _interrupt._destroy_process_groups()
+    assert threads() == before
 
 
 def test_registered_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
