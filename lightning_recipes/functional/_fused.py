@@ -37,22 +37,12 @@ _checked: set[_Key] = set()
 _rejected: set[_Key] = set()
 
 
-def _guarded_blend(
-    x: Tensor, perm: Tensor, weight: Tensor, weights: Tensor
-) -> tuple[Tensor, Tensor]:
-    """The eager path's arithmetic, for the compiler: the same reduction dtype, the same
-    ``lerp``, the same fallback of a sample whose partner is not finite to itself."""
-    dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
-    finite = x.sum(dim=tuple(range(1, x.ndim)), dtype=dtype).isfinite()
-    partner_finite = finite.index_select(0, perm)
-    own = torch.arange(perm.shape[0], device=perm.device)
-    perm = torch.where(partner_finite, perm, own)
-    mixed = torch.lerp(x.index_select(0, perm), x, weight)
-    return mixed, torch.where(partner_finite, weights, 1.0)
-
-
 @functools.cache
 def _compiled() -> Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    # Imported here: `blend` imports this module, and the function it compiles lives there,
+    # beside the eager path whose guard it calls.
+    from lightning_recipes.functional.blend import _guarded_blend
+
     return torch.compile(_guarded_blend, dynamic=True)
 
 

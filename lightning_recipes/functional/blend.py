@@ -74,6 +74,16 @@ def _blend_finite(
     return fused_blend_finite(x, perm, weight, weights, eager)
 
 
+def _guarded_blend(
+    x: Tensor, perm: Tensor, weight: Tensor, weights: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The eager path's guard and ``lerp``, out of place, as one function of tensors: what
+    :mod:`~lightning_recipes.functional._fused` compiles."""
+    partners, partner_finite = _finite_partners(x, perm)
+    mixed = torch.lerp(x.index_select(0, partners), x, weight)
+    return mixed, torch.where(partner_finite, weights, 1.0)
+
+
 def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     """``perm`` with every sample whose partner holds NaN or inf paired with itself, and
     whether each sample's partner is finite, ``(batch,)`` bool; on the device, no sync.
