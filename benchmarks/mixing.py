@@ -12,10 +12,14 @@ masks, mixing the images and building float32 soft targets), by default and with
 and also return mixed soft targets; timm gets ``label_smoothing=0`` for parity. Against
 ``x.clone()`` both the mix alone (seeding, drawing lam, partners and masks, mixing the images)
 and the whole hook are given. Floors measured in the same rounds show which targets no
-implementation in torch ops can meet on this machine: one read and one write of the batch
-(``torch.add(x, 0)``, ``copy_`` into existing memory), the non-finite guard (a per-sample sum),
-a gather of the partners and one ``lerp``, per-batch CutMix's clone-and-paste kernel without
-its guard, and the Gaussian spectra the exact FMix sampler draws per mask.
+implementation can go below on this machine: one read and one write of the batch
+(``torch.add(x, 0)``, ``copy_`` into existing memory), two batches read and one written (the
+traffic of any out-of-place blend, a fused kernel's included), the non-finite guard (a
+per-sample sum), a gather of the partners and one ``lerp`` (the batched torch ops), the guard
+and ``lerp`` a sample at a time (what the hooks run for large samples on the CPU), per-batch
+CutMix's clone-and-paste kernel without its guard, and the Gaussian spectra the exact FMix
+sampler draws per mask. The batch tables run with glibc's default malloc, as a user's process
+has it; ``--caching-malloc`` times them with freed memory reused instead.
 Every contender of a row is timed in the same interleaved rounds and the median is kept.
 """
 
@@ -25,6 +29,7 @@ import argparse
 import functools
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -40,13 +45,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes.functional._rows import blend_rows
 
 NUM_CLASSES = 10
-# By default glibc hands every freed allocation above 32 MB back to the OS, so each new
-# 64x3x224x224 float32 batch (38.5 MB) is page-faulted in again on first touch, which
-# costs more than copying it, at random depending on the allocator's history. These
-# settings make freed memory be reused, as PyTorch's caching allocator does on a GPU, for
-# every contender alike; `--system-malloc` keeps the defaults.
+# The batch tables run by default with glibc's malloc as a user's process has it: every freed
+# allocation above 32 MB (a 64x3x224x224 float32 batch is 38.5 MB) goes back to the OS, and
+# each new one is page-faulted in on first touch, for the clone and the hooks alike. With
+# `--caching-malloc` they run with these settings, under which freed memory is reused (as
+# PyTorch's caching allocator does on a GPU): the ratios then show the memory traffic alone.
 CACHING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 SHAPES = {"256x3x32x32": (256, 3, 32, 32), "64x3x224x224": (64, 3, 224, 224)}
 
@@ -74,9 +80,12 @@ def median_times(
         numbers[name] = max(1, int(budget_s / rounds / max(once, 1e-6)))
     samples: dict[str, list[float]] = {name: [] for name in fns}
     names = list(fns)
-    for round_ in range(rounds):
-        # Rotate the order every round so that no contender always follows the same one.
-        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+    order = random.Random(0)
+    for _ in range(rounds):
+        # A new order every round, so that no contender always follows the same one (what ran
+        # before moves the caches and, with glibc's defaults, the cost of page faults).
+        order.shuffle(names)
+        for name in names:
             fn = fns[name]
             start = time.perf_counter()
             for _ in range(numbers[name]):
@@ -99,6 +108,10 @@ def _set_up(callback: Any) -> tuple[SimpleNamespace, SimpleNamespace]:
 def _gather_lerp(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     partners = torch.index_select(x, 0, perm)
     return torch.lerp(partners, x, weight, out=partners)
+
+
+def _two_batches(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    return torch.add(x, other)
 
 
 def _clone_and_paste(x: torch.Tensor, perm: torch.Tensor, box: tuple[slice, ...]) -> torch.Tensor:
@@ -234,9 +247,15 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
             "spectrum draw": functools.partial(torch.randn, spectrum_shape, dtype=torch.complex64),
             "copy floor": functools.partial(buffer.copy_, x),
             "add floor": functools.partial(torch.add, x, 0),
+            # What any out-of-place blend moves, a fused kernel's included: two batches read
+            # (the samples and their partners), one written.
+            "fused traffic floor": functools.partial(_two_batches, x, buffer),
             # The least a blend with a gathered partner does in torch ops: gather, then lerp.
             "gather+lerp floor": functools.partial(_gather_lerp, x, perm, ratio),
             "guard floor": functools.partial(torch.sum, x, dim=tuple(range(1, x.ndim))),
+            # The guard and the blend a sample at a time (what the hooks use on the CPU for
+            # large samples): one read of each partner and sample from memory, one write.
+            "rows floor": functools.partial(blend_rows, x, perm, ratio, torch.ones(shape[0])),
             # Per-batch CutMix's kernel without its guard, on a box of half the image: a clone
             # and the partners' boxes gathered into it (timm: a flipped copy and the box).
             "paste floor": functools.partial(_clone_and_paste, x, perm, half_box),
@@ -345,10 +364,16 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
         floors = (
             ("floor: `torch.add(x, 0)` (read x, write a new tensor)", t["add floor"]),
             ("floor: `copy_` into existing memory", t["copy floor"]),
+            (
+                "floor: `torch.add(x, other)` (two batches read, one written: a fused blend's"
+                " traffic)",
+                t["fused traffic floor"],
+            ),
             ("floor: clone + half-image box gathered in, no guard", t["paste floor"]),
             ("floor: the guard, a per-sample sum", t["guard floor"]),
             ("floor: gather the partners + `lerp`", t["gather+lerp floor"]),
             ("floor: guard + gather + `lerp`", t["guard floor"] + t["gather+lerp floor"]),
+            ("guard + `lerp` a sample at a time (`_rows.blend_rows`)", t["rows floor"]),
             ("floor: exact FMix spectra, one per sample (`torch.randn`)", t["spectrum draw"]),
         )
         for label, seconds in floors:
@@ -564,14 +589,14 @@ def main() -> None:
         " leaves the process, e.g. its allocator, in a state that skews the other)",
     )
     parser.add_argument(
-        "--system-malloc",
+        "--caching-malloc",
         action="store_true",
-        help="keep glibc's default malloc settings for the batch tables (see CACHING_MALLOC)",
+        help="time the batch tables with malloc set to reuse freed memory (see CACHING_MALLOC)"
+        " instead of glibc's defaults",
     )
     args = parser.parse_args()
-    # The digits fits run as a user's training does, with glibc's defaults (their tensors
-    # are small enough for malloc to reuse memory).
-    caching = not args.system_malloc and args.part != "fit"
+    # The digits fits always run as a user's training does, with glibc's defaults.
+    caching = args.caching_malloc and args.part != "fit"
     if caching and any(os.environ.get(k) != v for k, v in CACHING_MALLOC.items()):
         # Settings are read when the process starts: run this script again with them.
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CACHING_MALLOC})
@@ -583,7 +608,8 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, timm {_version('timm')}, torchvision"
         f" {_version('torchvision')}, numpy {np.__version__}; CPU float32,"
-        f" {torch.get_num_threads()} thread(s); median of {rounds} interleaved rounds per row\n"
+        f" {torch.get_num_threads()} thread(s); median of {rounds} interleaved rounds per row;"
+        f" malloc: {'caching (CACHING_MALLOC)' if caching else 'glibc defaults'}\n"
     )
     for block in bench_batches(rounds, budget, SHAPES):
         print(block, flush=True)

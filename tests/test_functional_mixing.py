@@ -80,6 +80,19 @@ def test_blend_is_exact_at_zero_and_one() -> None:
     assert torch.equal(mixed, torch.where(mask.bool(), x, x[perm]))
 
 
+def test_blend_copies_values_at_zero_and_one_but_not_the_sign_of_every_zero() -> None:
+    # What the docstring says: a binary weight gives the values of `x` or `x[perm]`, but a
+    # -0.0 of `x` taken with weight 1 comes out +0.0 where the partner is positive
+    # (`x - (x - partner) * 0` is -0.0 - (-0.0)), and so does a -0.0 partner taken with
+    # weight 0 (`partner + 0 * (x - partner)` is -0.0 + 0.0).
+    x = torch.tensor([[-0.0, -0.0, 2.0], [3.0, 1.0, -0.0]])
+    perm = torch.tensor([1, 0])
+    mixed = blend(x, perm, torch.tensor([[1.0], [0.0]]))
+    assert torch.equal(mixed, torch.stack([x[0], x[0]]))  # equal values (-0.0 == 0.0)
+    assert x[0].signbit().tolist() == [True, True, False]
+    assert mixed.signbit().tolist() == [[False, False, False], [False, False, False]]
+
+
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_mixup_pixels_and_weights(per_sample: bool) -> None:
     x = torch.randn(7, 3, 6, 5, generator=_gen())

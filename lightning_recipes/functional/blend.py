@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_recipes._validation import check_inplace, check_input, check_perm
 from lightning_recipes.functional._fused import fused_blend_finite
+from lightning_recipes.functional._rows import blend_rows, rows_pay
 
 __all__ = ["blend"]
 
@@ -24,13 +25,16 @@ def blend(x: Tensor, perm: Tensor, weight: float | Tensor, *, inplace: bool = Fa
     """Returns ``weight * x + (1 - weight) * x[perm]``, as a new tensor or written into ``x``.
 
     The result has the dtype and memory format of ``x`` (channels-last stays channels-last,
-    fp16/bf16 stay fp16/bf16). Where ``weight`` is exactly 1 the result is exactly ``x``, and
-    where it is 0 exactly ``x[perm]``, so binary masks copy pixels bit for bit. A sample whose
-    partner holds NaN or inf is returned unchanged (see the module docstring).
+    fp16/bf16 stay fp16/bf16). Where ``weight`` is exactly 1 the result equals ``x``, and
+    where it is 0 it equals ``x[perm]``, so binary masks copy pixel values; the sign of a zero
+    may not survive (``lerp`` computes ``x - (x - x[perm]) * 0``, which turns a ``-0.0`` into
+    ``+0.0`` where ``x[perm]`` is positive). A sample whose partner holds NaN or inf is
+    returned unchanged (see the module docstring).
 
     It costs one reduction (which samples are finite), one gather and one ``lerp`` pass and
     allocates a single new tensor (the gathered partners), with or without ``inplace``
-    (timings against ``x.clone()``: ``benchmarks/RESULTS.md``).
+    (timings against ``x.clone()``: ``benchmarks/RESULTS.md``). The mixing functions and
+    callbacks use the same ops, in fewer passes over memory where the backend allows it.
 
     Args:
         x: Floating-point batch of shape ``(batch, ...)``.
@@ -58,8 +62,10 @@ def _blend_finite(
     """:func:`_blend`, with the samples whose partner is non-finite left unmixed and their
     ``weights`` (float32, ``(batch,)``) set to 1, so that their targets stay their own.
 
-    Out of place on a device with a compiler (CUDA), the guard and the blend run compiled,
-    with the same result bit for bit (:mod:`lightning_recipes.functional._fused`).
+    Out of place, the guard and the blend run compiled on a device with a compiler (CUDA,
+    :mod:`lightning_recipes.functional._fused`), and a sample at a time on the CPU where its
+    samples are large (:mod:`lightning_recipes.functional._rows`): both give the result of
+    the batched torch ops below bit for bit, in fewer passes over memory.
     """
     if isinstance(weight, Tensor):
         weight = weight.to(x.dtype)
@@ -71,6 +77,8 @@ def _blend_finite(
 
     if inplace:
         return eager()
+    if rows_pay(x, weight, inplace):
+        return blend_rows(x, perm, weight, weights)
     return fused_blend_finite(x, perm, weight, weights, eager)
 
 

@@ -232,8 +232,9 @@ def _paste_box(
     of place, ``x`` is cloned and the partners' boxes are gathered straight into the clone's
     box: one pass over the batch and one over the boxes, instead of building a mask, gathering
     every partner and blending through the mask (``benchmarks/RESULTS.md``). Pasting gives the
-    blend's values bit for bit, since a binary weight copies pixels exactly. The box is the
-    same draw as :func:`_cutmix_mask` makes, so all paths give the same result.
+    blend's values, since a binary weight copies pixel values (bit for bit but for the sign of
+    a zero, which the paste keeps and the blend's ``lerp`` may not; see :func:`blend`). The box
+    is the same draw as :func:`_cutmix_mask` makes, so all paths give the same result.
     """
     ndim = resolve_spatial_dims(x, spatial_dims, "cutmix")
     size = tuple(x.shape[-ndim:])

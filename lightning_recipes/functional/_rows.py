@@ -1,0 +1,88 @@
+"""The non-finite guard and the blend in one pass over the batch on the CPU, a sample at a time.
+
+In batched torch ops, :func:`~lightning_recipes.functional.blend._blend_finite` makes four
+passes over memory: a per-sample sum of ``x`` (which samples are finite), a gather of the
+partners into a new tensor (a read and a write), and a ``lerp`` that reads the gathered
+partners and ``x`` and writes the result. A batch larger than the processor's caches (a
+64x3x224x224 float32 batch is 38.5 MB) comes from main memory in each of them.
+
+Here the same ops run on one sample at a time, on views: the partner's sum reads it from
+memory into the cache, and the ``lerp`` then reads it again from the cache, reads the sample
+and writes its row of the result. What crosses main memory is what a fused kernel moves (the
+partner, the sample, the result), with no gathered copy of the batch. No torch op fuses a
+gather with a ``lerp``, and the CPU has no compiler that keeps eager's ``lerp`` bits (see
+:mod:`~lightning_recipes.functional._fused`), hence this composition.
+
+The results are those of the batched ops bit for bit (of a NaN, only its payload may differ):
+the same ``lerp`` on the same operands, element by element, and a sample whose partner is
+non-finite is blended with itself, as the batched guard does.
+
+It is chosen where it measured faster (``benchmarks/mixing.py``): samples of at least
+:data:`_ROW_BYTES` bytes, so that each op's fixed cost (microseconds) is small against its
+sample, and of at least :data:`_ROW_ELEMENTS_PER_THREAD` elements per intra-op thread, so
+that an op on one sample still keeps every thread busy (with fewer, the batched ops spread
+over more threads win).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["blend_rows", "rows_pay"]
+
+# A sample of at least this many bytes, and at least this many elements per intra-op thread
+# (twice the 32768-element grain at which torch's CPU kernels split work across threads).
+_ROW_BYTES = 256 * 1024
+_ROW_ELEMENTS_PER_THREAD = 65536
+
+
+def rows_pay(x: Tensor, weight: float | Tensor, inplace: bool) -> bool:
+    """Whether :func:`blend_rows` is chosen for this call (see the module docstring)."""
+    if inplace or x.device.type != "cpu" or x.ndim < 2 or x.requires_grad:
+        # In place, a sample's row would be overwritten before a later sample reads it as its
+        # partner, so all partners must be gathered first.
+        return False
+    if isinstance(weight, Tensor) and (
+        weight.ndim != x.ndim or weight.shape[0] not in (1, x.shape[0]) or weight.requires_grad
+    ):
+        return False
+    row = x[0].numel()
+    return (
+        row * x.element_size() >= _ROW_BYTES
+        and row >= _ROW_ELEMENTS_PER_THREAD * torch.get_num_threads()
+    )
+
+
+def blend_rows(
+    x: Tensor, perm: Tensor, weight: float | Tensor, weights: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``lerp(x[perm], x, weight)`` as a new tensor, a sample whose partner holds NaN or inf
+    blended with itself (left as it is) and its ``weights`` set to 1; ``weight`` is a Python
+    float or a tensor of ``x.ndim`` dims in ``x.dtype`` with a batch dim of 1 or ``batch``."""
+    batch = x.shape[0]
+    out = torch.empty_like(x)  # keeps the memory format, as the batched path does
+    # The guard's sums in the dtype of the batched guard (`blend._finite_partners`).
+    sums = torch.empty(batch, dtype=torch.float32 if x.dtype == torch.float16 else x.dtype)
+    dims = tuple(range(x.ndim - 1))
+    if not isinstance(weight, Tensor) and x.dtype in (torch.float32, torch.float64):
+        # `lerp` takes a Python weight in x's dtype here (float32 or wider), so a tensor of it
+        # gives the same bits; with glibc's malloc its kernel writes the fresh rows of `out`
+        # (page faults) measurably faster than the Python-scalar kernel does.
+        weight = torch.full((1,) * x.ndim, weight, dtype=x.dtype)
+    per_sample = isinstance(weight, Tensor) and weight.shape[0] == batch
+    if isinstance(weight, Tensor) and not per_sample:
+        weight = weight[0]
+    partners = perm.tolist()  # on the CPU: no device synchronisation
+    for i, j in enumerate(partners):
+        partner = x[j]
+        torch.sum(partner, dim=dims, dtype=sums.dtype, out=sums[i])
+        row_weight = weight[i] if per_sample else weight  # type: ignore[index]
+        torch.lerp(partner, x[i], row_weight, out=out[i])
+    partner_finite = sums.isfinite()
+    if not bool(partner_finite.all()):
+        # Rare: the samples whose partner is broken are blended with themselves instead.
+        for i in (~partner_finite).nonzero().flatten().tolist():
+            row_weight = weight[i] if per_sample else weight  # type: ignore[index]
+            torch.lerp(x[i], x[i], row_weight, out=out[i])
+    return out, torch.where(partner_finite, weights, 1.0)

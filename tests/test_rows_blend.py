@@ -1,0 +1,243 @@
+"""The guard and the blend a sample at a time on the CPU (``lightning_recipes.functional._rows``):
+the batched torch ops' result bit for bit, chosen only where it is documented to be."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes.functional import _rows, mixup
+from lightning_recipes.functional.blend import _blend, _blend_finite, _finite_partners
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _batched(
+    x: torch.Tensor, perm: torch.Tensor, weight: float | torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batched torch ops: the guard over the whole batch, a gather, one ``lerp``."""
+    partners, partner_finite = _finite_partners(x, perm)
+    return _blend(x, partners, weight, False), torch.where(partner_finite, weights, 1.0)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The bits of ``t`` (contiguous), NaN payloads folded into one value: which NaN an op
+    returns differs between its vectorised and scalar loops, not whether it is NaN."""
+    integer = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.nan_to_num(7.0).contiguous().view(integer)
+
+
+KINDS = ["float", "large float", "ratio", "mask", "batch mask", "soft mask"]
+
+
+def _weight(kind: str, shape: tuple[int, ...], seed: int) -> float | torch.Tensor:
+    """A weight as the kernels make them for a batch ``(batch, channels, *spatial)``."""
+    batch, spatial = shape[0], shape[2:]
+    return {
+        "float": 0.3,  # not a float16 or bfloat16 number: used in float32 by `lerp`
+        "large float": 0.7,
+        "ratio": torch.rand(batch, *(1,) * (len(shape) - 1), generator=_gen(seed)),
+        "mask": (torch.rand(batch, 1, *spatial, generator=_gen(seed)) > 0.5).float(),
+        "batch mask": (torch.rand(1, 1, *spatial, generator=_gen(seed)) > 0.5).float(),
+        "soft mask": torch.rand(batch, 1, *spatial, generator=_gen(seed)),
+    }[kind]
+
+
+@pytest.fixture
+def threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 3], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "shape", [(7, 3, 31, 17), (5, 3, 64, 64), (6, 2, 4, 5, 6), (4, 2, 7)], ids=str
+)
+def test_rows_give_the_batched_ops_bits(
+    threads: int, dtype: torch.dtype, kind: str, shape: tuple[int, ...]
+) -> None:
+    # Odd sizes (rows not a multiple of any vector width) and several threads split the
+    # element loops at other places than the batched ops do: the bits must not move.
+    batch = shape[0]
+    x = torch.randn(shape, generator=_gen(1)).mul_(3).to(dtype)
+    x.view(-1)[:4] = torch.tensor([-0.0, 0.0, 1e-30, -1e-30]).to(dtype)
+    x[1].view(-1)[5] = float("nan")
+    x[2].view(-1)[3] = float("inf")
+    perm = torch.randperm(batch, generator=_gen(2))
+    weight = _weight(kind, shape, 3)
+    if isinstance(weight, torch.Tensor):
+        weight = weight.to(dtype)
+    weights = torch.rand(batch, generator=_gen(4))
+    expected, expected_weights = _batched(x, perm, weight, weights)
+    mixed, got_weights = _rows.blend_rows(x, perm, weight, weights)
+    assert mixed.dtype == dtype and mixed.shape == x.shape and mixed.stride() == x.stride()
+    assert torch.equal(mixed.isnan(), expected.isnan())
+    assert torch.equal(_bits(mixed), _bits(expected))
+    assert torch.equal(got_weights, expected_weights)
+    # The scenario happened: samples 1 and 2 are broken, so whoever took them is unmixed.
+    broken_partner = (perm == 1) | (perm == 2)
+    assert broken_partner.sum() == 2
+    assert torch.equal(got_weights[broken_partner], torch.ones(2))
+    for i in broken_partner.nonzero().flatten().tolist():
+        own = isinstance(weight, torch.Tensor) and len(weight) > 1
+        alone = weight[i : i + 1] if own else weight  # type: ignore[index]
+        itself = _blend(x[i : i + 1], torch.tensor([0]), alone, False)[0]
+        assert torch.equal(_bits(mixed[i]), _bits(itself))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rows_keep_channels_last(dtype: torch.dtype) -> None:
+    x = torch.randn(5, 3, 12, 10, generator=_gen(5)).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    perm = torch.randperm(5, generator=_gen(6))
+    for weight in (0.25, torch.rand(5, 1, 12, 10, generator=_gen(7)).to(dtype)):
+        expected, _ = _batched(x, perm, weight, torch.ones(5))
+        mixed, _ = _rows.blend_rows(x, perm, weight, torch.ones(5))
+        assert mixed.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(_bits(mixed), _bits(expected))
+
+
+def test_a_finite_sample_whose_sum_overflows_is_left_unmixed_as_by_the_batched_guard() -> None:
+    # Every value is finite, but sample 1 sums beyond float32's range: the batched guard
+    # leaves whoever takes it as partner unmixed, and so must the rows.
+    x = torch.ones(3, 2, 8, 8)
+    x[1] = 3e37
+    perm = torch.tensor([1, 2, 0])
+    expected, expected_weights = _batched(x, perm, 0.5, torch.full((3,), 0.5))
+    mixed, weights = _rows.blend_rows(x, perm, 0.5, torch.full((3,), 0.5))
+    assert weights.tolist() == expected_weights.tolist() == [1.0, 0.5, 0.5]
+    assert torch.equal(mixed, expected) and torch.equal(mixed[0], x[0])
+
+
+@pytest.fixture
+def small_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows of a few hundred bytes count as large, so that small batches take the rows."""
+    monkeypatch.setattr(_rows, "_ROW_BYTES", 64)
+    monkeypatch.setattr(_rows, "_ROW_ELEMENTS_PER_THREAD", 1)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Records the shape of every batch :func:`blend_rows` mixes (``blend`` imports it)."""
+    # The module, not the function `blend` that the package re-exports under its name.
+    blend_module = importlib.import_module("lightning_recipes.functional.blend")
+    calls: list[tuple[int, ...]] = []
+    real = _rows.blend_rows
+
+    def spy(x: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(tuple(x.shape))
+        return real(x, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(blend_module, "blend_rows", spy)
+    return calls
+
+
+@pytest.mark.usefixtures("small_rows")
+@pytest.mark.parametrize(
+    "callback",
+    [
+        MixUp(seed=0),
+        MixUp(seed=0, per_sample=True),
+        CutMix(seed=0, per_sample=True),
+        FMix(seed=0),
+        FMix(seed=0, per_sample=True, mask_sampler="fast"),
+        RandomMix({"mixup": 0.25, "cutmix": 0.25, "fmix": 0.5}, seed=0, per_sample=True),
+    ],
+    ids=["mixup", "mixup-sample", "cutmix-sample", "fmix", "fmix-fast-sample", "randommix"],
+)
+def test_every_callback_mixes_large_samples_a_row_at_a_time_with_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch, callback: MixUp
+) -> None:
+    from types import SimpleNamespace
+
+    x = torch.randn(6, 3, 16, 16, generator=_gen(8))
+    y = torch.arange(6) % 4
+    trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
+    module = SimpleNamespace(num_classes=4, hparams={}, log=lambda *a, **k: None)
+
+    def run() -> list[torch.Tensor]:
+        callback.setup(trainer, module, "fit")  # type: ignore[arg-type]
+        callback._batches = 0
+        batch = [x, y]
+        callback.on_train_batch_start(trainer, module, batch, 0)  # type: ignore[arg-type]
+        return batch
+
+    calls = _spy(monkeypatch)
+    rows = run()
+    assert calls == [tuple(x.shape)]  # the rows mixed this batch
+    monkeypatch.setattr(_rows, "_ROW_BYTES", 1 << 40)  # now nothing counts as large
+    batched = run()
+    assert len(calls) == 1
+    assert not torch.equal(rows[0], x)  # it did mix
+    assert torch.equal(rows[0], batched[0]) and torch.equal(rows[1], batched[1])
+
+
+def _large(batch: int = 2, side: int = 160) -> torch.Tensor:
+    return torch.zeros(batch, 3, side, side)  # 300 KiB a sample
+
+
+@pytest.mark.parametrize("threads", [1], indirect=True)
+@pytest.mark.parametrize(
+    ("case", "chosen"),
+    [
+        ("large samples", True),
+        ("in place", False),
+        ("small samples", False),
+        ("needs grad", False),
+        ("1-D batch", False),
+        ("weight of other dims", False),
+        ("weight of another batch size", False),
+        ("weight that needs grad", False),
+    ],
+)
+def test_rows_are_chosen_only_where_documented(threads: int, case: str, chosen: bool) -> None:
+    x, weight, inplace = _large(), torch.rand(2, 1, 1, 1), False
+    if case == "in place":
+        inplace = True
+    elif case == "small samples":
+        x = _large(side=32)
+    elif case == "needs grad":
+        x.requires_grad_(True)
+    elif case == "1-D batch":
+        x = torch.zeros(1 << 20)
+        weight = torch.rand(1 << 20)
+    elif case == "weight of other dims":
+        weight = torch.rand(1, 1, 1)
+    elif case == "weight of another batch size":
+        weight = torch.rand(3, 1, 1, 1)
+    elif case == "weight that needs grad":
+        weight.requires_grad_(True)
+    assert _rows.rows_pay(x, weight, inplace) is chosen
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4], indirect=True)
+def test_rows_want_enough_elements_for_every_thread(threads: int) -> None:
+    # 3x160x160 = 76800 elements: enough for one thread (65536), not for two.
+    assert _rows.rows_pay(_large(), 0.5, False) is (threads == 1)
+    # 3x224x224 = 150528: enough for two, not for four.
+    assert _rows.rows_pay(_large(side=224), 0.5, False) is (threads <= 2)
+
+
+@pytest.mark.parametrize("threads", [1], indirect=True)
+def test_the_public_functions_take_the_rows_for_large_samples_and_not_in_place(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    calls = _spy(monkeypatch)
+    x = torch.randn(3, 3, 160, 160, generator=_gen(9))
+    perm = torch.tensor([2, 0, 1])
+    mixed, weights = mixup(x, 0.25, perm)
+    assert calls == [tuple(x.shape)]
+    assert weights.tolist() == [0.25] * 3
+    assert torch.equal(mixed, _batched(x, perm, 0.25, weights)[0])
+    in_place, _ = _blend_finite(x.clone(), perm, 0.25, weights, inplace=True)
+    assert len(calls) == 1  # in place, the partners are gathered first
+    assert torch.equal(in_place, mixed)
