@@ -18,8 +18,10 @@ traffic of any out-of-place blend, a fused kernel's included), the non-finite gu
 per-sample sum), a gather of the partners and one ``lerp`` (the batched torch ops), the guard
 and ``lerp`` a sample at a time (what the hooks run for large samples on the CPU), per-batch
 CutMix's clone-and-paste kernel without its guard, and the Gaussian spectra the exact FMix
-sampler draws per mask. The batch tables run with glibc's default malloc, as a user's process
-has it; ``--caching-malloc`` times them with freed memory reused instead.
+sampler draws per mask. The hooks against ``x.clone()`` are timed under two malloc settings,
+each in a fresh process (see ``CACHING_MALLOC``): memory reused, where the ratios show the
+memory traffic, and fresh pages (glibc's defaults), where every batch-sized tensor, the
+clone's and the hook's, is page-faulted in.
 Every contender of a row is timed in the same interleaved rounds and the median is kept.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import os
 import random
@@ -48,12 +51,18 @@ from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
 from lightning_recipes.functional._rows import blend_rows
 
 NUM_CLASSES = 10
-# The batch tables run by default with glibc's malloc as a user's process has it: every freed
-# allocation above 32 MB (a 64x3x224x224 float32 batch is 38.5 MB) goes back to the OS, and
-# each new one is page-faulted in on first touch, for the clone and the hooks alike. With
-# `--caching-malloc` they run with these settings, under which freed memory is reused (as
-# PyTorch's caching allocator does on a GPU): the ratios then show the memory traffic alone.
+# Two settings of glibc's malloc. By default glibc hands every freed allocation above 32 MB
+# (a 64x3x224x224 float32 batch is 38.5 MB) back to the OS and page-faults a new one in on
+# first touch, which costs more than copying it, unless the request is served from a hole that
+# earlier frees left in the heap: whether a batch-sized tensor is fresh depends on the
+# process's allocation history, and so does every ratio against `x.clone()`. Two settings make
+# it independent of that history: CACHING_MALLOC reuses freed memory always (as a long-running
+# process mostly does, and PyTorch's caching allocator on a GPU), FRESH_MALLOC maps every
+# allocation of 1 MiB or more anew (as a new process does for batch-sized tensors). The tables
+# against the peers run with CACHING_MALLOC (`--system-malloc` keeps glibc's defaults); the
+# hooks against a clone run under both, each in a fresh process.
 CACHING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+FRESH_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 SHAPES = {"256x3x32x32": (256, 3, 32, 32), "64x3x224x224": (64, 3, 224, 224)}
 
 
@@ -227,64 +236,24 @@ def verdict(ok: bool) -> str:
 
 
 def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """The tables against timm, torchvision and the FMix paper's numpy code."""
     out = []
-    vs_libs, vs_elem, vs_clone, vs_numpy = [], [], [], []
+    vs_libs, vs_elem, vs_numpy = [], [], []
     for shape_name, shape in shapes.items():
         torch.manual_seed(0)
         x = torch.randn(shape)
         y = torch.randint(0, NUM_CLASSES, (shape[0],))
-        spectrum_shape = (shape[0], *shape[2:-1], shape[-1] // 2 + 1)
         buffer = torch.empty_like(x)
-        perm = torch.randperm(shape[0])
-        ratio = torch.rand(shape[0], *([1] * (len(shape) - 1)))
-        side = round(shape[-1] * 0.5**0.5)
-        half_box = (slice(None), slice(None), slice(0, side), slice(0, side))
         fns: dict[str, Callable[[], Any]] = {
-            "clone": x.clone,
-            # Lower bounds: the FMix spectra of one mask per sample (the paper draws a complex
-            # Gaussian per frequency), and one read and one write of the batch into memory
-            # that exists (a vectorised per-sample mix touches every element at least once).
-            "spectrum draw": functools.partial(torch.randn, spectrum_shape, dtype=torch.complex64),
+            # One read and one write of the batch into memory that exists: the least a
+            # vectorised per-sample mix does (it touches every element at least once).
             "copy floor": functools.partial(buffer.copy_, x),
-            "add floor": functools.partial(torch.add, x, 0),
-            # What any out-of-place blend moves, a fused kernel's included: two batches read
-            # (the samples and their partners), one written.
-            "fused traffic floor": functools.partial(_two_batches, x, buffer),
-            # The least a blend with a gathered partner does in torch ops: gather, then lerp.
-            "gather+lerp floor": functools.partial(_gather_lerp, x, perm, ratio),
-            "guard floor": functools.partial(torch.sum, x, dim=tuple(range(1, x.ndim))),
-            # The guard and the blend a sample at a time (what the hooks use on the CPU for
-            # large samples): one read of each partner and sample from memory, one write.
-            "rows floor": functools.partial(blend_rows, x, perm, ratio, torch.ones(shape[0])),
-            # Per-batch CutMix's kernel without its guard, on a box of half the image: a clone
-            # and the partners' boxes gathered into it (timm: a flipped copy and the box).
-            "paste floor": functools.partial(_clone_and_paste, x, perm, half_box),
-            "MixUp batch inplace": inplace_step(MixUp(seed=0, inplace=True), x, y),
-            "CutMix batch inplace": inplace_step(CutMix(seed=0, inplace=True), x, y),
-            **{
-                f"{name} {lam} mix": callback_mix(cls(seed=0, per_sample=lam == "sample"), x)
-                for name, cls in (
-                    ("MixUp", MixUp),
-                    ("CutMix", CutMix),
-                    ("FMix", FMix),
-                    ("RandomMix", RandomMix),
-                )
-                for lam in ("batch", "sample")
-            },
             "MixUp batch": callback_step(MixUp(seed=0), x, y),
             "CutMix batch": callback_step(CutMix(seed=0), x, y),
-            "FMix batch": callback_step(FMix(seed=0), x, y),
-            "RandomMix batch": callback_step(RandomMix(seed=0), x, y),
+            "MixUp batch inplace": inplace_step(MixUp(seed=0, inplace=True), x, y),
+            "CutMix batch inplace": inplace_step(CutMix(seed=0, inplace=True), x, y),
             "MixUp sample": callback_step(MixUp(seed=0, per_sample=True), x, y),
             "CutMix sample": callback_step(CutMix(seed=0, per_sample=True), x, y),
-            "FMix sample": callback_step(FMix(seed=0, per_sample=True), x, y),
-            "FMix sample fast": callback_step(
-                FMix(seed=0, per_sample=True, mask_sampler="fast"), x, y
-            ),
-            "FMix sample fast mix": callback_mix(
-                FMix(seed=0, per_sample=True, mask_sampler="fast"), x
-            ),
-            "RandomMix sample": callback_step(RandomMix(seed=0, per_sample=True), x, y),
             "timm mixup batch": timm_mixup(x, y, "mixup", "batch"),
             "timm cutmix batch": timm_mixup(x, y, "cutmix", "batch"),
             "timm mixup elem": timm_mixup(x, y, "mixup", "elem"),
@@ -295,8 +264,10 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
         t = median_times(fns, rounds, budget)
         numpy_t = median_times(
             {
-                "FMix sample": fns["FMix sample"],
-                "FMix sample fast": fns["FMix sample fast"],
+                "FMix sample": callback_step(FMix(seed=0, per_sample=True), x, y),
+                "FMix sample fast": callback_step(
+                    FMix(seed=0, per_sample=True, mask_sampler="fast"), x, y
+                ),
                 "numpy": paper_fmix_numpy_per_sample(x),
             },
             rounds,
@@ -336,58 +307,6 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
                     ms(t["copy floor"]),
                     f"{elem / t['copy floor']:.1f}x",
                     verdict(speedup >= 5),
-                ]
-            )
-        clone = t["clone"]
-        hooks = [
-            (name, lam)
-            for name in ("MixUp", "CutMix", "FMix", "RandomMix")
-            for lam in ("batch", "sample")
-        ]
-        hooks.insert(6, ("FMix", "sample fast"))
-        for name, lam in hooks:
-            mix, hook = t[f"{name} {lam} mix"], t[f"{name} {lam}"]
-            target = 1.6 if name in ("FMix", "RandomMix") and lam != "batch" else 1.3
-            vs_clone.append(
-                [
-                    shape_name,
-                    f"{name} {lam}",
-                    ms(mix),
-                    ms(hook),
-                    ms(clone),
-                    f"{mix / clone:.2f}",
-                    f"{hook / clone:.2f}",
-                    f"<= {target}",
-                    verdict(hook / clone <= target),
-                ]
-            )
-        floors = (
-            ("floor: `torch.add(x, 0)` (read x, write a new tensor)", t["add floor"]),
-            ("floor: `copy_` into existing memory", t["copy floor"]),
-            (
-                "floor: `torch.add(x, other)` (two batches read, one written: a fused blend's"
-                " traffic)",
-                t["fused traffic floor"],
-            ),
-            ("floor: clone + half-image box gathered in, no guard", t["paste floor"]),
-            ("floor: the guard, a per-sample sum", t["guard floor"]),
-            ("floor: gather the partners + `lerp`", t["gather+lerp floor"]),
-            ("floor: guard + gather + `lerp`", t["guard floor"] + t["gather+lerp floor"]),
-            ("guard + `lerp` a sample at a time (`_rows.blend_rows`)", t["rows floor"]),
-            ("floor: exact FMix spectra, one per sample (`torch.randn`)", t["spectrum draw"]),
-        )
-        for label, seconds in floors:
-            vs_clone.append(
-                [
-                    shape_name,
-                    label,
-                    ms(seconds),
-                    "-",
-                    ms(clone),
-                    f"{seconds / clone:.2f}",
-                    "-",
-                    "-",
-                    "-",
                 ]
             )
         vs_numpy.append(
@@ -439,24 +358,6 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
     )
     out.append(
         table(
-            "Whole hook / `x.clone()` (targets: <= 1.3; FMix and RandomMix per sample <= 1.6),"
-            " with the floors measured in the same rounds",
-            [
-                "batch",
-                "callback, lam",
-                "mix ms",
-                "whole hook ms",
-                "clone ms",
-                "mix / clone",
-                "hook / clone",
-                "target",
-                "met (hook)",
-            ],
-            vs_clone,
-        )
-    )
-    out.append(
-        table(
             "FMix, a mask per sample: ours / the paper's numpy algorithm per sample (target <= 1)",
             [
                 "batch",
@@ -471,6 +372,146 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
         )
     )
     return out
+
+
+# The hooks against `x.clone()`: (name, callback) pairs, and their targets.
+HOOKS: tuple[tuple[str, Callable[[], Any]], ...] = (
+    ("MixUp batch", lambda: MixUp(seed=0)),
+    ("MixUp sample", lambda: MixUp(seed=0, per_sample=True)),
+    ("CutMix batch", lambda: CutMix(seed=0)),
+    ("CutMix sample", lambda: CutMix(seed=0, per_sample=True)),
+    ("FMix batch", lambda: FMix(seed=0)),
+    ("FMix sample", lambda: FMix(seed=0, per_sample=True)),
+    ("FMix sample fast", lambda: FMix(seed=0, per_sample=True, mask_sampler="fast")),
+    ("RandomMix batch", lambda: RandomMix(seed=0)),
+    ("RandomMix sample", lambda: RandomMix(seed=0, per_sample=True)),
+)
+FLOORS = (
+    ("add floor", "floor: `torch.add(x, 0)` (read x, write a new tensor)"),
+    ("copy floor", "floor: `copy_` into existing memory"),
+    (
+        "fused traffic floor",
+        "floor: `torch.add(x, other)` (two batches read, one written: what any out-of-place"
+        " blend moves, a fused kernel's included)",
+    ),
+    ("guard floor", "floor: the guard, a per-sample sum"),
+    ("gather+lerp floor", "floor: gather the partners + `lerp` (batched torch ops)"),
+    ("rows floor", "guard + `lerp` a sample at a time (`_rows.blend_rows`, what the hooks run)"),
+    ("paste floor", "floor: clone + half-image box gathered in, no guard"),
+    ("spectrum draw", "floor: exact FMix spectra, one per sample (`torch.randn`)"),
+)
+
+
+def hook_target(name: str) -> float:
+    return 1.6 if name.startswith(("FMix sample", "RandomMix sample")) else 1.3
+
+
+def bench_hooks(
+    rounds: int, budget: float, shape: tuple[int, ...], only: list[str] | None = None
+) -> dict[str, float]:
+    """Median seconds of ``x.clone()``, the floors and each hook (whole, and its mix alone),
+    or of ``x.clone()`` and the contenders named in ``only``."""
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    y = torch.randint(0, NUM_CLASSES, (shape[0],))
+    spectrum_shape = (shape[0], *shape[2:-1], shape[-1] // 2 + 1)
+    buffer = torch.empty_like(x)
+    perm = torch.randperm(shape[0])
+    ratio = torch.rand(shape[0], *([1] * (len(shape) - 1)))
+    side = round(shape[-1] * 0.5**0.5)
+    half_box = (slice(None), slice(None), slice(0, side), slice(0, side))
+    fns: dict[str, Callable[[], Any]] = {
+        "clone": x.clone,
+        "spectrum draw": functools.partial(torch.randn, spectrum_shape, dtype=torch.complex64),
+        "copy floor": functools.partial(buffer.copy_, x),
+        "add floor": functools.partial(torch.add, x, 0),
+        "fused traffic floor": functools.partial(_two_batches, x, buffer),
+        "gather+lerp floor": functools.partial(_gather_lerp, x, perm, ratio),
+        "guard floor": functools.partial(torch.sum, x, dim=tuple(range(1, x.ndim))),
+        "rows floor": functools.partial(blend_rows, x, perm, ratio, torch.ones(shape[0])),
+        "paste floor": functools.partial(_clone_and_paste, x, perm, half_box),
+    }
+    for name, make in HOOKS:
+        fns[name] = callback_step(make(), x, y)
+        fns[f"{name} mix"] = callback_mix(make(), x)
+    if only is not None:
+        fns = {name: fn for name, fn in fns.items() if name == "clone" or name in only}
+    return median_times(fns, rounds, budget)
+
+
+def _system_malloc_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in CACHING_MALLOC}
+
+
+def _hook_medians(command: list[str], env: dict[str, str]) -> dict[str, float]:
+    """The medians (seconds) a ``--part hooks`` subprocess prints, by contender."""
+    result = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    medians: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return medians
+
+
+def hook_table(rounds: int, budget: float, quick: bool) -> str:
+    """The hooks against ``x.clone()`` per shape, each shape timed in two new processes: one
+    with CACHING_MALLOC (memory reused), one with FRESH_MALLOC (fresh pages)."""
+    rows = []
+    for shape_name in SHAPES:
+        command = [sys.executable, __file__, "--part", "hooks", "--shape", shape_name]
+        command += [f"--threads={torch.get_num_threads()}", *(["--quick"] if quick else [])]
+        reused = _hook_medians(command, {**_system_malloc_env(), **CACHING_MALLOC})
+        fresh = _hook_medians(command, {**_system_malloc_env(), **FRESH_MALLOC})
+        for name, _ in HOOKS:
+            target = hook_target(name)
+            ratios = [m[name] / m["clone"] for m in (reused, fresh)]
+            rows.append(
+                [
+                    shape_name,
+                    name,
+                    ms(reused[f"{name} mix"]),
+                    ms(reused[name]),
+                    ms(reused["clone"]),
+                    f"{ratios[0]:.2f}",
+                    ms(fresh[name]),
+                    ms(fresh["clone"]),
+                    f"{ratios[1]:.2f}",
+                    f"<= {target}",
+                    " / ".join(verdict(r <= target) for r in ratios),
+                ]
+            )
+        for key, label in FLOORS:
+            rows.append(
+                [
+                    shape_name,
+                    label,
+                    "-",
+                    ms(reused[key]),
+                    ms(reused["clone"]),
+                    f"{reused[key] / reused['clone']:.2f}",
+                    ms(fresh[key]),
+                    ms(fresh["clone"]),
+                    f"{fresh[key] / fresh['clone']:.2f}",
+                    "-",
+                    "-",
+                ]
+            )
+    return table(
+        "Whole hook / `x.clone()` (targets: <= 1.3; FMix and RandomMix per sample <= 1.6), with"
+        " the floors measured in the same rounds; memory reused (CACHING_MALLOC) and fresh"
+        " pages (FRESH_MALLOC), each in a new process",
+        [
+            "batch",
+            "callback, lam",
+            "mix ms (reused)",
+            "whole hook ms (reused)",
+            "clone ms (reused)",
+            "hook / clone (reused)",
+            "whole hook ms (fresh)",
+            "clone ms (fresh)",
+            "hook / clone (fresh)",
+            "target",
+            "met (reused / fresh)",
+        ],
+        rows,
+    )
 
 
 def bench_fit(repeats: int, epochs: int, batches: int) -> str:
@@ -583,36 +624,47 @@ def main() -> None:
     )
     parser.add_argument(
         "--part",
-        choices=("all", "batches", "fit"),
+        choices=("all", "batches", "fit", "hooks"),
         default="all",
-        help="`all` times the batches here and the fits in a fresh subprocess (each part"
-        " leaves the process, e.g. its allocator, in a state that skews the other)",
+        help="`batches`: the tables against the peers here and the hooks against a clone in"
+        " fresh subprocesses; `fit`: the digits fits; `all`: both, the fits in a fresh"
+        " subprocess (each part leaves the process, e.g. its allocator, in a state that skews"
+        " the other); `hooks`: one shape's hook medians as JSON (what `batches` runs)",
+    )
+    parser.add_argument("--shape", choices=tuple(SHAPES), help="the shape of `--part hooks`")
+    parser.add_argument(
+        "--only", action="append", help="with `--part hooks`: time this contender (and a clone)"
     )
     parser.add_argument(
-        "--caching-malloc",
+        "--system-malloc",
         action="store_true",
-        help="time the batch tables with malloc set to reuse freed memory (see CACHING_MALLOC)"
-        " instead of glibc's defaults",
+        help="time the tables against the peers with glibc's default malloc instead of"
+        " CACHING_MALLOC (the hooks against a clone are timed under both)",
     )
     args = parser.parse_args()
-    # The digits fits always run as a user's training does, with glibc's defaults.
-    caching = args.caching_malloc and args.part != "fit"
+    torch.set_num_threads(args.threads)
+    rounds, budget = (3, 0.3) if args.quick else (21, 2.0)
+    if args.part == "hooks":  # in the malloc setting the caller chose
+        print(json.dumps(bench_hooks(rounds, budget, SHAPES[args.shape], args.only)))
+        return
+    # The digits fits run as a user's training does, with glibc's defaults.
+    caching = not args.system_malloc and args.part != "fit"
     if caching and any(os.environ.get(k) != v for k, v in CACHING_MALLOC.items()):
         # Settings are read when the process starts: run this script again with them.
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CACHING_MALLOC})
-    torch.set_num_threads(args.threads)
     if args.part == "fit":
         print(bench_fit(repeats=1 if args.quick else 11, epochs=6, batches=4 if args.quick else 19))
         return
-    rounds, budget = (3, 0.3) if args.quick else (21, 2.0)
     print(
         f"torch {torch.__version__}, timm {_version('timm')}, torchvision"
         f" {_version('torchvision')}, numpy {np.__version__}; CPU float32,"
         f" {torch.get_num_threads()} thread(s); median of {rounds} interleaved rounds per row;"
-        f" malloc: {'caching (CACHING_MALLOC)' if caching else 'glibc defaults'}\n"
+        f" malloc for the tables against the peers: "
+        f"{'caching (CACHING_MALLOC)' if caching else 'glibc defaults'}\n"
     )
     for block in bench_batches(rounds, budget, SHAPES):
         print(block, flush=True)
+    print(hook_table(rounds, budget, args.quick), flush=True)
     if args.part == "all":
         command = [sys.executable, __file__, "--part", "fit", "--threads", str(args.threads)]
         env = {k: v for k, v in os.environ.items() if k not in CACHING_MALLOC}

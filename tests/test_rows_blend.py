@@ -241,3 +241,68 @@ def test_the_public_functions_take_the_rows_for_large_samples_and_not_in_place(
     in_place, _ = _blend_finite(x.clone(), perm, 0.25, weights, inplace=True)
     assert len(calls) == 1  # in place, the partners are gathered first
     assert torch.equal(in_place, mixed)
+
+
+def _batched_paste(
+    x: torch.Tensor, region: tuple[slice, ...], perm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-batch CutMix's batched ops: the guard over every box, a clone, a gather of boxes."""
+    boxes = x[region]
+    partners, partner_finite = _finite_partners(boxes, perm)
+    mixed = x.clone()
+    torch.index_select(boxes, 0, partners, out=mixed[region])
+    return mixed, partner_finite
+
+
+@pytest.mark.parametrize("threads", [1, 3], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pasting_a_row_at_a_time_gives_the_batched_bits(
+    threads: int, dtype: torch.dtype, channels_last: bool
+) -> None:
+    x = torch.randn(7, 3, 31, 17, generator=_gen(10)).to(dtype)
+    x[0, 0, 0, 0] = -0.0
+    x[1, 2, 10, 5] = float("nan")  # inside the box: whoever takes sample 1 keeps its own box
+    x[2, 0, 0, 0] = float("inf")  # outside the box: sample 2's box is finite, so it is given
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    region = (slice(None), slice(None), slice(4, 21), slice(2, 11))
+    perm = torch.tensor([1, 2, 3, 4, 5, 6, 0])
+    expected, expected_finite = _batched_paste(x, region, perm)
+    mixed, partner_finite = _rows.paste_rows(x, region, perm)
+    assert mixed.stride() == x.stride()
+    assert torch.equal(_bits(mixed), _bits(expected)) and torch.equal(
+        mixed.isnan(), expected.isnan()
+    )
+    assert partner_finite.tolist() == expected_finite.tolist()
+    assert partner_finite.tolist() == [False] + [True] * 6  # the scenario happened
+    assert torch.equal(_bits(mixed[0]), _bits(x[0]))  # unmixed, its -0.0 kept
+    assert torch.equal(_bits(mixed[1][region[1:]]), _bits(x[2][region[1:]]))
+
+
+@pytest.mark.parametrize("threads", [1], indirect=True)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_per_batch_cutmix_pastes_large_samples_a_row_at_a_time_out_of_place(
+    monkeypatch: pytest.MonkeyPatch, threads: int, inplace: bool
+) -> None:
+    from lightning_recipes.functional import cutmix
+
+    # The module, not the function `cutmix` that the package re-exports under its name.
+    cutmix_module = importlib.import_module("lightning_recipes.functional.cutmix")
+    calls: list[int] = []
+    real = _rows.paste_rows
+
+    def spy(x: torch.Tensor, *args: object) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(x.shape[0])
+        return real(x, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cutmix_module, "paste_rows", spy)
+    x = torch.randn(4, 3, 160, 160, generator=_gen(11))
+    perm = torch.tensor([3, 0, 1, 2])
+    mixed, weights = cutmix(x.clone(), 0.6, perm, generator=_gen(12), inplace=inplace)
+    assert calls == ([] if inplace else [4])
+    monkeypatch.setattr(_rows, "_ROW_BYTES", 1 << 40)
+    batched, batched_weights = cutmix(x.clone(), 0.6, perm, generator=_gen(12))
+    assert len(calls) == (0 if inplace else 1)
+    assert torch.equal(mixed, batched) and torch.equal(weights, batched_weights)
+    assert not torch.equal(mixed, x) and weights.lt(1).all()

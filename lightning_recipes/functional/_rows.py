@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["blend_rows", "rows_pay"]
+__all__ = ["blend_rows", "paste_rows", "rows_pay"]
 
 # A sample of at least this many bytes, and at least this many elements per intra-op thread
 # (twice the 32768-element grain at which torch's CPU kernels split work across threads).
@@ -86,3 +86,29 @@ def blend_rows(
             row_weight = weight[i] if per_sample else weight  # type: ignore[index]
             torch.lerp(x[i], x[i], row_weight, out=out[i])
     return out, torch.where(partner_finite, weights, 1.0)
+
+
+def paste_rows(x: Tensor, region: tuple[slice, ...], perm: Tensor) -> tuple[Tensor, Tensor]:
+    """A copy of ``x`` with each sample's ``region`` (one box, the same for all samples)
+    taken from its partner ``x[perm]``, a sample whose partner's box holds NaN or inf left as
+    it is; and whether each sample's partner box is finite, ``(batch,)`` bool.
+
+    Per-batch CutMix out of place, a sample at a time: the sample's row is copied and its
+    partner's box summed (the guard) and pasted while the row is still in the cache, instead
+    of a clone of the batch, a guard over every box and a gather of every box, each a pass
+    over memory. The same copies and the same guard as the batched ops, so the same bits.
+    """
+    out = torch.empty_like(x)  # keeps the memory format, as `x.clone()` does
+    boxes, into = x[region], out[region]
+    sums = torch.empty(x.shape[0], dtype=torch.float32 if x.dtype == torch.float16 else x.dtype)
+    dims = tuple(range(x.ndim - 1))
+    for i, j in enumerate(perm.tolist()):
+        out[i].copy_(x[i])
+        partner = boxes[j]
+        torch.sum(partner, dim=dims, dtype=sums.dtype, out=sums[i])
+        into[i].copy_(partner)
+    partner_finite = sums.isfinite()
+    if not bool(partner_finite.all()):
+        for i in (~partner_finite).nonzero().flatten().tolist():
+            into[i].copy_(boxes[i])  # the sample's own box back
+    return out, partner_finite

@@ -28,6 +28,7 @@ from lightning_recipes._validation import (
     check_spatial_size,
     resolve_spatial_dims,
 )
+from lightning_recipes.functional._rows import paste_rows, rows_pay
 from lightning_recipes.functional.blend import _blend_finite, _finite_partners
 
 __all__ = ["box_mask", "cutmix", "sample_boxes"]
@@ -231,18 +232,24 @@ def _paste_box(
     box is overwritten still gives its own pixels to the sample that takes it as partner. Out
     of place, ``x`` is cloned and the partners' boxes are gathered straight into the clone's
     box: one pass over the batch and one over the boxes, instead of building a mask, gathering
-    every partner and blending through the mask (``benchmarks/RESULTS.md``). Pasting gives the
-    blend's values, since a binary weight copies pixel values (bit for bit but for the sign of
-    a zero, which the paste keeps and the blend's ``lerp`` may not; see :func:`blend`). The box
-    is the same draw as :func:`_cutmix_mask` makes, so all paths give the same result.
+    every partner and blending through the mask (``benchmarks/RESULTS.md``); on the CPU, with
+    large samples, a sample at a time (:func:`~lightning_recipes.functional._rows.paste_rows`).
+    Pasting gives the blend's values, since a binary weight copies pixel values (bit for bit
+    but for the sign of a zero, which the paste keeps and the blend's ``lerp`` may not; see
+    :func:`blend`). The box is the same draw as :func:`_cutmix_mask` makes, so all paths give
+    the same result.
     """
     ndim = resolve_spatial_dims(x, spatial_dims, "cutmix")
     size = tuple(x.shape[-ndim:])
     box = _sample_box(size, lam, generator)
     region = (slice(None),) * (x.ndim - ndim) + tuple(slice(low, high) for low, high in box)
     boxes = x[region]
+    weights = torch.full((x.shape[0],), _box_weight(box, size, lam, correct_lam), device=x.device)
     # Only the boxes are read, so only they are checked: a partner whose NaN lies outside
     # its box gives finite pixels.
+    if rows_pay(x, 1.0, inplace):  # on the CPU, large samples: a sample at a time
+        mixed, partner_finite = paste_rows(x, region, perm)
+        return mixed, torch.where(partner_finite, weights, 1.0)
     perm, partner_finite = _finite_partners(boxes, perm)
     if inplace:
         mixed = x
@@ -251,7 +258,6 @@ def _paste_box(
         mixed = x.clone()  # keeps the memory format
         # The clone's box is a view that does not overlap `x`: the gather writes into it.
         torch.index_select(boxes, 0, perm, out=mixed[region])
-    weights = torch.full((x.shape[0],), _box_weight(box, size, lam, correct_lam), device=x.device)
     return mixed, torch.where(partner_finite, weights, 1.0)
 
 
