@@ -51,18 +51,21 @@ from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
 from lightning_recipes.functional._rows import blend_rows
 
 NUM_CLASSES = 10
-# Two settings of glibc's malloc. By default glibc hands every freed allocation above 32 MB
-# (a 64x3x224x224 float32 batch is 38.5 MB) back to the OS and page-faults a new one in on
-# first touch, which costs more than copying it, unless the request is served from a hole that
-# earlier frees left in the heap: whether a batch-sized tensor is fresh depends on the
-# process's allocation history, and so does every ratio against `x.clone()`. Two settings make
-# it independent of that history: CACHING_MALLOC reuses freed memory always (as a long-running
-# process mostly does, and PyTorch's caching allocator on a GPU), FRESH_MALLOC maps every
-# allocation of 1 MiB or more anew (as a new process does for batch-sized tensors). The tables
-# against the peers run with CACHING_MALLOC (`--system-malloc` keeps glibc's defaults); the
-# hooks against a clone run under both, each in a fresh process.
+# Two settings of glibc's malloc. By default glibc hands every freed allocation of 32 MiB or
+# more (a 64x3x224x224 float32 batch is 38.5 MB) back to the OS and page-faults a new one in
+# on first touch, which costs more than copying it, unless the request is served from a hole
+# that earlier frees left in the heap; smaller allocations reuse the heap once its dynamic
+# threshold has grown (to at most 32 MiB, with a trim threshold of twice that). So whether a
+# batch-sized tensor is fresh depends on the process's allocation history, and so does every
+# ratio against `x.clone()`. Two settings make it independent of that history: CACHING_MALLOC
+# always reuses freed memory (as a long-running process mostly does, and PyTorch's caching
+# allocator on a GPU); FRESH_MALLOC fixes glibc's thresholds at those grown values, so that
+# every batch-sized tensor, the clone's and the hook's, is mapped anew and page-faulted in
+# (as in a new process) while smaller tensors reuse the heap. The tables against the peers run
+# with CACHING_MALLOC (`--system-malloc` keeps glibc's defaults); the hooks against a clone
+# run under both, each in a new process.
 CACHING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
-FRESH_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
+FRESH_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "67108864"}
 SHAPES = {"256x3x32x32": (256, 3, 32, 32), "64x3x224x224": (64, 3, 224, 224)}
 
 
@@ -459,40 +462,18 @@ def hook_table(rounds: int, budget: float, quick: bool) -> str:
         command += [f"--threads={torch.get_num_threads()}", *(["--quick"] if quick else [])]
         reused = _hook_medians(command, {**_system_malloc_env(), **CACHING_MALLOC})
         fresh = _hook_medians(command, {**_system_malloc_env(), **FRESH_MALLOC})
-        for name, _ in HOOKS:
-            target = hook_target(name)
-            ratios = [m[name] / m["clone"] for m in (reused, fresh)]
-            rows.append(
-                [
-                    shape_name,
-                    name,
-                    ms(reused[f"{name} mix"]),
-                    ms(reused[name]),
-                    ms(reused["clone"]),
-                    f"{ratios[0]:.2f}",
-                    ms(fresh[name]),
-                    ms(fresh["clone"]),
-                    f"{ratios[1]:.2f}",
-                    f"<= {target}",
-                    " / ".join(verdict(r <= target) for r in ratios),
-                ]
-            )
-        for key, label in FLOORS:
-            rows.append(
-                [
-                    shape_name,
-                    label,
-                    "-",
-                    ms(reused[key]),
-                    ms(reused["clone"]),
-                    f"{reused[key] / reused['clone']:.2f}",
-                    ms(fresh[key]),
-                    ms(fresh["clone"]),
-                    f"{fresh[key] / fresh['clone']:.2f}",
-                    "-",
-                    "-",
-                ]
-            )
+        contenders = [(name, name, hook_target(name)) for name, _ in HOOKS]
+        contenders += [(key, label, None) for key, label in FLOORS]
+        for key, label, target in contenders:
+            ratios = [m[key] / m["clone"] for m in (reused, fresh)]
+            row = [shape_name, label, ms(reused[f"{key} mix"]) if target else "-"]
+            for m, ratio in zip((reused, fresh), ratios, strict=True):
+                row += [ms(m[key]), ms(m["clone"]), f"{ratio:.2f}"]
+            if target is None:
+                row += ["-", "-"]
+            else:
+                row += [f"<= {target}", " / ".join(verdict(r <= target) for r in ratios)]
+            rows.append(row)
     return table(
         "Whole hook / `x.clone()` (targets: <= 1.3; FMix and RandomMix per sample <= 1.6), with"
         " the floors measured in the same rounds; memory reused (CACHING_MALLOC) and fresh"
