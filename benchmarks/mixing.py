@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
 from lightning_recipes.functional._rows import blend_rows
+from lightning_recipes.functional.fmix import _low_frequency_noise
 
 NUM_CLASSES = 10
 # Two settings of glibc's malloc. By default glibc hands every freed allocation of 32 MiB or
@@ -402,6 +403,10 @@ FLOORS = (
     ("rows floor", "guard + `lerp` a sample at a time (`_rows.blend_rows`, what the hooks run)"),
     ("paste floor", "floor: clone + half-image box gathered in, no guard"),
     ("spectrum draw", "floor: exact FMix spectra, one per sample (`torch.randn`)"),
+    (
+        "exact field floor",
+        "floor: the exact FMix sampler's fields, one per sample (spectra + inverse real FFT)",
+    ),
 )
 
 
@@ -426,6 +431,9 @@ def bench_hooks(
     fns: dict[str, Callable[[], Any]] = {
         "clone": x.clone,
         "spectrum draw": functools.partial(torch.randn, spectrum_shape, dtype=torch.complex64),
+        "exact field floor": functools.partial(
+            _low_frequency_noise, shape[0], tuple(shape[2:]), 3.0, None, torch.device("cpu")
+        ),
         "copy floor": functools.partial(buffer.copy_, x),
         "add floor": functools.partial(torch.add, x, 0),
         "fused traffic floor": functools.partial(_two_batches, x, buffer),
