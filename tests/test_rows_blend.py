@@ -172,11 +172,13 @@ def test_every_callback_mixes_large_samples_a_row_at_a_time_with_the_same_bits(
         return batch
 
     calls = _spy(monkeypatch)
+    box_calls = _spy_module(monkeypatch, "lightning_recipes.functional.cutmix", "blend_box_rows")
     rows = run()
-    assert calls == [tuple(x.shape)]  # the rows mixed this batch
+    # The rows mixed this batch (per-sample CutMix: the rows through its boxes, no mask).
+    assert calls + box_calls == [tuple(x.shape) if calls else x.shape[0]]
     monkeypatch.setattr(_rows, "_ROW_BYTES", 1 << 40)  # now nothing counts as large
     batched = run()
-    assert len(calls) == 1
+    assert len(calls + box_calls) == 1
     assert not torch.equal(rows[0], x)  # it did mix
     assert torch.equal(rows[0], batched[0]) and torch.equal(rows[1], batched[1])
 
@@ -306,3 +308,50 @@ def test_per_batch_cutmix_pastes_large_samples_a_row_at_a_time_out_of_place(
     assert len(calls) == (0 if inplace else 1)
     assert torch.equal(mixed, batched) and torch.equal(weights, batched_weights)
     assert not torch.equal(mixed, x) and weights.lt(1).all()
+
+
+@pytest.mark.parametrize("threads", [1, 3], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("correct_lam", [True, False])
+@pytest.mark.parametrize("shape", [(8, 3, 31, 17), (6, 2, 40), (5, 2, 6, 7, 5)], ids=str)
+def test_per_sample_cutmix_a_row_at_a_time_gives_the_mask_blend_bits(
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    dtype: torch.dtype,
+    correct_lam: bool,
+    shape: tuple[int, ...],
+) -> None:
+    from lightning_recipes.functional import cutmix
+
+    x = torch.randn(shape, generator=_gen(13)).to(dtype)
+    x.view(-1)[:2] = torch.tensor([-0.0, -0.0]).to(dtype)
+    x[1].view(-1)[0] = float("nan")
+    lam = torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0, 0.05, 0.95, 0.6][: shape[0]])
+    perm = torch.roll(torch.arange(shape[0]), 1)
+    calls = _spy_module(monkeypatch, "lightning_recipes.functional.cutmix", "blend_box_rows")
+    monkeypatch.setattr(_rows, "_ROW_BYTES", 1 << 40)  # the mask's blend
+    expected, expected_weights = cutmix(x, lam, perm, generator=_gen(14), correct_lam=correct_lam)
+    assert calls == []
+    monkeypatch.setattr(_rows, "_ROW_BYTES", 64)  # a row at a time
+    monkeypatch.setattr(_rows, "_ROW_ELEMENTS_PER_THREAD", 1)
+    mixed, weights = cutmix(x, lam, perm, generator=_gen(14), correct_lam=correct_lam)
+    assert calls == [shape[0]]
+    assert torch.equal(_bits(mixed), _bits(expected))
+    assert torch.equal(weights, expected_weights)
+    assert weights[2] == 1.0  # sample 2 takes sample 1, which holds a NaN: left unmixed
+    assert torch.equal(_bits(mixed[2]), _bits(expected[2]))
+    assert torch.equal(mixed[4], x[4]) and weights[4] == 1.0  # lam 1: no box
+
+
+def _spy_module(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> list[int]:
+    """Records the batch size of every call of ``module.name``."""
+    target = importlib.import_module(module)
+    real = getattr(target, name)
+    calls: list[int] = []
+
+    def spy(x: torch.Tensor, *args: object) -> object:
+        calls.append(x.shape[0])
+        return real(x, *args)
+
+    monkeypatch.setattr(target, name, spy)
+    return calls

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["blend_rows", "paste_rows", "rows_pay"]
+__all__ = ["blend_box_rows", "blend_rows", "paste_rows", "rows_pay"]
 
 # A sample of at least this many bytes, and at least this many elements per intra-op thread
 # (twice the 32768-element grain at which torch's CPU kernels split work across threads).
@@ -112,3 +112,34 @@ def paste_rows(x: Tensor, region: tuple[slice, ...], perm: Tensor) -> tuple[Tens
         for i in (~partner_finite).nonzero().flatten().tolist():
             into[i].copy_(boxes[i])  # the sample's own box back
     return out, partner_finite
+
+
+def blend_box_rows(
+    x: Tensor, perm: Tensor, boxes: list[list[tuple[int, int]]], weights: Tensor
+) -> tuple[Tensor, Tensor]:
+    """:func:`blend_rows` through CutMix's mask of one box per sample (1 outside the box, 0
+    inside, ``boxes[i]`` the clipped ``(low, high)`` of each trailing spatial dim), without
+    the mask: each row is the ``lerp`` with weight 1, then its box the ``lerp`` with weight 0,
+    the same values of the weight as the mask's and so the same bits, while the row is in the
+    cache. A sample whose partner holds NaN or inf is blended with itself."""
+    out = torch.empty_like(x)
+    sums = torch.empty(x.shape[0], dtype=torch.float32 if x.dtype == torch.float16 else x.dtype)
+    dims = tuple(range(x.ndim - 1))
+    one, zero = (torch.full((1,) * (x.ndim - 1), v, dtype=x.dtype) for v in (1.0, 0.0))
+
+    def mix(i: int, partner: Tensor) -> None:
+        torch.lerp(partner, x[i], one, out=out[i])
+        box = boxes[i]
+        if all(high > low for low, high in box):
+            lead = (slice(None),) * (x.ndim - 1 - len(box))  # the channels
+            region = (*lead, *(slice(low, high) for low, high in box))
+            torch.lerp(partner[region], x[i][region], zero, out=out[i][region])
+
+    for i, j in enumerate(perm.tolist()):
+        torch.sum(x[j], dim=dims, dtype=sums.dtype, out=sums[i])
+        mix(i, x[j])
+    partner_finite = sums.isfinite()
+    if not bool(partner_finite.all()):
+        for i in (~partner_finite).nonzero().flatten().tolist():
+            mix(i, x[i])
+    return out, torch.where(partner_finite, weights, 1.0)

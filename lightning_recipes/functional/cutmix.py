@@ -28,7 +28,7 @@ from lightning_recipes._validation import (
     check_spatial_size,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional._rows import paste_rows, rows_pay
+from lightning_recipes.functional._rows import blend_box_rows, paste_rows, rows_pay
 from lightning_recipes.functional.blend import _blend_finite, _finite_partners
 
 __all__ = ["box_mask", "cutmix", "sample_boxes"]
@@ -211,6 +211,8 @@ def cutmix(
     generator = check_generator(generator, box_device)
     if not isinstance(lam, Tensor):
         return _paste_box(x, lam, perm, generator, correct_lam, spatial_dims, inplace)
+    if rows_pay(x, 1.0, inplace):
+        return _mix_box_rows(x, lam, perm, generator, correct_lam, spatial_dims)
     mask, weights = _cutmix_mask(
         x, lam, generator=generator, correct_lam=correct_lam, spatial_dims=spatial_dims
     )
@@ -305,8 +307,32 @@ def _per_sample_mask(
     of each small op can cost more than writing the masks of a small batch): the mask comes
     from the unclipped corners, and only the area is clipped.
     """
-    low, high = _box_corners(size, lam, generator)
-    sizes = _grid(size, lam.device)[0]
-    extent = torch.minimum(high, sizes).sub_(low.clamp(min=0))  # >= 0: high >= centre >= 0
-    weights = extent.prod(dim=-1).div_(-math.prod(size)).add_(1.0)
+    low, high, _, weights = _per_sample_boxes(size, lam, generator)
     return _outside_mask(low, high, size, dtype), weights
+
+
+def _per_sample_boxes(
+    size: tuple[int, ...], lam: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Unclipped corners, the high corners clipped, and weights ``1 - clipped box area``."""
+    low, high = _box_corners(size, lam, generator)
+    clipped_high = torch.minimum(high, _grid(size, lam.device)[0])
+    extent = clipped_high - low.clamp(min=0)  # >= 0: high >= centre >= 0
+    return low, high, clipped_high, extent.prod(dim=-1).div_(-math.prod(size)).add_(1.0)
+
+
+def _mix_box_rows(
+    x: Tensor,
+    lam: Tensor,
+    perm: Tensor,
+    generator: torch.Generator | None,
+    correct_lam: bool,
+    spatial_dims: int | None,
+) -> tuple[Tensor, Tensor]:
+    """Per-sample CutMix out of place on the CPU for large samples, without a mask: the same
+    draws and bits as the mask's blend (:func:`.blend_box_rows`)."""
+    ndim = resolve_spatial_dims(x, spatial_dims, "cutmix")
+    low, _, clipped_high, weights = _per_sample_boxes(tuple(x.shape[-ndim:]), lam, generator)
+    corners = zip(low.clamp(min=0).long().tolist(), clipped_high.long().tolist(), strict=True)
+    boxes = [list(zip(lows, highs, strict=True)) for lows, highs in corners]
+    return blend_box_rows(x, perm, boxes, weights if correct_lam else lam.float())

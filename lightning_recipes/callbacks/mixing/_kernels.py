@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from lightning_recipes._validation import resolve_spatial_dims
+from lightning_recipes.functional._rows import rows_pay
 from lightning_recipes.functional.blend import _blend_finite
-from lightning_recipes.functional.cutmix import _cutmix_mask, _paste_box
+from lightning_recipes.functional.cutmix import _cutmix_mask, _mix_box_rows, _paste_box
 from lightning_recipes.functional.fmix import _fmix_mask
 from lightning_recipes.functional.mixup import _mixup_weight
 
@@ -148,6 +149,19 @@ class CutMixKernel(_SpatialKernel):
     ) -> Mixed | None:
         pasted = _paste_box(x, lam, perm, generator, self.correct_lam, self.spatial_dims, inplace)
         return Mixed(*pasted, perm)
+
+    def mix(
+        self,
+        x: Tensor,
+        lam: float | Tensor,
+        perm: Tensor,
+        generator: torch.Generator,
+        inplace: bool,
+    ) -> Mixed:
+        if isinstance(lam, Tensor) and rows_pay(x, 1.0, inplace):  # the CPU, large samples
+            mixed = _mix_box_rows(x, lam, perm, generator, self.correct_lam, self.spatial_dims)
+            return Mixed(*mixed, perm)
+        return super().mix(x, lam, perm, generator, inplace)
 
 
 @dataclass(frozen=True)
