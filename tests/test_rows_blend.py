@@ -355,3 +355,43 @@ def _spy_module(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> list
 
     monkeypatch.setattr(target, name, spy)
     return calls
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    "probs",
+    [None, {"cutmix": 1.0}, {"mixup": 0.3, "cutmix": 0.7}, {"cutmix": 0.5, "fmix": 0.5}],
+    ids=["default", "cutmix-only", "mixup-cutmix", "with-fmix"],
+)
+def test_randommix_per_sample_through_boxes_gives_the_product_of_maps_bits(
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    dtype: torch.dtype,
+    probs: dict[str, float] | None,
+) -> None:
+    from types import SimpleNamespace
+
+    x = torch.randn(12, 3, 20, 24, generator=_gen(15)).to(dtype)
+    x[3, 1, 5, 5] = float("inf")
+    y = torch.arange(12) % 5
+    trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
+    module = SimpleNamespace(num_classes=5, hparams={}, log=lambda *a, **k: None)
+
+    def run() -> list[torch.Tensor]:
+        callback = RandomMix(probs, seed=3, per_sample=True, correct_lam=probs is None)
+        callback.setup(trainer, module, "fit")  # type: ignore[arg-type]
+        batch = [x, y]
+        callback.on_train_batch_start(trainer, module, batch, 0)  # type: ignore[arg-type]
+        return batch
+
+    calls = _spy_module(monkeypatch, "lightning_recipes.callbacks.mixing._draw", "blend_box_rows")
+    monkeypatch.setattr(_rows, "_ROW_BYTES", 64)
+    monkeypatch.setattr(_rows, "_ROW_ELEMENTS_PER_THREAD", 1)
+    rows = run()
+    assert calls == ([] if probs and "fmix" in probs else [12])  # FMix needs its mask
+    monkeypatch.setattr(_rows, "_ROW_BYTES", 1 << 40)  # the product of the maps
+    maps = run()
+    assert torch.equal(_bits(rows[0]), _bits(maps[0])) and torch.equal(rows[1], maps[1])
+    assert not torch.equal(rows[0], x)  # it mixed
+    assert rows[0].isfinite().sum() < x.numel()  # the broken image stays broken

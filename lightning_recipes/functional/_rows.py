@@ -115,20 +115,27 @@ def paste_rows(x: Tensor, region: tuple[slice, ...], perm: Tensor) -> tuple[Tens
 
 
 def blend_box_rows(
-    x: Tensor, perm: Tensor, boxes: list[list[tuple[int, int]]], weights: Tensor
+    x: Tensor,
+    perm: Tensor,
+    boxes: list[list[tuple[int, int]]],
+    weights: Tensor,
+    outside: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`blend_rows` through CutMix's mask of one box per sample (1 outside the box, 0
     inside, ``boxes[i]`` the clipped ``(low, high)`` of each trailing spatial dim), without
     the mask: each row is the ``lerp`` with weight 1, then its box the ``lerp`` with weight 0,
     the same values of the weight as the mask's and so the same bits, while the row is in the
-    cache. A sample whose partner holds NaN or inf is blended with itself."""
+    cache. ``outside`` (``(batch, 1, ...)`` in ``x.dtype``) replaces the 1 outside the boxes
+    with a ratio per sample: RandomMix's MixUp ratio times the CutMix mask, whose products with
+    1 and 0 are the ratio and 0. A sample whose partner holds NaN or inf is blended with
+    itself."""
     out = torch.empty_like(x)
     sums = torch.empty(x.shape[0], dtype=torch.float32 if x.dtype == torch.float16 else x.dtype)
     dims = tuple(range(x.ndim - 1))
     one, zero = (torch.full((1,) * (x.ndim - 1), v, dtype=x.dtype) for v in (1.0, 0.0))
 
     def mix(i: int, partner: Tensor) -> None:
-        torch.lerp(partner, x[i], one, out=out[i])
+        torch.lerp(partner, x[i], one if outside is None else outside[i], out=out[i])
         box = boxes[i]
         if all(high > low for low, high in box):
             lead = (slice(None),) * (x.ndim - 1 - len(box))  # the channels

@@ -331,8 +331,21 @@ def _mix_box_rows(
 ) -> tuple[Tensor, Tensor]:
     """Per-sample CutMix out of place on the CPU for large samples, without a mask: the same
     draws and bits as the mask's blend (:func:`.blend_box_rows`)."""
+    boxes, weights = _clipped_boxes(x, lam, generator, correct_lam, spatial_dims)
+    return blend_box_rows(x, perm, boxes, weights)
+
+
+def _clipped_boxes(
+    x: Tensor,
+    lam: Tensor,
+    generator: torch.Generator | None,
+    correct_lam: bool,
+    spatial_dims: int | None,
+) -> tuple[list[list[tuple[int, int]]], Tensor]:
+    """The boxes of :func:`_per_sample_mask`'s draw, clipped, as ``(low, high)`` Python ints
+    per spatial dim of each sample (read on the CPU: no device sync), and their weights."""
     ndim = resolve_spatial_dims(x, spatial_dims, "cutmix")
     low, _, clipped_high, weights = _per_sample_boxes(tuple(x.shape[-ndim:]), lam, generator)
     corners = zip(low.clamp(min=0).long().tolist(), clipped_high.long().tolist(), strict=True)
     boxes = [list(zip(lows, highs, strict=True)) for lows, highs in corners]
-    return blend_box_rows(x, perm, boxes, weights if correct_lam else lam.float())
+    return boxes, weights if correct_lam else lam.float()

@@ -12,12 +12,20 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lightning_recipes.callbacks.mixing._kernels import Mixed, MixKernel, WeightMap, apply_map
+from lightning_recipes.callbacks.mixing._kernels import (
+    CutMixKernel,
+    Mixed,
+    MixKernel,
+    MixUpKernel,
+    WeightMap,
+    apply_map,
+)
 from lightning_recipes.callbacks.mixing._randomness import (
     BatchRandomness,
     MethodChoice,
     per_sample_lam,
 )
+from lightning_recipes.functional._rows import blend_box_rows, rows_pay
 from lightning_recipes.functional.sampling import sample_partners
 
 __all__ = ["Draw", "Methods", "apply_mix", "draw_mix"]
@@ -95,6 +103,8 @@ def apply_mix(methods: Methods, x: Tensor, draw: Draw, inplace: bool) -> Mixed:
     method, lam, perm, generator = draw
     if not isinstance(method, Tensor):
         return methods.kernels[method].mix(x, lam, perm, generator, inplace)
+    if isinstance(lam, Tensor) and _ratio_and_boxes(methods.kernels) and rows_pay(x, 1.0, inplace):
+        return _mix_ratio_and_boxes(methods.kernels, x, method, lam, perm, generator)
     # Each kernel maps the samples that did not choose it with lam = 1: weight 1 everywhere
     # (no box, a full mask). A sample's map is then the product of all kernels' maps, and its
     # weight the product of their weights: one multiplication per extra kernel instead of a
@@ -106,6 +116,42 @@ def apply_mix(methods: Methods, x: Tensor, draw: Draw, inplace: bool) -> Mixed:
     weight = functools.reduce(torch.mul, [m.weight for m in maps])
     weights = functools.reduce(torch.mul, [m.weights for m in maps])
     return apply_map(x, perm, WeightMap(weight, weights), inplace)
+
+
+def _ratio_and_boxes(kernels: tuple[MixKernel, ...]) -> bool:
+    """Whether the kernels are one CutMix and at most one MixUp (RandomMix's default)."""
+    cutmix = [k for k in kernels if isinstance(k, CutMixKernel)]
+    mixup = [k for k in kernels if isinstance(k, MixUpKernel)]
+    return len(cutmix) == 1 and len(mixup) <= 1 and len(kernels) == len(cutmix) + len(mixup)
+
+
+def _mix_ratio_and_boxes(
+    kernels: tuple[MixKernel, ...],
+    x: Tensor,
+    method: Tensor,
+    lam: Tensor,
+    perm: Tensor,
+    generator: torch.Generator,
+) -> Mixed:
+    """:func:`apply_mix` of MixUp and CutMix per sample, on the CPU with large samples: the
+    product of their maps (the MixUp ratio outside the box, 0 inside) blended a sample at a
+    time through the boxes, without a mask; the same draws, in the same order, and the same
+    bits as the product of the maps."""
+    boxes: list[list[tuple[int, int]]] = []
+    outside: Tensor | None = None
+    weights = []
+    for index, kernel in enumerate(kernels):
+        kernel_lam = torch.where(method == index, lam, 1.0)
+        if isinstance(kernel, CutMixKernel):
+            boxes, kernel_weights = kernel.boxes(x, kernel_lam, generator)
+        else:
+            ratio, kernel_weights = kernel.weight_map(x, kernel_lam, generator)
+            outside = ratio if isinstance(ratio, Tensor) else None
+        weights.append(kernel_weights)
+    mixed, mixed_weights = blend_box_rows(
+        x, perm, boxes, functools.reduce(torch.mul, weights), outside
+    )
+    return Mixed(mixed, mixed_weights, perm)
 
 
 def _alpha_per_sample(alphas: tuple[float, ...], method: Tensor) -> float | Tensor:

@@ -22,7 +22,12 @@ from torch import Tensor
 from lightning_recipes._validation import resolve_spatial_dims
 from lightning_recipes.functional._rows import rows_pay
 from lightning_recipes.functional.blend import _blend_finite
-from lightning_recipes.functional.cutmix import _cutmix_mask, _mix_box_rows, _paste_box
+from lightning_recipes.functional.cutmix import (
+    _clipped_boxes,
+    _cutmix_mask,
+    _mix_box_rows,
+    _paste_box,
+)
 from lightning_recipes.functional.fmix import _fmix_mask
 from lightning_recipes.functional.mixup import _mixup_weight
 
@@ -149,6 +154,13 @@ class CutMixKernel(_SpatialKernel):
     ) -> Mixed | None:
         pasted = _paste_box(x, lam, perm, generator, self.correct_lam, self.spatial_dims, inplace)
         return Mixed(*pasted, perm)
+
+    def boxes(
+        self, x: Tensor, lam: Tensor, generator: torch.Generator
+    ) -> tuple[list[list[tuple[int, int]]], Tensor]:
+        """The clipped box of each sample, the same draw as :meth:`weight_map`'s mask, and
+        the weights; for the CPU's sample-at-a-time blend, which needs no mask."""
+        return _clipped_boxes(x, lam, generator, self.correct_lam, self.spatial_dims)
 
     def mix(
         self,
