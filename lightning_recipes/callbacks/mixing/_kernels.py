@@ -20,14 +20,10 @@ import torch
 from torch import Tensor
 
 from lightning_recipes._validation import resolve_spatial_dims
+from lightning_recipes.functional._cutmix_boxes import _clipped_boxes
 from lightning_recipes.functional._rows import rows_pay
 from lightning_recipes.functional.blend import _blend_finite
-from lightning_recipes.functional.cutmix import (
-    _clipped_boxes,
-    _cutmix_mask,
-    _mix_box_rows,
-    _paste_box,
-)
+from lightning_recipes.functional.cutmix import _cutmix_mask, _mix_box_rows, _paste_box
 from lightning_recipes.functional.fmix import _fmix_mask
 from lightning_recipes.functional.mixup import _mixup_weight
 
