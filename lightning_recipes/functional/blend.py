@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_recipes._validation import check_inplace, check_input, check_perm
 from lightning_recipes.functional._fused import fused_blend_finite
-from lightning_recipes.functional._rows import blend_rows, rows_pay
+from lightning_recipes.functional._rows import blend_rows, guard_dtype, rows_pay
 
 __all__ = ["blend"]
 
@@ -107,8 +107,7 @@ def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     if x.ndim == 1:
         finite = x.isfinite()
     else:
-        dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
-        finite = x.sum(dim=tuple(range(1, x.ndim)), dtype=dtype).isfinite()
+        finite = x.sum(dim=tuple(range(1, x.ndim)), dtype=guard_dtype(x.dtype)).isfinite()
     partner_finite = finite.index_select(0, perm)
     own = torch.arange(perm.shape[0], device=perm.device)
     return torch.where(partner_finite, perm, own), partner_finite

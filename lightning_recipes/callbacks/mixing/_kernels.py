@@ -83,10 +83,16 @@ class MixKernel:
         raise NotImplementedError
 
     def paste(
-        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator, inplace: bool
+        self,
+        x: Tensor,
+        lam: float | Tensor,
+        perm: Tensor,
+        generator: torch.Generator,
+        inplace: bool,
     ) -> Mixed | None:
-        """Mixes ``x`` with one per-batch ``lam`` without a full weight map, or returns None
-        where the method has no such shortcut (CutMix has: it copies the box)."""
+        """Mixes ``x`` without a full weight map, or returns None where the method has no
+        such shortcut for this call (CutMix has: one box per batch is copied, and on the CPU
+        large samples are blended through their boxes without a mask)."""
         return None
 
     def mix(
@@ -97,11 +103,11 @@ class MixKernel:
         generator: torch.Generator,
         inplace: bool,
     ) -> Mixed:
-        """Samples the weight map and blends ``x`` with its partners ``x[perm]`` through it."""
-        if not isinstance(lam, Tensor):
-            pasted = self.paste(x, lam, perm, generator, inplace)
-            if pasted is not None:
-                return pasted
+        """Samples the weight map and blends ``x`` with its partners ``x[perm]`` through it,
+        or takes the method's :meth:`paste` shortcut where it has one."""
+        pasted = self.paste(x, lam, perm, generator, inplace)
+        if pasted is not None:
+            return pasted
         return apply_map(x, perm, self.weight_map(x, lam, generator), inplace)
 
 
@@ -146,10 +152,22 @@ class CutMixKernel(_SpatialKernel):
         )
 
     def paste(
-        self, x: Tensor, lam: float, perm: Tensor, generator: torch.Generator, inplace: bool
+        self,
+        x: Tensor,
+        lam: float | Tensor,
+        perm: Tensor,
+        generator: torch.Generator,
+        inplace: bool,
     ) -> Mixed | None:
-        pasted = _paste_box(x, lam, perm, generator, self.correct_lam, self.spatial_dims, inplace)
-        return Mixed(*pasted, perm)
+        if not isinstance(lam, Tensor):
+            pasted = _paste_box(
+                x, lam, perm, generator, self.correct_lam, self.spatial_dims, inplace
+            )
+            return Mixed(*pasted, perm)
+        if rows_pay(x, 1.0, inplace):  # the CPU, large samples: through the boxes, no mask
+            mixed = _mix_box_rows(x, lam, perm, generator, self.correct_lam, self.spatial_dims)
+            return Mixed(*mixed, perm)
+        return None
 
     def boxes(
         self, x: Tensor, lam: Tensor, generator: torch.Generator
@@ -157,19 +175,6 @@ class CutMixKernel(_SpatialKernel):
         """The clipped box of each sample, the same draw as :meth:`weight_map`'s mask, and
         the weights; for the CPU's sample-at-a-time blend, which needs no mask."""
         return _clipped_boxes(x, lam, generator, self.correct_lam, self.spatial_dims)
-
-    def mix(
-        self,
-        x: Tensor,
-        lam: float | Tensor,
-        perm: Tensor,
-        generator: torch.Generator,
-        inplace: bool,
-    ) -> Mixed:
-        if isinstance(lam, Tensor) and rows_pay(x, 1.0, inplace):  # the CPU, large samples
-            mixed = _mix_box_rows(x, lam, perm, generator, self.correct_lam, self.spatial_dims)
-            return Mixed(*mixed, perm)
-        return super().mix(x, lam, perm, generator, inplace)
 
 
 @dataclass(frozen=True)
