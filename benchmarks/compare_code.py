@@ -5,15 +5,18 @@ checkouts alternating, so that the machine's load falls on both alike. Two measu
 
 - ``fit``: the Lightning fit of ``main_job.py`` (b), 30 epochs; prints the CPU time of each
   fit and the ratios new / old per pair;
-- ``mixing-hook``: the whole ``on_train_batch_start`` of each mixing callback (per batch) on a
-  64x3x224x224 batch, as a multiple of ``x.clone()`` in the same process (median of 15 calls,
-  median of 3 rounds).
+- ``mixing-hook``: the whole ``on_train_batch_start`` of each mixing callback (per batch, or
+  per sample with ``--per-sample``) on a 64x3x224x224 batch (``--shape``), as a multiple of
+  ``x.clone()`` in the same process (median of 15 calls, median of 3 rounds). The children
+  inherit the environment, so ``CACHING_MALLOC``'s variables (``benchmarks/mixing.py``) set on
+  the command time them with memory reused.
 
 Usage (the old code in a worktree of the commit to compare with)::
 
     git worktree add /tmp/old <commit>
     python benchmarks/compare_code.py fit /tmp/old . --pairs 6
     python benchmarks/compare_code.py mixing-hook /tmp/old . --pairs 3
+    python benchmarks/compare_code.py mixing-hook /tmp/old . --per-sample --shape 256x3x32x32
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ _CHILD = """
 import importlib.util, json, statistics, sys, time
 import torch
 torch.set_num_threads(1)
-root, what = sys.argv[1], sys.argv[2]
+root, what, shape, per_sample = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 import lightning_recipes as lr
 assert lr.__file__.startswith(root), lr.__file__
 
@@ -47,10 +50,12 @@ if what == "fit":
 else:
     mb = load("mixing")
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(64, 3, 224, 224, generator=g)
-    y = torch.randint(0, 10, (64,), generator=g)
+    x = torch.rand(*map(int, shape.split("x")), generator=g)
+    y = torch.randint(0, 10, (x.shape[0],), generator=g)
     names = ["MixUp", "CutMix", "FMix", "RandomMix"]
-    steps = {n: mb.callback_step(getattr(lr, n)(seed=1), x, y) for n in names}
+    steps = {
+        n: mb.callback_step(getattr(lr, n)(seed=1, per_sample=per_sample), x, y) for n in names
+    }
 
     def median_time(f, n=15):
         for _ in range(3):
@@ -71,10 +76,10 @@ else:
 """
 
 
-def _run(root: Path, what: str) -> dict[str, float]:
+def _run(root: Path, what: str, shape: str, per_sample: bool) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(root), what],
+        [sys.executable, "-c", _CHILD, str(root), what, shape, str(int(per_sample))],
         env=env,
         cwd=root,  # `python -c` puts the working folder first on sys.path
         check=True,
@@ -90,6 +95,12 @@ def main() -> None:
     parser.add_argument("old", type=Path, help="checkout of the code before the change")
     parser.add_argument("new", type=Path, help="checkout of the code after it")
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument(
+        "--shape", default="64x3x224x224", help="`mixing-hook`: the batch, e.g. 256x3x32x32"
+    )
+    parser.add_argument(
+        "--per-sample", action="store_true", help="`mixing-hook`: the hooks with per_sample=True"
+    )
     args = parser.parse_args()
     old_root, new_root = args.old.resolve(), args.new.resolve()
     results: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
@@ -97,7 +108,7 @@ def main() -> None:
         # Alternate which side goes first, so neither always follows the other.
         order = [("old", old_root), ("new", new_root)]
         for side, root in order if pair % 2 == 0 else order[::-1]:
-            results[side].append(_run(root, args.what))
+            results[side].append(_run(root, args.what, args.shape, args.per_sample))
             print(f"pair {pair} {side}: {results[side][-1]}", flush=True)
     if args.what == "fit":
         old = [r["cpu"] for r in results["old"]]
