@@ -33,6 +33,15 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.nan_to_num(7.0).contiguous().view(integer)
 
 
+def _with_zeros(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``x`` with a quarter of its elements set to ``-0.0`` and a tenth to ``+0.0``, spread
+    over every position: ``lerp``'s vectorised and scalar loops give a copied ``-0.0``
+    different signs (``end + 0 * diff`` against ``end - diff * 0``), so a path that splits
+    its loops at other elements than the batched ops shows up as other bits here."""
+    draw = torch.rand(x.shape, generator=_gen(seed))
+    return x.masked_fill(draw < 0.25, -0.0).masked_fill(draw > 0.9, 0.0)
+
+
 KINDS = ["float", "large float", "ratio", "mask", "batch mask", "soft mask"]
 
 
@@ -69,7 +78,7 @@ def test_rows_give_the_batched_ops_bits(
     # Odd sizes (rows not a multiple of any vector width) and several threads split the
     # element loops at other places than the batched ops do: the bits must not move.
     batch = shape[0]
-    x = torch.randn(shape, generator=_gen(1)).mul_(3).to(dtype)
+    x = _with_zeros(torch.randn(shape, generator=_gen(1)).mul_(3), 21).to(dtype)
     x.view(-1)[:4] = torch.tensor([-0.0, 0.0, 1e-30, -1e-30]).to(dtype)
     x[1].view(-1)[5] = float("nan")
     x[2].view(-1)[3] = float("inf")
@@ -159,7 +168,7 @@ def test_every_callback_mixes_large_samples_a_row_at_a_time_with_the_same_bits(
 ) -> None:
     from types import SimpleNamespace
 
-    x = torch.randn(6, 3, 16, 16, generator=_gen(8))
+    x = _with_zeros(torch.randn(6, 3, 16, 17, generator=_gen(8)), 25)
     y = torch.arange(6) % 4
     trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
     module = SimpleNamespace(num_classes=4, hparams={}, log=lambda *a, **k: None)
@@ -180,7 +189,7 @@ def test_every_callback_mixes_large_samples_a_row_at_a_time_with_the_same_bits(
     batched = run()
     assert len(calls + box_calls) == 1
     assert not torch.equal(rows[0], x)  # it did mix
-    assert torch.equal(rows[0], batched[0]) and torch.equal(rows[1], batched[1])
+    assert torch.equal(_bits(rows[0]), _bits(batched[0])) and torch.equal(rows[1], batched[1])
 
 
 def _large(batch: int = 2, side: int = 160) -> torch.Tensor:
@@ -262,7 +271,7 @@ def _batched_paste(
 def test_pasting_a_row_at_a_time_gives_the_batched_bits(
     threads: int, dtype: torch.dtype, channels_last: bool
 ) -> None:
-    x = torch.randn(7, 3, 31, 17, generator=_gen(10)).to(dtype)
+    x = _with_zeros(torch.randn(7, 3, 31, 17, generator=_gen(10)), 22).to(dtype)
     x[0, 0, 0, 0] = -0.0
     x[1, 2, 10, 5] = float("nan")  # inside the box: whoever takes sample 1 keeps its own box
     x[2, 0, 0, 0] = float("inf")  # outside the box: sample 2's box is finite, so it is given
@@ -314,18 +323,20 @@ def test_per_batch_cutmix_pastes_large_samples_a_row_at_a_time_out_of_place(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("correct_lam", [True, False])
 @pytest.mark.parametrize("shape", [(8, 3, 31, 17), (6, 2, 40), (5, 2, 6, 7, 5)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "view"])
 def test_per_sample_cutmix_a_row_at_a_time_gives_the_mask_blend_bits(
     monkeypatch: pytest.MonkeyPatch,
     threads: int,
     dtype: torch.dtype,
     correct_lam: bool,
     shape: tuple[int, ...],
+    layout: str,
 ) -> None:
     from lightning_recipes.functional import cutmix
 
-    x = torch.randn(shape, generator=_gen(13)).to(dtype)
-    x.view(-1)[:2] = torch.tensor([-0.0, -0.0]).to(dtype)
+    x = _with_zeros(torch.randn(shape, generator=_gen(13)), 23).to(dtype)
     x[1].view(-1)[0] = float("nan")
+    x = _laid_out(x, layout)
     lam = torch.tensor([0.0, 0.3, 0.5, 0.7, 1.0, 0.05, 0.95, 0.6][: shape[0]])
     perm = torch.roll(torch.arange(shape[0]), 1)
     calls = _spy_module(monkeypatch, "lightning_recipes.functional.cutmix", "blend_box_rows")
@@ -341,6 +352,21 @@ def test_per_sample_cutmix_a_row_at_a_time_gives_the_mask_blend_bits(
     assert weights[2] == 1.0  # sample 2 takes sample 1, which holds a NaN: left unmixed
     assert torch.equal(_bits(mixed[2]), _bits(expected[2]))
     assert torch.equal(mixed[4], x[4]) and weights[4] == 1.0  # lam 1: no box
+
+
+def _laid_out(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """``x`` (same values) channels-last, or as a view of a larger tensor (strides that are
+    not dense, a storage offset, so that ``empty_like`` makes the result contiguous)."""
+    if layout == "channels_last":
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+        return x.contiguous(memory_format=formats.get(x.ndim, torch.contiguous_format))
+    if layout == "view":
+        larger = torch.full((*x.shape[:-1], x.shape[-1] + 3), float("nan"), dtype=x.dtype)
+        view = larger[..., 2:-1]
+        view.copy_(x)
+        assert not view.is_contiguous() and view.storage_offset() == 2
+        return view
+    return x
 
 
 def _spy_module(monkeypatch: pytest.MonkeyPatch, module: str, name: str) -> list[int]:
@@ -372,7 +398,7 @@ def test_randommix_per_sample_through_boxes_gives_the_product_of_maps_bits(
 ) -> None:
     from types import SimpleNamespace
 
-    x = torch.randn(12, 3, 20, 24, generator=_gen(15)).to(dtype)
+    x = _with_zeros(torch.randn(12, 3, 20, 25, generator=_gen(15)), 24).to(dtype)
     x[3, 1, 5, 5] = float("inf")
     y = torch.arange(12) % 5
     trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)

@@ -17,7 +17,8 @@ The results are those of the batched ops bit for bit (of a NaN, only its payload
 the same ``lerp`` on the same operands, element by element, and a sample whose partner is
 non-finite is blended with itself, as the batched guard does. :func:`blend_rows` is the plain
 blend, :func:`paste_rows` per-batch CutMix's paste, and :func:`blend_box_rows` a blend through
-one box per sample (per-sample CutMix, and RandomMix of MixUp and CutMix) without its mask.
+one box per sample (per-sample CutMix, and RandomMix of MixUp and CutMix) with each sample's
+mask made in the cache instead of the batch's mask.
 A Python loop over the samples is the price: a few microseconds per sample, against the tens
 of microseconds that moving a sample of 256 KiB or more costs.
 
@@ -30,7 +31,7 @@ over more threads win).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -59,13 +60,18 @@ def _guarded_rows(
     """For each sample ``i``: ``before(i)`` (if given), the sum of ``guarded[perm[i]]`` (the
     part of the partner that is used), then ``mix(i, perm[i])``; then ``mix(i, i)`` again for
     each sample whose partner's sum is not finite. Returns whether each sample's partner is
-    finite, ``(batch,)`` bool."""
+    finite, ``(batch,)`` bool.
+
+    The rows are views made once per call by ``unbind`` (one op for the batch, where indexing
+    costs an op per sample): the loop's fixed cost per sample is what it adds to the batched
+    ops' time, so it is kept to the ops that move data."""
     sums = torch.empty(x.shape[0], dtype=guard_dtype(x.dtype))
     dims = tuple(range(guarded.ndim - 1))
+    partners, totals = guarded.unbind(0), sums.unbind(0)
     for i, j in enumerate(perm.tolist()):  # on the CPU: no device synchronisation
         if before is not None:
             before(i)
-        torch.sum(guarded[j], dim=dims, dtype=sums.dtype, out=sums[i])
+        torch.sum(partners[j], dim=dims, dtype=sums.dtype, out=totals[i])
         mix(i, j)
     partner_finite = sums.isfinite()
     if not bool(partner_finite.all()):
@@ -105,13 +111,17 @@ def blend_rows(
         # gives the same bits; with glibc's malloc its kernel writes the fresh rows of `out`
         # (page faults) measurably faster than the Python-scalar kernel does.
         weight = torch.full((1,) * x.ndim, weight, dtype=x.dtype)
-    per_sample = isinstance(weight, Tensor) and weight.shape[0] == batch
-    if isinstance(weight, Tensor) and not per_sample:
-        weight = weight[0]
+    weights_of_rows: Sequence[float | Tensor]
+    if not isinstance(weight, Tensor):
+        weights_of_rows = (weight,) * batch
+    elif weight.shape[0] == batch:
+        weights_of_rows = weight.unbind(0)
+    else:
+        weights_of_rows = (weight[0],) * batch
+    rows, out_rows = x.unbind(0), out.unbind(0)
 
     def mix(i: int, j: int) -> None:
-        row_weight = weight[i] if per_sample else weight  # type: ignore[index]
-        torch.lerp(x[j], x[i], row_weight, out=out[i])
+        torch.lerp(rows[j], rows[i], weights_of_rows[i], out=out_rows[i])
 
     partner_finite = _guarded_rows(x, perm, x, mix)
     return out, torch.where(partner_finite, weights, 1.0)
@@ -129,13 +139,15 @@ def paste_rows(x: Tensor, region: tuple[slice, ...], perm: Tensor) -> tuple[Tens
     """
     out = torch.empty_like(x)  # keeps the memory format, as `x.clone()` does
     boxes, into = x[region], out[region]
+    rows, out_rows, partner_boxes, into_boxes = (t.unbind(0) for t in (x, out, boxes, into))
 
     def paste(i: int, j: int) -> None:
-        into[i].copy_(boxes[j])  # j == i puts the sample's own box back
+        into_boxes[i].copy_(partner_boxes[j])  # j == i puts the sample's own box back
 
     # The row is copied first, so that the partner's box, summed and pasted, lands in a row
     # in the cache (measured faster than summing first).
-    return out, _guarded_rows(x, perm, boxes, paste, before=lambda i: out[i].copy_(x[i]))
+    copy_row = lambda i: out_rows[i].copy_(rows[i])  # noqa: E731
+    return out, _guarded_rows(x, perm, boxes, paste, before=copy_row)
 
 
 def blend_box_rows(
@@ -147,23 +159,41 @@ def blend_box_rows(
 ) -> tuple[Tensor, Tensor]:
     """:func:`blend_rows` through CutMix's mask of one box per sample (1 outside the box, 0
     inside, ``boxes[i]`` the clipped ``(low, high)`` of each trailing spatial dim), without
-    the mask: each row is the ``lerp`` with weight 1, then its box the ``lerp`` with weight 0,
-    the same values of the weight as the mask's and so the same bits, while the row is in the
-    cache. ``outside`` (``(batch, 1, ...)`` in ``x.dtype``) replaces the 1 outside the boxes
-    with a ratio per sample: RandomMix's MixUp ratio times the CutMix mask, whose products with
-    1 and 0 are the ratio and 0. A sample whose partner holds NaN or inf is blended with
-    itself."""
+    the batch's mask: each sample's mask is written into one buffer of a mask row's size,
+    which stays in the cache, just before its row's ``lerp``. ``outside`` (``(batch, 1, ...)``
+    in ``x.dtype``) replaces the 1 outside the boxes with a ratio per sample: RandomMix's
+    MixUp ratio times the CutMix mask, whose products with 1 and 0 are the ratio and 0. A
+    sample whose partner holds NaN or inf is blended with itself.
+
+    The ``lerp`` takes a weight of the batched mask's row shape and values, so its element
+    loop is split where the batched one is: ``lerp``'s vectorised and scalar loops round a
+    copied ``-0.0`` differently, and a ``lerp`` over the whole row with weight 1 and then
+    over the box with weight 0 (same values) gave other signs of zero at the loops' ends."""
     out = torch.empty_like(x)
-    one, zero = (torch.full((1,) * (x.ndim - 1), v, dtype=x.dtype) for v in (1.0, 0.0))
+    spatial = len(boxes[0]) if boxes else 0
+    mask = torch.empty(
+        (1,) * (x.ndim - 1 - spatial) + tuple(x.shape[x.ndim - spatial :]), dtype=x.dtype
+    )
+    rows, out_rows = x.unbind(0), out.unbind(0)
+    # Python floats of x's dtype's values: `fill_` writes them back exactly.
+    ratios = [1.0] * x.shape[0] if outside is None else outside.reshape(-1).tolist()
 
     def mix(i: int, j: int) -> None:
-        partner = x[j]
-        torch.lerp(partner, x[i], one if outside is None else outside[i], out=out[i])
-        box = boxes[i]
-        if all(high > low for low, high in box):
-            lead = (slice(None),) * (x.ndim - 1 - len(box))  # the channels
-            region = (*lead, *(slice(low, high) for low, high in box))
-            torch.lerp(partner[region], x[i][region], zero, out=out[i][region])
+        mask.fill_(ratios[i])
+        if all(high > low for low, high in boxes[i]):
+            _box(mask, boxes[i]).fill_(0.0)
+        torch.lerp(rows[j], rows[i], mask, out=out_rows[i])
 
     partner_finite = _guarded_rows(x, perm, x, mix)
     return out, torch.where(partner_finite, weights, 1.0)
+
+
+def _box(t: Tensor, box: list[tuple[int, int]]) -> Tensor:
+    """``t[..., low_0:high_0, low_1:high_1, ...]`` for the ``(low, high)`` of ``box`` on the
+    trailing dims, as one ``as_strided`` view (indexing with slices makes an op per dim)."""
+    size, stride = list(t.shape), t.stride()
+    offset = t.storage_offset()
+    for dim, (low, high) in enumerate(box, start=t.ndim - len(box)):
+        size[dim] = high - low
+        offset += low * stride[dim]
+    return t.as_strided(size, stride, offset)
