@@ -108,7 +108,7 @@ MIXERS: dict[str, Callable[..., Callback]] = {
     "MixUp": lambda **kw: MixUp(**kw),
     "CutMix": lambda **kw: CutMix(**kw),
     "FMix": lambda **kw: FMix(**kw),
-    "FMix-fast": lambda **kw: FMix(mask_sampler="fast", **kw),
+    "FMix-exact": lambda **kw: FMix(mask_sampler="exact", **kw),
     "RandomMix": lambda **kw: RandomMix({"mixup": 0.3, "cutmix": 0.3, "fmix": 0.4}, **kw),
 }
 # Per batch, RandomMix pastes a CutMix box in place: its own code path, checked for syncs too.

@@ -268,10 +268,10 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
         t = median_times(fns, rounds, budget)
         numpy_t = median_times(
             {
-                "FMix sample": callback_step(FMix(seed=0, per_sample=True), x, y),
-                "FMix sample fast": callback_step(
-                    FMix(seed=0, per_sample=True, mask_sampler="fast"), x, y
+                "FMix sample exact": callback_step(
+                    FMix(seed=0, per_sample=True, mask_sampler="exact"), x, y
                 ),
+                "FMix sample": callback_step(FMix(seed=0, per_sample=True), x, y),
                 "numpy": paper_fmix_numpy_per_sample(x),
             },
             rounds,
@@ -317,11 +317,13 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
             [
                 shape_name,
                 ms(numpy_t["FMix sample"]),
-                ms(numpy_t["FMix sample fast"]),
+                ms(numpy_t["FMix sample exact"]),
                 ms(numpy_t["numpy"]),
                 f"{numpy_t['FMix sample'] / numpy_t['numpy']:.2f}",
-                f"{numpy_t['FMix sample fast'] / numpy_t['numpy']:.2f}",
-                verdict(numpy_t["FMix sample"] <= numpy_t["numpy"]),
+                f"{numpy_t['FMix sample exact'] / numpy_t['numpy']:.2f}",
+                verdict(numpy_t["FMix sample"] <= numpy_t["numpy"])
+                + " / "
+                + verdict(numpy_t["FMix sample exact"] <= numpy_t["numpy"]),
             ]
         )
     out.append(
@@ -365,12 +367,12 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
             "FMix, a mask per sample: ours / the paper's numpy algorithm per sample (target <= 1)",
             [
                 "batch",
+                "default (fast) ms",
                 "exact ms",
-                "fast ms",
                 "numpy ms",
+                "default / numpy",
                 "exact / numpy",
-                "fast / numpy",
-                "met (exact)",
+                "met (default / exact)",
             ],
             vs_numpy,
         )
@@ -386,7 +388,7 @@ HOOKS: tuple[tuple[str, Callable[[], Any]], ...] = (
     ("CutMix sample", lambda: CutMix(seed=0, per_sample=True)),
     ("FMix batch", lambda: FMix(seed=0)),
     ("FMix sample", lambda: FMix(seed=0, per_sample=True)),
-    ("FMix sample fast", lambda: FMix(seed=0, per_sample=True, mask_sampler="fast")),
+    ("FMix sample exact", lambda: FMix(seed=0, per_sample=True, mask_sampler="exact")),
     ("RandomMix batch", lambda: RandomMix(seed=0)),
     ("RandomMix sample", lambda: RandomMix(seed=0, per_sample=True)),
 )
@@ -557,7 +559,7 @@ def bench_fit(repeats: int, epochs: int, batches: int) -> str:
         "FMix": FMix,
         "RandomMix": RandomMix,
         "FMix per sample": lambda: FMix(per_sample=True),
-        "FMix per sample, fast sampler": lambda: FMix(per_sample=True, mask_sampler="fast"),
+        "FMix per sample, exact sampler": lambda: FMix(per_sample=True, mask_sampler="exact"),
     }
     fit(None)  # warm-up
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in contenders}

@@ -25,6 +25,7 @@ from lightning_recipes.functional import fmix, sample_fmix_mask
 from lightning_recipes.functional._fmix_noise import (
     ENERGY_TOLERANCE,
     _interpolation,
+    draws_the_exact_masks,
     spectrum_cutoff,
     sub_lattice,
     threshold_mask,
@@ -207,3 +208,55 @@ def test_fast_masks_with_a_soft_edge_keep_their_mean() -> None:
     )
     assert ((masks > 0) & (masks < 1)).any()
     torch.testing.assert_close(masks.flatten(1).mean(1), (lam * 224 * 224).round() / 224**2)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (11, 11), (5, 7), (9,), (6, 6, 6)], ids=str)
+@pytest.mark.parametrize("max_soft", [0.0, 0.1])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_the_fast_sampler_is_the_exact_one_where_it_would_cut_nothing(
+    size: tuple[int, ...], max_soft: float, per_sample: bool
+) -> None:
+    # The digits' 8x8 images among them: switching the default to "fast" left their masks,
+    # and so the main job's and the accuracy study's fits, as they were.
+    assert draws_the_exact_masks(size, 3.0, max_soft)
+    assert spectrum_cutoff(size, 3.0) >= max(size) // 2
+    lam: float | torch.Tensor = torch.rand(16, generator=torch.Generator().manual_seed(1))
+    if not per_sample:
+        lam = 0.37
+    x = torch.randn(16, 2, *size, generator=torch.Generator().manual_seed(2))
+    perm = torch.roll(torch.arange(16), 1)
+    results = {}
+    for sampler in ("fast", "exact"):
+        g = torch.Generator().manual_seed(3)
+        masks = sample_fmix_mask(size, lam, max_soft=max_soft, generator=g, mask_sampler=sampler)
+        mixed, weights = fmix(x, lam, perm, max_soft=max_soft, generator=g, mask_sampler=sampler)
+        results[sampler] = (masks, mixed, weights, torch.rand(3, generator=g))
+    for fast, exact in zip(results["fast"], results["exact"], strict=True):
+        assert torch.equal(fast, exact)  # the generator is left where the exact one leaves it
+
+
+@pytest.mark.parametrize("size", [(12, 12), (10,), (18, 18, 18), (32, 32)], ids=str)
+def test_the_fast_sampler_cuts_the_spectrum_from_twelve_by_twelve(size: tuple[int, ...]) -> None:
+    assert not draws_the_exact_masks(size, 3.0, 0.0)
+    assert spectrum_cutoff(size, 3.0) < max(size) // 2
+    lam = torch.full((64,), 0.5)
+    masks = {
+        sampler: sample_fmix_mask(
+            size, lam, generator=torch.Generator().manual_seed(4), mask_sampler=sampler
+        )
+        for sampler in ("fast", "exact")
+    }
+    assert not torch.equal(masks["fast"], masks["exact"])  # other draws, same area
+    assert torch.equal(masks["fast"].flatten(1).sum(1), masks["exact"].flatten(1).sum(1))
+
+
+def test_every_entry_point_defaults_to_the_fast_sampler() -> None:
+    import inspect
+
+    from lightning_recipes import FMix, RandomMix
+    from lightning_recipes.callbacks.mixing._kernels import FMixKernel
+
+    for function in (fmix, sample_fmix_mask, FMix, RandomMix):
+        assert inspect.signature(function).parameters["mask_sampler"].default == "fast"
+    assert FMix().mask_sampler == RandomMix({"fmix": 1.0}).mask_sampler == "fast"
+    assert FMixKernel(None, 3.0, 0.0).mask_sampler == "fast"

@@ -23,7 +23,7 @@ CALLBACKS: dict[str, Callable[..., MixingCallback]] = {
     "MixUp": lambda **kw: MixUp(**kw),
     "CutMix": lambda **kw: CutMix(**kw),
     "FMix": lambda **kw: FMix(**kw),
-    "FMix-fast": lambda **kw: FMix(mask_sampler="fast", **kw),
+    "FMix-exact": lambda **kw: FMix(mask_sampler="exact", **kw),
     "RandomMix": lambda **kw: RandomMix({"mixup": 0.3, "cutmix": 0.3, "fmix": 0.4}, **kw),
 }
 
@@ -630,7 +630,7 @@ def test_image_classifier_on_digits_trains_on_mixed_targets(tmp_path: Path, name
     )
     trainer.fit(model, DigitsDataModule(batch_size=32))
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    log_name = name.split("-")[0]  # FMix-fast logs as FMix
+    log_name = name.split("-")[0]  # FMix-exact logs as FMix
     assert 0 <= float(trainer.callback_metrics[f"lam-{log_name}"]) <= 1
 
 

@@ -36,6 +36,7 @@ from torch import Tensor
 
 __all__ = [
     "ENERGY_TOLERANCE",
+    "draws_the_exact_masks",
     "fast_field",
     "spectrum_cutoff",
     "sub_lattice",
@@ -52,11 +53,24 @@ _RANKED_POINTS = 1024
 def sub_lattice(field: Tensor) -> Tensor:
     """About ``1024`` points of each field ``(batch, *size)`` on a regular lattice (every
     ``size // 32``-th point of an image; all points of a field no larger), ``(batch, n)``."""
-    size = field.shape[1:]
-    steps = [max(1, s // math.ceil(_RANKED_POINTS ** (1 / len(size)))) for s in size]
-    for dim, step in enumerate(steps):
+    for dim, step in enumerate(_lattice_steps(tuple(field.shape[1:]))):
         field = field[(slice(None),) * (dim + 1) + (slice(None, None, step),)]
     return field.reshape(field.shape[0], -1)
+
+
+def _lattice_steps(size: tuple[int, ...]) -> list[int]:
+    """The step of :func:`sub_lattice` per dim."""
+    return [max(1, s // math.ceil(_RANKED_POINTS ** (1 / len(size)))) for s in size]
+
+
+def draws_the_exact_masks(size: tuple[int, ...], decay_power: float, max_soft: float) -> bool:
+    """Whether the fast sampler makes no approximation at ``size``: its cutoff keeps every
+    frequency (small inputs: up to 11x11, 9 in 1-D, 17x17x17 at ``decay_power`` 3) and the
+    threshold is ranked at every element. The fast sampler then runs the exact one, so that
+    it draws the same masks from the same generator (the digits' 8x8 images, for one)."""
+    if spectrum_cutoff(size, decay_power) < max(size) // 2:
+        return False
+    return max_soft > 0.0 or all(step == 1 for step in _lattice_steps(size))
 
 
 def threshold_mask(field: Tensor, points: Tensor, kept: Tensor) -> Tensor:

@@ -185,7 +185,7 @@ class FMixKernel(_SpatialKernel):
 
     decay_power: float
     max_soft: float
-    mask_sampler: str = "exact"
+    mask_sampler: str = "fast"
 
     def weight_map(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> WeightMap:
         return WeightMap(

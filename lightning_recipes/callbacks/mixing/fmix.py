@@ -27,8 +27,10 @@ class FMix(MixingCallback):
     """Mixes training batches with FMix: a binarised low-frequency Fourier mask per batch or
     per sample selects which parts come from the partner.
 
-    The mask has exactly ``round(lam * N)`` ones, ``lam ~ Beta(alpha, alpha)``, and the targets
-    are weighted by its mean. Works on 1-D (audio, sequences), 2-D and 3-D inputs of any size.
+    The mask has ``round(lam * N)`` ones, ``lam ~ Beta(alpha, alpha)`` (with the default fast
+    sampler, up to the resolution of its lattice of about 1024 points on larger inputs), and
+    the targets are weighted by its mean. Works on 1-D (audio, sequences), 2-D and 3-D inputs
+    of any size.
 
     Args:
         alpha: Concentration of ``Beta(alpha, alpha)``, > 0; the paper uses 1.
@@ -37,10 +39,12 @@ class FMix(MixingCallback):
             gives binary masks.
         spatial_dims: Number of trailing spatial dims; default ``x.ndim - 2``: 1 for audio
             ``(batch, channels, time)``, 3 for volumes ``(batch, channels, D, H, W)``.
-        mask_sampler: ``"exact"`` (default): the paper's algorithm, a spectrum on the full
-            frequency grid per mask. ``"fast"``: only the frequencies that carry the mask's
-            energy, on a coarse grid, upsampled; the same distribution within sampling error
-            at a fraction of the cost, but other draws than ``"exact"`` (see the FMix card).
+        mask_sampler: ``"fast"`` (default): only the frequencies that carry the mask's
+            energy, on a coarse grid, upsampled, and the threshold found on a lattice of about
+            1024 points; the paper's distribution within sampling error at a fraction of the
+            cost, and the exact sampler itself where that makes no approximation (inputs up
+            to 11x11). ``"exact"``: the paper's algorithm, a spectrum on the full frequency
+            grid per mask, for its draws (see the FMix card).
 
     Every option of :class:`~lightning_recipes.MixingOptions` is a keyword argument too.
 
@@ -58,7 +62,7 @@ class FMix(MixingCallback):
         decay_power: float = 3.0,
         max_soft: float = 0.0,
         spatial_dims: int | None = None,
-        mask_sampler: Literal["exact", "fast"] = "exact",
+        mask_sampler: Literal["exact", "fast"] = "fast",
         **options: Unpack[MixingOptions],
     ) -> None:
         with errors_named(self):

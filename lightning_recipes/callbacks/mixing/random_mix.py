@@ -66,7 +66,7 @@ class RandomMix(MixingCallback):
         spatial_dims: int | None = None,
         decay_power: float = 3.0,
         max_soft: float = 0.0,
-        mask_sampler: Literal["exact", "fast"] = "exact",
+        mask_sampler: Literal["exact", "fast"] = "fast",
         **options: Unpack[MixingOptions],
     ) -> None:
         with errors_named(self):
