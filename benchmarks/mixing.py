@@ -17,8 +17,10 @@ implementation can go below on this machine: one read and one write of the batch
 traffic of any out-of-place blend, a fused kernel's included), the non-finite guard (a
 per-sample sum), a gather of the partners and one ``lerp`` (the batched torch ops), the guard
 and ``lerp`` a sample at a time (what the hooks run for large samples on the CPU), per-batch
-CutMix's clone-and-paste kernel without its guard, and the Gaussian spectra the exact FMix
-sampler draws per mask. The hooks against ``x.clone()`` are timed under two malloc settings,
+CutMix's clone-and-paste kernel without its guard, the Gaussian spectra the exact FMix
+sampler draws per mask, and the fewest torch ops a per-sample MixUp step can be (a lam per
+sample, partners, the blend, one-hot targets and their blend: the fixed cost of any hook where
+the batch sits in the cache). The hooks against ``x.clone()`` are timed under two malloc settings,
 each in a fresh process (see ``CACHING_MALLOC``): memory reused, where the ratios show the
 memory traffic, and fresh pages (glibc's defaults), where every batch-sized tensor, the
 clone's and the hook's, is page-faulted in.
@@ -131,6 +133,17 @@ def _clone_and_paste(x: torch.Tensor, perm: torch.Tensor, box: tuple[slice, ...]
     mixed = x.clone()
     torch.index_select(x[box], 0, perm, out=mixed[box])
     return mixed
+
+
+def _fewest_ops_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-sample MixUp step with nothing a hook could leave out: a lam per sample
+    (``Beta(1, 1)`` is uniform), partners, the blend and the soft targets; the ops' fixed
+    costs are the floor of any hook where the batch is small (it sits in the cache)."""
+    lam = torch.rand(x.shape[0])
+    perm = torch.randperm(x.shape[0])
+    mixed = torch.lerp(x.index_select(0, perm), x, lam.view(-1, *([1] * (x.ndim - 1))))
+    targets = torch.nn.functional.one_hot(y, NUM_CLASSES).float()
+    return mixed, torch.lerp(targets.index_select(0, perm), targets, lam.unsqueeze(1))
 
 
 def callback_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
@@ -404,6 +417,11 @@ FLOORS = (
     ("gather+lerp floor", "floor: gather the partners + `lerp` (batched torch ops)"),
     ("rows floor", "guard + `lerp` a sample at a time (`_rows.blend_rows`, what the hooks run)"),
     ("paste floor", "floor: clone + half-image box gathered in, no guard"),
+    (
+        "fewest ops floor",
+        "floor: the fewest torch ops of a per-sample MixUp step (uniform lam, `randperm`,"
+        " gather + `lerp`, one-hot targets and their `lerp`; no checks, no guard)",
+    ),
     ("spectrum draw", "floor: exact FMix spectra, one per sample (`torch.randn`)"),
     (
         "exact field floor",
@@ -443,6 +461,7 @@ def bench_hooks(
         "guard floor": functools.partial(torch.sum, x, dim=tuple(range(1, x.ndim))),
         "rows floor": functools.partial(blend_rows, x, perm, ratio, torch.ones(shape[0])),
         "paste floor": functools.partial(_clone_and_paste, x, perm, half_box),
+        "fewest ops floor": functools.partial(_fewest_ops_step, x, y),
     }
     for name, make in HOOKS:
         fns[name] = callback_step(make(), x, y)
