@@ -187,11 +187,15 @@ def test_cutmix_clipped_box_weight_and_uncorrected_lam() -> None:
 
 # --------------------------------------------------------------------------- fmix
 
+SAMPLERS = ["fast", "exact"]  # the default first
 
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("size", [(32, 32), (31, 17), (101,), (64,), (9, 10, 11)])
-def test_fmix_masks_are_binary_with_exact_area(size: tuple[int, ...]) -> None:
+def test_fmix_masks_are_binary_with_exact_area(size: tuple[int, ...], sampler: str) -> None:
+    # Every size here is within the fast sampler's lattice, which then ranks every element.
     lam = torch.cat([torch.tensor([0.0, 1.0, 0.5]), sample_lam(1.0, (13,), generator=_gen(6))])
-    masks = sample_fmix_mask(size, lam, generator=_gen(7))
+    masks = sample_fmix_mask(size, lam, generator=_gen(7), mask_sampler=sampler)
     n = math.prod(size)
     assert masks.shape == (16, *size)
     assert ((masks == 0) | (masks == 1)).all()
@@ -214,12 +218,14 @@ def test_top_k_selection_is_exact_with_ties() -> None:
         assert (taken >= left).all()
 
 
-def test_fmix_masks_are_low_frequency() -> None:
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_fmix_masks_are_low_frequency(sampler: str) -> None:
     """Most of the spectral power of a mask lies below 1/8 cycles per pixel, unlike a random
     binary mask of the same area, whose power is spread over all frequencies."""
     size = (64, 64)
     lam = torch.full((32,), 0.5)
-    masks = sample_fmix_mask(size, lam, generator=_gen(8)).double().numpy()
+    masks = sample_fmix_mask(size, lam, generator=_gen(8), mask_sampler=sampler)
+    masks = masks.double().numpy()
     white = (np.random.default_rng(0).random((32, *size)) < 0.5).astype(np.float64)
 
     def low_power_share(m: np.ndarray) -> float:
@@ -251,9 +257,11 @@ def test_fmix_grey_image_is_the_papers_inverse_fft(size: tuple[int, ...]) -> Non
     np.testing.assert_allclose(grey.numpy(), expected, rtol=1e-4, atol=1e-4 * abs(expected).max())
 
 
-def test_fmix_soft_masks_keep_the_area() -> None:
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_fmix_soft_masks_keep_the_area(sampler: str) -> None:
     lam = torch.tensor([0.3, 0.5, 0.9, 0.02])
-    masks = sample_fmix_mask((20, 20), lam, max_soft=0.1, generator=_gen(9))
+    soft = {"max_soft": 0.1, "mask_sampler": sampler}
+    masks = sample_fmix_mask((20, 20), lam, generator=_gen(9), **soft)
     assert ((masks >= 0) & (masks <= 1)).all()
     assert ((masks > 0) & (masks < 1)).any()
     expected = torch.tensor([120.0, 200.0, 360.0, 8.0]) / 400
@@ -261,25 +269,26 @@ def test_fmix_soft_masks_keep_the_area() -> None:
     # fmix applies the same soft masks and weights the targets by their means.
     x = _distinct_batch(4, 20, 20)
     perm = torch.tensor([1, 2, 3, 0])
-    mixed, weights = fmix(x, lam, perm, max_soft=0.1, generator=_gen(9))
+    mixed, weights = fmix(x, lam, perm, generator=_gen(9), **soft)
     torch.testing.assert_close(mixed.double(), _reference_mix(x, masks.unsqueeze(1), perm))
     torch.testing.assert_close(weights, expected)
     # One soft mask for the batch: every sample gets its mean as weight.
-    mask = sample_fmix_mask((20, 20), 0.3, max_soft=0.1, generator=_gen(9))
-    mixed, weights = fmix(x, 0.3, perm, max_soft=0.1, generator=_gen(9))
+    mask = sample_fmix_mask((20, 20), 0.3, generator=_gen(9), **soft)
+    mixed, weights = fmix(x, 0.3, perm, generator=_gen(9), **soft)
     torch.testing.assert_close(mixed.double(), _reference_mix(x, mask.expand(4, 1, 20, 20), perm))
     torch.testing.assert_close(weights, torch.full((4,), 0.3))
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("per_sample", [False, True])
 @pytest.mark.parametrize("shape", [(6, 3, 15, 9), (5, 2, 33), (3, 1, 5, 6, 7)])
-def test_fmix_pixels_and_weights(per_sample: bool, shape: tuple[int, ...]) -> None:
+def test_fmix_pixels_and_weights(per_sample: bool, shape: tuple[int, ...], sampler: str) -> None:
     batch, size = shape[0], shape[2:]
     x = _distinct_batch(batch, *size, channels=shape[1])
     perm = sample_partners(batch, generator=_gen(1))
     lam = sample_lam(1.0, (batch,), generator=_gen(2)) if per_sample else 0.4
-    mixed, weights = fmix(x, lam, perm, generator=_gen(3))
-    masks = sample_fmix_mask(size, lam, generator=_gen(3))
+    mixed, weights = fmix(x, lam, perm, generator=_gen(3), mask_sampler=sampler)
+    masks = sample_fmix_mask(size, lam, generator=_gen(3), mask_sampler=sampler)
     masks = masks if per_sample else masks.expand(batch, *size)
     assert torch.equal(mixed.double(), _reference_mix(x, masks.unsqueeze(1), perm))
     own = (mixed.round() == x.round()).flatten(1).float().mean(1)
