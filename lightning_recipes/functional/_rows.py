@@ -141,12 +141,14 @@ def paste_rows(x: Tensor, region: tuple[slice, ...], perm: Tensor) -> tuple[Tens
     boxes, into = x[region], out[region]
     rows, out_rows, partner_boxes, into_boxes = (t.unbind(0) for t in (x, out, boxes, into))
 
+    def copy_row(i: int) -> None:
+        out_rows[i].copy_(rows[i])
+
     def paste(i: int, j: int) -> None:
         into_boxes[i].copy_(partner_boxes[j])  # j == i puts the sample's own box back
 
     # The row is copied first, so that the partner's box, summed and pasted, lands in a row
     # in the cache (measured faster than summing first).
-    copy_row = lambda i: out_rows[i].copy_(rows[i])  # noqa: E731
     return out, _guarded_rows(x, perm, boxes, paste, before=copy_row)
 
 

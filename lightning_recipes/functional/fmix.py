@@ -108,6 +108,7 @@ def sample_fmix_mask(
             device = generator.device if generator is not None else torch.device("cpu")
     generator = check_generator(generator, torch.device(device))
     device = torch.device(device)
+    mask_sampler = _resolve_sampler(size, decay_power, max_soft, mask_sampler)
     return _sample_mask(size, lam, decay_power, max_soft, generator, device, dtype, mask_sampler)
 
 
@@ -122,12 +123,11 @@ def _sample_mask(
     mask_sampler: str = "fast",
 ) -> Tensor:
     """:func:`sample_fmix_mask` on checked arguments (the callbacks check them once, at
-    construction, instead of on every batch)."""
+    construction, instead of on every batch) and a sampler from :func:`_resolve_sampler`."""
     n = math.prod(size)
     batch_shape = tuple(lam.shape) if isinstance(lam, Tensor) else ()
     batch = math.prod(batch_shape)
     count = _count(lam, n)
-    mask_sampler = _resolve_sampler(size, decay_power, max_soft, mask_sampler)
     if mask_sampler == "fast" and max_soft == 0.0:
         field = fast_field(batch, size, decay_power, generator, device)
         points = sub_lattice(field)
