@@ -42,6 +42,19 @@ def _with_zeros(x: torch.Tensor, seed: int) -> torch.Tensor:
     return x.masked_fill(draw < 0.25, -0.0).masked_fill(draw > 0.9, 0.0)
 
 
+def _run_hook(callback: MixUp, batch: list[torch.Tensor], classes: int) -> list[torch.Tensor]:
+    """The callback's ``setup`` and ``on_train_batch_start`` on a new list of ``batch``'s
+    items, with stand-ins for the trainer and the module; returns the list as mixed."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
+    module = SimpleNamespace(num_classes=classes, hparams={}, log=lambda *a, **k: None)
+    callback.setup(trainer, module, "fit")  # type: ignore[arg-type]
+    mixed = list(batch)
+    callback.on_train_batch_start(trainer, module, mixed, 0)  # type: ignore[arg-type]
+    return mixed
+
+
 KINDS = ["float", "large float", "ratio", "mask", "batch mask", "soft mask"]
 
 
@@ -166,19 +179,12 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 def test_every_callback_mixes_large_samples_a_row_at_a_time_with_the_same_bits(
     monkeypatch: pytest.MonkeyPatch, callback: MixUp
 ) -> None:
-    from types import SimpleNamespace
-
     x = _with_zeros(torch.randn(6, 3, 16, 17, generator=_gen(8)), 25)
     y = torch.arange(6) % 4
-    trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
-    module = SimpleNamespace(num_classes=4, hparams={}, log=lambda *a, **k: None)
 
     def run() -> list[torch.Tensor]:
-        callback.setup(trainer, module, "fit")  # type: ignore[arg-type]
-        callback._batches = 0
-        batch = [x, y]
-        callback.on_train_batch_start(trainer, module, batch, 0)  # type: ignore[arg-type]
-        return batch
+        callback._batches = 0  # the same draws again
+        return _run_hook(callback, [x, y], 4)
 
     calls = _spy(monkeypatch)
     box_calls = _spy_module(monkeypatch, "lightning_recipes.functional.cutmix", "blend_box_rows")
@@ -396,20 +402,13 @@ def test_randommix_per_sample_through_boxes_gives_the_product_of_maps_bits(
     dtype: torch.dtype,
     probs: dict[str, float] | None,
 ) -> None:
-    from types import SimpleNamespace
-
     x = _with_zeros(torch.randn(12, 3, 20, 25, generator=_gen(15)), 24).to(dtype)
     x[3, 1, 5, 5] = float("inf")
     y = torch.arange(12) % 5
-    trainer = SimpleNamespace(global_rank=0, current_epoch=0, global_step=0, is_global_zero=True)
-    module = SimpleNamespace(num_classes=5, hparams={}, log=lambda *a, **k: None)
 
     def run() -> list[torch.Tensor]:
         callback = RandomMix(probs, seed=3, per_sample=True, correct_lam=probs is None)
-        callback.setup(trainer, module, "fit")  # type: ignore[arg-type]
-        batch = [x, y]
-        callback.on_train_batch_start(trainer, module, batch, 0)  # type: ignore[arg-type]
-        return batch
+        return _run_hook(callback, [x, y], 5)
 
     calls = _spy_module(monkeypatch, "lightning_recipes.callbacks.mixing._draw", "blend_box_rows")
     monkeypatch.setattr(_rows, "_ROW_BYTES", 64)

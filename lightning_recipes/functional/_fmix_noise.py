@@ -38,9 +38,14 @@ __all__ = [
     "ENERGY_TOLERANCE",
     "draws_the_exact_masks",
     "fast_field",
+    "field_parts",
+    "lattice_is_whole",
+    "lattice_points",
     "spectrum_cutoff",
     "sub_lattice",
     "threshold_mask",
+    "thresholds",
+    "upsample_first",
 ]
 
 # Share of the spectrum's energy (DC excluded: it shifts the field, not its ranks) that the
@@ -70,17 +75,23 @@ def draws_the_exact_masks(size: tuple[int, ...], decay_power: float, max_soft: f
     it draws the same masks from the same generator (the digits' 8x8 images, for one)."""
     if spectrum_cutoff(size, decay_power) < max(size) // 2:
         return False
-    return max_soft > 0.0 or all(step == 1 for step in _lattice_steps(size))
+    return max_soft > 0.0 or lattice_is_whole(size)
 
 
 def threshold_mask(field: Tensor, points: Tensor, kept: Tensor) -> Tensor:
-    """Each field ``(batch, *size)`` above the value halfway between the lowest of its
-    lattice ``points`` that are ``kept`` and the highest of those that are not (+inf where
-    none is kept, -inf where all are): 1 or 0 in the field's dtype, written into ``field``."""
+    """Each field ``(batch, *size)`` above :func:`thresholds`: 1 or 0 in the field's dtype,
+    written into ``field``."""
+    threshold = thresholds(points, kept)
+    return field.gt_(threshold.view(-1, *([1] * (field.ndim - 1))))
+
+
+def thresholds(points: Tensor, kept: Tensor) -> Tensor:
+    """Per field, the value halfway between the lowest of its lattice ``points`` that are
+    ``kept`` and the highest of those that are not (+inf where none is kept, -inf where all
+    are), ``(batch,)``."""
     lowest_kept = points.masked_fill(~kept, math.inf).amin(dim=1)
     highest_dropped = points.masked_fill(kept, -math.inf).amax(dim=1)
-    threshold = lowest_kept.add_(highest_dropped).mul_(0.5)
-    return field.gt_(threshold.view(-1, *([1] * (field.ndim - 1))))
+    return lowest_kept.add_(highest_dropped).mul_(0.5)
 
 
 def fast_field(
@@ -92,6 +103,24 @@ def fast_field(
 ) -> Tensor:
     """Fields ``(batch, *size)`` of the spectrum cut at :func:`spectrum_cutoff` (also for
     exact ranks of every element: the soft edge, or inputs no larger than the sub-lattice)."""
+    return upsample_first(*field_parts(batch, size, decay_power, generator, device))
+
+
+def field_parts(
+    batch: int,
+    size: tuple[int, ...],
+    decay_power: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`fast_field` but for its last step: the fields upsampled in every dim but the
+    first, ``(batch, grid_0, *size[1:])``, and the ``(size_0, grid_0)`` matrix that upsamples
+    the first (None where the grid is the input's in that dim: the fields are then whole).
+
+    The split lets a field be finished one sample at a time (the product of
+    :func:`upsample_first` on one sample), and its lattice points be found without the whole
+    field (:func:`lattice_points`).
+    """
     cutoff = spectrum_cutoff(size, decay_power)
     grid = tuple(min(s, 2 * cutoff + 1) for s in size)
     index, scale, shape = _kept_frequencies(size, grid, decay_power, cutoff, device)
@@ -104,7 +133,7 @@ def fast_field(
         spectrum.view(batch, *shape), s=grid, dim=tuple(range(1, len(size) + 1))
     )
     # One matrix product per upsampled dim, the last first (the smallest products first).
-    for dim in reversed(range(len(size))):
+    for dim in reversed(range(1, len(size))):
         if grid[dim] == size[dim]:
             continue
         matrix = _interpolation(size[dim], grid[dim], device)
@@ -114,7 +143,40 @@ def fast_field(
         else:
             rows = field.reshape(batch, math.prod(lead), grid[dim], math.prod(tail))
             field = (matrix @ rows).view(batch, *lead, size[dim], *tail)
-    return field
+    if grid[0] == size[0]:
+        return field, None
+    return field, _interpolation(size[0], grid[0], device)
+
+
+def upsample_first(field: Tensor, matrix: Tensor | None) -> Tensor:
+    """Fields ``(batch, grid_0, *rest)`` of :func:`field_parts` upsampled in their first dim
+    by ``matrix`` ``(size_0, grid_0)``: ``(batch, size_0, *rest)``; ``field`` if None."""
+    if matrix is None:
+        return field
+    batch, rest = field.shape[0], field.shape[2:]
+    if not rest:
+        return field @ matrix.T
+    rows = field.reshape(batch, 1, matrix.shape[1], math.prod(rest))
+    return (matrix @ rows).view(batch, matrix.shape[0], *rest)
+
+
+def lattice_points(field: Tensor, matrix: Tensor | None) -> Tensor:
+    """:func:`sub_lattice` of the fields that :func:`upsample_first` makes from
+    :func:`field_parts`' ``field`` and ``matrix``, computed on the lattice's points only (the
+    upsampling's rows of the lattice applied to the lattice's columns): ``(batch, n)``."""
+    if matrix is None:
+        return sub_lattice(field)
+    size = (matrix.shape[0], *field.shape[2:])
+    steps = _lattice_steps(size)
+    index = [slice(None), slice(None)] + [slice(None, None, s) for s in steps[1:]]
+    rest = field[tuple(index)]
+    points = upsample_first(rest, matrix[:: steps[0]].contiguous())
+    return points.reshape(points.shape[0], -1)
+
+
+def lattice_is_whole(size: tuple[int, ...]) -> bool:
+    """Whether :func:`sub_lattice` takes every point of an input of ``size``."""
+    return all(step == 1 for step in _lattice_steps(size))
 
 
 @functools.lru_cache(maxsize=64)

@@ -16,9 +16,10 @@ gather with a ``lerp``, and the CPU has no compiler that keeps eager's ``lerp`` 
 The results are those of the batched ops bit for bit (of a NaN, only its payload may differ):
 the same ``lerp`` on the same operands, element by element, and a sample whose partner is
 non-finite is blended with itself, as the batched guard does. :func:`blend_rows` is the plain
-blend, :func:`paste_rows` per-batch CutMix's paste, and :func:`blend_box_rows` a blend through
+blend, :func:`paste_rows` per-batch CutMix's paste, :func:`blend_box_rows` a blend through
 one box per sample (per-sample CutMix, and RandomMix of MixUp and CutMix) with each sample's
-mask made in the cache instead of the batch's mask.
+mask made in the cache instead of the batch's mask, and :func:`blend_mask_rows` the same for
+any mask made a sample at a time (per-sample FMix).
 A Python loop over the samples is the price: a few microseconds per sample, against the tens
 of microseconds that moving a sample of 256 KiB or more costs.
 
@@ -36,7 +37,14 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["blend_box_rows", "blend_rows", "guard_dtype", "paste_rows", "rows_pay"]
+__all__ = [
+    "blend_box_rows",
+    "blend_mask_rows",
+    "blend_rows",
+    "guard_dtype",
+    "paste_rows",
+    "rows_pay",
+]
 
 # A sample of at least this many bytes, and at least this many elements per intra-op thread
 # (twice the 32768-element grain at which torch's CPU kernels split work across threads).
@@ -125,6 +133,23 @@ def blend_rows(
 
     partner_finite = _guarded_rows(x, perm, x, mix)
     return out, torch.where(partner_finite, weights, 1.0)
+
+
+def blend_mask_rows(
+    x: Tensor, perm: Tensor, mask_of: Callable[[int], Tensor]
+) -> tuple[Tensor, Tensor]:
+    """:func:`blend_rows` through a mask per sample that ``mask_of(i)`` makes just before its
+    row's ``lerp`` (in ``x.dtype``, of the batched mask's row shape, so that ``lerp`` splits
+    its loop where the batched one does), instead of reading it from a batch of masks; and
+    whether each sample's partner is finite, ``(batch,)`` bool. A sample whose partner holds
+    NaN or inf is blended with itself, through its own mask (``mask_of(i)`` again)."""
+    out = torch.empty_like(x)
+    rows, out_rows = x.unbind(0), out.unbind(0)
+
+    def mix(i: int, j: int) -> None:
+        torch.lerp(rows[j], rows[i], mask_of(i), out=out_rows[i])
+
+    return out, _guarded_rows(x, perm, x, mix)
 
 
 def paste_rows(x: Tensor, region: tuple[slice, ...], perm: Tensor) -> tuple[Tensor, Tensor]:

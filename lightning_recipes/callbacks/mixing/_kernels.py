@@ -24,7 +24,7 @@ from lightning_recipes.functional._cutmix_boxes import _clipped_boxes
 from lightning_recipes.functional._rows import rows_pay
 from lightning_recipes.functional.blend import _blend_finite
 from lightning_recipes.functional.cutmix import _cutmix_mask, _mix_box_rows, _paste_box
-from lightning_recipes.functional.fmix import _fmix_mask
+from lightning_recipes.functional.fmix import _fmix_mask, _fmix_rows_pay, _mix_fmix_rows
 from lightning_recipes.functional.mixup import _mixup_weight
 
 __all__ = [
@@ -92,7 +92,8 @@ class MixKernel:
     ) -> Mixed | None:
         """Mixes ``x`` without a full weight map, or returns None where the method has no
         such shortcut for this call (CutMix has: one box per batch is copied, and on the CPU
-        large samples are blended through their boxes without a mask)."""
+        large samples are blended through their boxes without a mask; so has FMix per
+        sample, whose masks are then made a sample at a time)."""
         return None
 
     def mix(
@@ -199,6 +200,21 @@ class FMixKernel(_SpatialKernel):
                 mask_sampler=self.mask_sampler,
             )
         )
+
+    def paste(
+        self,
+        x: Tensor,
+        lam: float | Tensor,
+        perm: Tensor,
+        generator: torch.Generator,
+        inplace: bool,
+    ) -> Mixed | None:
+        if isinstance(lam, Tensor) and _fmix_rows_pay(
+            x, lam, self.decay_power, self.max_soft, self.spatial_dims, inplace, self.mask_sampler
+        ):  # the CPU, large samples, per-sample fast masks: made a sample at a time
+            mixed = _mix_fmix_rows(x, lam, perm, self.decay_power, generator, self.spatial_dims)
+            return Mixed(*mixed, perm)
+        return None
 
 
 def apply_map(x: Tensor, perm: Tensor, weight_map: WeightMap, inplace: bool) -> Mixed:
