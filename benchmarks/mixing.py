@@ -414,6 +414,11 @@ FLOORS = (
         " blend moves, a fused kernel's included)",
     ),
     ("guard floor", "floor: the guard, a per-sample sum"),
+    (
+        "mask lerp floor",
+        "floor: `lerp` through a binary mask `(1, 1, *spatial)`, the partners given (no gather,"
+        " no guard): the kernel whose bits the mask blends keep",
+    ),
     ("gather+lerp floor", "floor: gather the partners + `lerp` (batched torch ops)"),
     ("rows floor", "guard + `lerp` a sample at a time (`_rows.blend_rows`, what the hooks run)"),
     ("paste floor", "floor: clone + half-image box gathered in, no guard"),
@@ -448,6 +453,8 @@ def bench_hooks(
     ratio = torch.rand(shape[0], *([1] * (len(shape) - 1)))
     side = round(shape[-1] * 0.5**0.5)
     half_box = (slice(None), slice(None), slice(0, side), slice(0, side))
+    partners = x.index_select(0, perm)
+    mask = (torch.rand(1, 1, *shape[2:]) < 0.5).float()
     fns: dict[str, Callable[[], Any]] = {
         "clone": x.clone,
         "spectrum draw": functools.partial(torch.randn, spectrum_shape, dtype=torch.complex64),
@@ -459,6 +466,7 @@ def bench_hooks(
         "fused traffic floor": functools.partial(_two_batches, x, buffer),
         "gather+lerp floor": functools.partial(_gather_lerp, x, perm, ratio),
         "guard floor": functools.partial(torch.sum, x, dim=tuple(range(1, x.ndim))),
+        "mask lerp floor": functools.partial(torch.lerp, partners, x, mask),
         "rows floor": functools.partial(blend_rows, x, perm, ratio, torch.ones(shape[0])),
         "paste floor": functools.partial(_clone_and_paste, x, perm, half_box),
         "fewest ops floor": functools.partial(_fewest_ops_step, x, y),
