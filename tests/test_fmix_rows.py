@@ -8,6 +8,15 @@ import importlib
 
 import pytest
 import torch
+from test_rows_blend import (
+    _bits,
+    _gen,
+    _laid_out,
+    _run_hook,
+    _spy_module,
+    _with_zeros,
+    threads,
+)
 
 from lightning_recipes.callbacks.mixing import FMix
 from lightning_recipes.functional import _rows
@@ -16,15 +25,6 @@ from lightning_recipes.functional._fmix_noise import (
     lattice_points,
     sub_lattice,
     upsample_first,
-)
-from tests.test_rows_blend import (
-    _bits,
-    _gen,
-    _laid_out,
-    _run_hook,
-    _spy_module,
-    _with_zeros,
-    threads,
 )
 
 fmix_module = importlib.import_module("lightning_recipes.functional.fmix")
