@@ -284,8 +284,8 @@ def _mix_fmix_rows(
     one mask's size, which stays in the cache, just before its row's ``lerp``
     (:func:`~lightning_recipes.functional._rows.blend_mask_rows`). The batch's masks, a
     float field of ``batch * N`` elements written, thresholded and read again, are never
-    made: the hook's peak memory is the mixed batch alone, and its time falls a little
-    (``benchmarks/RESULTS.md``).
+    made: beside the mixed batch the hook holds the partial fields and one mask's buffers
+    only, and its time falls a little (``benchmarks/RESULTS.md``).
     """
     ndim = resolve_spatial_dims(x, spatial_dims, "fmix")
     size = tuple(x.shape[-ndim:])
