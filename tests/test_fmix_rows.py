@@ -150,7 +150,9 @@ def test_the_lattice_points_are_the_whole_fields_points() -> None:
         field, matrix = field_parts(8, size, 3.0, _gen(5), torch.device("cpu"))
         assert matrix is not None
         whole = sub_lattice(upsample_first(field, matrix))
-        torch.testing.assert_close(lattice_points(field, matrix), whole, rtol=0, atol=1e-6)
+        # Float rounding of the field's largest values (up to 3e5 at 224x224), a few ulps.
+        spread = float(whole.abs().max())
+        torch.testing.assert_close(lattice_points(field, matrix), whole, rtol=0, atol=1e-6 * spread)
 
 
 def test_the_callback_mixes_large_samples_per_sample_a_row_at_a_time(
