@@ -38,6 +38,7 @@ __all__ = [
     "ENERGY_TOLERANCE",
     "draws_the_exact_masks",
     "fast_field",
+    "fast_grid",
     "field_parts",
     "lattice_is_whole",
     "lattice_points",
@@ -122,7 +123,7 @@ def field_parts(
     field (:func:`lattice_points`).
     """
     cutoff = spectrum_cutoff(size, decay_power)
-    grid = tuple(min(s, 2 * cutoff + 1) for s in size)
+    grid = fast_grid(size, decay_power)
     index, scale, shape = _kept_frequencies(size, grid, decay_power, cutoff, device)
     kept = torch.randn(
         (batch, index.shape[0]), dtype=torch.complex64, generator=generator, device=device
@@ -134,30 +135,34 @@ def field_parts(
     )
     # One matrix product per upsampled dim, the last first (the smallest products first).
     for dim in reversed(range(1, len(size))):
-        if grid[dim] == size[dim]:
-            continue
-        matrix = _interpolation(size[dim], grid[dim], device)
-        lead, tail = field.shape[1 : dim + 1], field.shape[dim + 2 :]
-        if not tail:
-            field = field @ matrix.T
-        else:
-            rows = field.reshape(batch, math.prod(lead), grid[dim], math.prod(tail))
-            field = (matrix @ rows).view(batch, *lead, size[dim], *tail)
+        if grid[dim] != size[dim]:
+            field = _upsample(field, dim, _interpolation(size[dim], grid[dim], device))
     if grid[0] == size[0]:
         return field, None
     return field, _interpolation(size[0], grid[0], device)
 
 
+def fast_grid(size: tuple[int, ...], decay_power: float) -> tuple[int, ...]:
+    """The grid the fast sampler inverts its spectrum on: ``2K + 1`` points per dim, ``K``
+    the :func:`spectrum_cutoff`, or the input's size where that is smaller."""
+    cutoff = spectrum_cutoff(size, decay_power)
+    return tuple(min(s, 2 * cutoff + 1) for s in size)
+
+
 def upsample_first(field: Tensor, matrix: Tensor | None) -> Tensor:
     """Fields ``(batch, grid_0, *rest)`` of :func:`field_parts` upsampled in their first dim
     by ``matrix`` ``(size_0, grid_0)``: ``(batch, size_0, *rest)``; ``field`` if None."""
-    if matrix is None:
-        return field
-    batch, rest = field.shape[0], field.shape[2:]
-    if not rest:
+    return field if matrix is None else _upsample(field, 0, matrix)
+
+
+def _upsample(field: Tensor, dim: int, matrix: Tensor) -> Tensor:
+    """Fields ``(batch, ...)`` with spatial dim ``dim`` brought from ``matrix.shape[1]``
+    points to ``matrix.shape[0]`` by one matrix product."""
+    batch, lead, tail = field.shape[0], field.shape[1 : dim + 1], field.shape[dim + 2 :]
+    if not tail:
         return field @ matrix.T
-    rows = field.reshape(batch, 1, matrix.shape[1], math.prod(rest))
-    return (matrix @ rows).view(batch, matrix.shape[0], *rest)
+    rows = field.reshape(batch, math.prod(lead), matrix.shape[1], math.prod(tail))
+    return (matrix @ rows).view(batch, *lead, matrix.shape[0], *tail)
 
 
 def lattice_points(field: Tensor, matrix: Tensor | None) -> Tensor:

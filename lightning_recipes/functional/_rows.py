@@ -113,7 +113,6 @@ def blend_rows(
     blended with itself (left as it is) and its ``weights`` set to 1; ``weight`` is a Python
     float or a tensor of ``x.ndim`` dims in ``x.dtype`` with a batch dim of 1 or ``batch``."""
     batch = x.shape[0]
-    out = torch.empty_like(x)  # keeps the memory format, as the batched path does
     if not isinstance(weight, Tensor) and x.dtype in (torch.float32, torch.float64):
         # `lerp` takes a Python weight in x's dtype here (float32 or wider), so a tensor of it
         # gives the same bits; with glibc's malloc its kernel writes the fresh rows of `out`
@@ -126,23 +125,21 @@ def blend_rows(
         weights_of_rows = weight.unbind(0)
     else:
         weights_of_rows = (weight[0],) * batch
-    rows, out_rows = x.unbind(0), out.unbind(0)
-
-    def mix(i: int, j: int) -> None:
-        torch.lerp(rows[j], rows[i], weights_of_rows[i], out=out_rows[i])
-
-    partner_finite = _guarded_rows(x, perm, x, mix)
+    out, partner_finite = blend_mask_rows(x, perm, weights_of_rows.__getitem__)
     return out, torch.where(partner_finite, weights, 1.0)
 
 
 def blend_mask_rows(
-    x: Tensor, perm: Tensor, mask_of: Callable[[int], Tensor]
+    x: Tensor, perm: Tensor, mask_of: Callable[[int], float | Tensor]
 ) -> tuple[Tensor, Tensor]:
-    """:func:`blend_rows` through a mask per sample that ``mask_of(i)`` makes just before its
-    row's ``lerp`` (in ``x.dtype``, of the batched mask's row shape, so that ``lerp`` splits
-    its loop where the batched one does), instead of reading it from a batch of masks; and
-    whether each sample's partner is finite, ``(batch,)`` bool. A sample whose partner holds
-    NaN or inf is blended with itself, through its own mask (``mask_of(i)`` again)."""
+    """``lerp(x[perm], x, weight)`` as a new tensor (the memory format of ``x``, as the batched
+    path keeps it), each sample's weight made by ``mask_of(i)`` just before its row's ``lerp``
+    instead of read from a batch of weights; and whether each sample's partner is finite,
+    ``(batch,)`` bool. A sample whose partner holds NaN or inf is blended with itself,
+    through its own weight (``mask_of(i)`` again). A weight is in ``x.dtype`` and of the
+    batched weight's row shape, so that ``lerp`` splits its loop where the batched one does.
+    The loop of :func:`blend_rows` (weights read from a batch), :func:`blend_box_rows` (a
+    box's mask written per sample) and per-sample FMix (a mask finished per sample)."""
     out = torch.empty_like(x)
     rows, out_rows = x.unbind(0), out.unbind(0)
 
@@ -196,22 +193,20 @@ def blend_box_rows(
     loop is split where the batched one is: ``lerp``'s vectorised and scalar loops round a
     copied ``-0.0`` differently, and a ``lerp`` over the whole row with weight 1 and then
     over the box with weight 0 (same values) gave other signs of zero at the loops' ends."""
-    out = torch.empty_like(x)
     spatial = len(boxes[0]) if boxes else 0
     mask = torch.empty(
         (1,) * (x.ndim - 1 - spatial) + tuple(x.shape[x.ndim - spatial :]), dtype=x.dtype
     )
-    rows, out_rows = x.unbind(0), out.unbind(0)
     # Python floats of x's dtype's values: `fill_` writes them back exactly.
     ratios = [1.0] * x.shape[0] if outside is None else outside.reshape(-1).tolist()
 
-    def mix(i: int, j: int) -> None:
+    def mask_of(i: int) -> Tensor:
         mask.fill_(ratios[i])
         if all(high > low for low, high in boxes[i]):
             _box(mask, boxes[i]).fill_(0.0)
-        torch.lerp(rows[j], rows[i], mask, out=out_rows[i])
+        return mask
 
-    partner_finite = _guarded_rows(x, perm, x, mix)
+    out, partner_finite = blend_mask_rows(x, perm, mask_of)
     return out, torch.where(partner_finite, weights, 1.0)
 
 

@@ -41,10 +41,10 @@ from lightning_recipes.functional._fmix_binarise import soft_top_k_mask, top_k_m
 from lightning_recipes.functional._fmix_noise import (
     draws_the_exact_masks,
     fast_field,
+    fast_grid,
     field_parts,
     lattice_is_whole,
     lattice_points,
-    spectrum_cutoff,
     threshold_mask,
     thresholds,
     upsample_first,
@@ -262,7 +262,7 @@ def _fmix_rows_pay(
     size = tuple(x.shape[-ndim:])
     if ndim < 2 or _resolve_sampler(size, decay_power, max_soft, mask_sampler) != "fast":
         return False
-    upsampled = 2 * spectrum_cutoff(size, decay_power) + 1 < size[0]
+    upsampled = fast_grid(size, decay_power)[0] < size[0]
     return upsampled and not lattice_is_whole(size)
 
 
