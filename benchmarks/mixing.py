@@ -51,6 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes.functional._pages import empty_populated_like
 from lightning_recipes.functional._rows import blend_rows
 from lightning_recipes.functional.fmix import _low_frequency_noise
 
@@ -128,6 +129,10 @@ def _set_up(callback: Any) -> tuple[SimpleNamespace, SimpleNamespace]:
 def _gather_lerp(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     partners = torch.index_select(x, 0, perm)
     return torch.lerp(partners, x, weight, out=partners)
+
+
+def _populated_clone(x: torch.Tensor) -> torch.Tensor:
+    return empty_populated_like(x).copy_(x)
 
 
 def _two_batches(x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -414,6 +419,11 @@ FLOORS = (
     ("add floor", "floor: `torch.add(x, 0)` (read x, write a new tensor)"),
     ("copy floor", "floor: `copy_` into existing memory"),
     (
+        "populated clone floor",
+        "floor: a clone into memory whose fresh pages one `madvise` call faulted in"
+        " (`_pages.empty_populated_like`, what the sample-at-a-time hooks write into)",
+    ),
+    (
         "fused traffic floor",
         "floor: `torch.add(x, other)` (two batches read, one written: what any out-of-place"
         " blend moves, a fused kernel's included)",
@@ -467,6 +477,7 @@ def bench_hooks(
             _low_frequency_noise, shape[0], tuple(shape[2:]), 3.0, None, torch.device("cpu")
         ),
         "copy floor": functools.partial(buffer.copy_, x),
+        "populated clone floor": functools.partial(_populated_clone, x),
         "add floor": functools.partial(torch.add, x, 0),
         "fused traffic floor": functools.partial(_two_batches, x, buffer),
         "gather+lerp floor": functools.partial(_gather_lerp, x, perm, ratio),
