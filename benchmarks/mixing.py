@@ -196,6 +196,24 @@ def timm_mixup(x: torch.Tensor, y: torch.Tensor, method: str, mode: str) -> Call
     return lambda: mix(buffer, y)
 
 
+def with_guard(step: Callable[[], Any], x: torch.Tensor, area: float) -> Callable[[], Any]:
+    """``step`` and then the non-finite guard's per-sample sum over a centred box of ``area``
+    of each sample (1: the whole sample, as MixUp's guard reads it; 0.5: CutMix's box for
+    the mean lam of ``Beta(1, 1)``): a peer's ops plus this package's guard, as the separate
+    torch ops the CPU path runs."""
+    region: list[slice] = [slice(None), slice(None)]
+    for size in x.shape[2:]:
+        side = round(size * area ** (1 / (x.ndim - 2)))
+        region.append(slice((size - side) // 2, (size - side) // 2 + side))
+    box = x[tuple(region)]
+    dims = tuple(range(1, x.ndim))
+
+    def run() -> Any:
+        return step(), box.sum(dim=dims)
+
+    return run
+
+
 def torchvision_mix(x: torch.Tensor, y: torch.Tensor, method: str) -> Callable[[], Any]:
     from torchvision.transforms import v2  # type: ignore[import-untyped]
 
@@ -283,6 +301,8 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
             "CutMix sample": callback_step(CutMix(seed=0, per_sample=True), x, y),
             "timm mixup batch": timm_mixup(x, y, "mixup", "batch"),
             "timm cutmix batch": timm_mixup(x, y, "cutmix", "batch"),
+            "timm mixup batch + guard": with_guard(timm_mixup(x, y, "mixup", "batch"), x, 1.0),
+            "timm cutmix batch + guard": with_guard(timm_mixup(x, y, "cutmix", "batch"), x, 0.5),
             "timm mixup elem": timm_mixup(x, y, "mixup", "elem"),
             "timm cutmix elem": timm_mixup(x, y, "cutmix", "elem"),
             "tv MixUp": torchvision_mix(x, y, "mixup"),
@@ -307,6 +327,7 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
             base, target = (min(timm_t, tv_t), 1.2) if method == "mixup" else (timm_t, 1.0)
             ratio = t[f"{name} batch"] / base
             ratio_inplace = t[f"{name} batch inplace"] / base
+            guarded = t[f"timm {method} batch + guard"]
             vs_libs.append(
                 [
                     shape_name,
@@ -318,6 +339,9 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
                     "faster of both" if method == "mixup" else "timm",
                     f"{ratio:.2f}",
                     f"{ratio_inplace:.2f}",
+                    ms(guarded),
+                    f"{guarded / timm_t:.2f}",
+                    f"{t[f'{name} batch'] / guarded:.2f}",
                     f"<= {target}",
                     verdict(ratio <= target) + " / " + verdict(ratio_inplace <= target),
                 ]
@@ -363,6 +387,9 @@ def bench_batches(rounds: int, budget: float, shapes: Mapping[str, tuple[int, ..
                 "against",
                 "ratio",
                 "ratio `inplace=True`",
+                "floor: timm + the guard's sum, ms",
+                "floor / timm",
+                "ours (default) / floor",
                 "target",
                 "met (default / inplace)",
             ],
@@ -666,22 +693,31 @@ def main() -> None:
     )
     parser.add_argument(
         "--part",
-        choices=("all", "batches", "fit", "hooks"),
+        choices=("all", "batches", "peers", "fit", "hooks"),
         default="all",
         help="`batches`: the tables against the peers here and the hooks against a clone in"
-        " fresh subprocesses; `fit`: the digits fits; `all`: both, the fits in a fresh"
-        " subprocess (each part leaves the process, e.g. its allocator, in a state that skews"
-        " the other); `hooks`: one shape's hook medians as JSON (what `batches` runs)",
+        " fresh subprocesses; `peers`: only the tables against the peers; `fit`: the digits"
+        " fits; `all`: `batches` and `fit`, the fits in a fresh subprocess (each part leaves"
+        " the process, e.g. its allocator, in a state that skews the other); `hooks`: one"
+        " shape's hook medians as JSON (what `batches` runs)",
     )
     parser.add_argument("--shape", choices=tuple(SHAPES), help="the shape of `--part hooks`")
     parser.add_argument(
         "--only", action="append", help="with `--part hooks`: time this contender (and a clone)"
     )
-    parser.add_argument(
+    malloc = parser.add_mutually_exclusive_group()
+    malloc.add_argument(
         "--system-malloc",
         action="store_true",
         help="time the tables against the peers with glibc's default malloc instead of"
-        " CACHING_MALLOC (the hooks against a clone are timed under both)",
+        " CACHING_MALLOC (the hooks against a clone are timed under each setting)",
+    )
+    malloc.add_argument(
+        "--fresh-malloc",
+        action="store_true",
+        help="time the tables against the peers with FRESH_MALLOC (glibc's thresholds fixed"
+        " at their grown values: a 64x3x224x224 batch is fresh memory, as with glibc's"
+        " defaults, whatever ran before) instead of CACHING_MALLOC",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -690,10 +726,15 @@ def main() -> None:
         print(json.dumps(bench_hooks(rounds, budget, SHAPES[args.shape], args.only)))
         return
     # The digits fits run as a user's training does, with glibc's defaults.
-    caching = not args.system_malloc and args.part != "fit"
-    if caching and any(os.environ.get(k) != v for k, v in CACHING_MALLOC.items()):
+    settings, setting_name = (
+        (FRESH_MALLOC, "fresh pages (FRESH_MALLOC)")
+        if args.fresh_malloc
+        else (CACHING_MALLOC, "caching (CACHING_MALLOC)")
+    )
+    fixed = not args.system_malloc and args.part != "fit"
+    if fixed and any(os.environ.get(k) != v for k, v in settings.items()):
         # Settings are read when the process starts: run this script again with them.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CACHING_MALLOC})
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **settings})
     if args.part == "fit":
         print(bench_fit(repeats=1 if args.quick else 11, epochs=6, batches=4 if args.quick else 19))
         return
@@ -702,10 +743,12 @@ def main() -> None:
         f" {_version('torchvision')}, numpy {np.__version__}; CPU float32,"
         f" {torch.get_num_threads()} thread(s); median of {rounds} interleaved rounds per row;"
         f" malloc for the tables against the peers: "
-        f"{'caching (CACHING_MALLOC)' if caching else 'glibc defaults'}\n"
+        f"{setting_name if fixed else 'glibc defaults'}\n"
     )
     for block in bench_batches(rounds, budget, SHAPES):
         print(block, flush=True)
+    if args.part == "peers":
+        return
     print(hook_table(rounds, budget, args.quick), flush=True)
     if args.part == "all":
         command = [sys.executable, __file__, "--part", "fit", "--threads", str(args.threads)]

@@ -274,9 +274,17 @@ def _batched_paste(
 @pytest.mark.parametrize("threads", [1, 3], indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_pasting_a_row_at_a_time_gives_the_batched_bits(
-    threads: int, dtype: torch.dtype, channels_last: bool
+@pytest.mark.parametrize("chunk", [1, 3, 7], ids=lambda n: f"{n}-per-chunk")
+def test_pasting_a_few_rows_at_a_time_gives_the_batched_bits(
+    monkeypatch: pytest.MonkeyPatch,
+    threads: int,
+    dtype: torch.dtype,
+    channels_last: bool,
+    chunk: int,
 ) -> None:
+    # Samples per chunk: 1, 3 (chunks of 3, 3 and 1, the partners across chunks) or the batch.
+    row_bytes = 3 * 31 * 17 * torch.tensor([], dtype=dtype).element_size()
+    monkeypatch.setattr(_rows, "_PASTE_CHUNK_BYTES", chunk * row_bytes + row_bytes // 2)
     x = _with_zeros(torch.randn(7, 3, 31, 17, generator=_gen(10)), 22).to(dtype)
     x[0, 0, 0, 0] = -0.0
     x[1, 2, 10, 5] = float("nan")  # inside the box: whoever takes sample 1 keeps its own box

@@ -54,6 +54,9 @@ __all__ = [
 # (twice the 32768-element grain at which torch's CPU kernels split work across threads).
 _ROW_BYTES = 256 * 1024
 _ROW_ELEMENTS_PER_THREAD = 65536
+# Per-batch CutMix's paste copies this many bytes of samples per op (a few samples of
+# 3x224x224 float32): they stay in the caches between the copy, the guard and the paste.
+_PASTE_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 def guard_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -158,24 +161,33 @@ def paste_rows(x: Tensor, region: tuple[slice, ...], perm: Tensor) -> tuple[Tens
     taken from its partner ``x[perm]``, a sample whose partner's box holds NaN or inf left as
     it is; and whether each sample's partner box is finite, ``(batch,)`` bool.
 
-    Per-batch CutMix out of place, a sample at a time: the sample's row is copied and its
-    partner's box summed (the guard) and pasted while the row is still in the cache, instead
-    of a clone of the batch, a guard over every box and a gather of every box, each a pass
-    over memory. The same copies and the same guard as the batched ops, so the same bits.
+    Per-batch CutMix out of place, a few samples at a time (:data:`_PASTE_CHUNK_BYTES` of
+    them): the samples are copied, their own boxes summed (the guard) while they are in the
+    cache, and their partners' boxes gathered into them, instead of a clone of the batch, a
+    guard over every box and a gather of every box, each a pass over memory. A box whose sum
+    is not finite is then put back from the sample itself in each sample that took it as
+    partner's box (rare). The same copies and the same guard as the batched ops, so the same
+    bits. Three ops per chunk, not per sample: with memory reused the ops' fixed costs, not
+    the memory, were what a sample at a time added (``benchmarks/mixing.py``).
     """
     out = empty_populated_like(x)  # keeps the memory format, as `x.clone()` does
     boxes, into = x[region], out[region]
-    rows, out_rows, partner_boxes, into_boxes = (t.unbind(0) for t in (x, out, boxes, into))
-
-    def copy_row(i: int) -> None:
-        out_rows[i].copy_(rows[i])
-
-    def paste(i: int, j: int) -> None:
-        into_boxes[i].copy_(partner_boxes[j])  # j == i puts the sample's own box back
-
-    # The row is copied first, so that the partner's box, summed and pasted, lands in a row
-    # in the cache (measured faster than summing first).
-    return out, _guarded_rows(x, perm, boxes, paste, before=copy_row)
+    batch = x.shape[0]
+    sums = torch.empty(batch, dtype=guard_dtype(x.dtype))
+    dims = tuple(range(1, x.ndim))
+    step = max(1, _PASTE_CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+    for start in range(0, batch, step):
+        chunk = slice(start, min(start + step, batch))
+        out[chunk].copy_(x[chunk])
+        # The sample's own box, in the cache after the copy: whether it can be given.
+        torch.sum(into[chunk], dim=dims, dtype=sums.dtype, out=sums[chunk])
+        torch.index_select(boxes, 0, perm[chunk], out=into[chunk])
+    partner_finite = sums.isfinite().index_select(0, perm)
+    if not bool(partner_finite.all()):
+        # Rare: the samples whose partner's box is broken get their own box back.
+        for i in (~partner_finite).nonzero().flatten().tolist():
+            into[i].copy_(boxes[i])
+    return out, partner_finite
 
 
 def blend_box_rows(
