@@ -13,7 +13,8 @@ and also return mixed soft targets; timm gets ``label_smoothing=0`` for parity. 
 ``x.clone()`` both the mix alone (seeding, drawing lam, partners and masks, mixing the images)
 and the whole hook are given. Floors measured in the same rounds show which targets no
 implementation can go below on this machine: one read and one write of the batch
-(``torch.add(x, 0)``, ``copy_`` into existing memory), two batches read and one written (the
+(``torch.add(x, 0)``, ``copy_`` into existing memory, a clone into memory whose fresh pages
+one ``madvise`` call populated), two batches read and one written (the
 traffic of any out-of-place blend, a fused kernel's included), the non-finite guard (a
 per-sample sum), a gather of the partners and one ``lerp`` (the batched torch ops), the guard
 and ``lerp`` a sample at a time (what the hooks run for large samples on the CPU), per-batch
@@ -25,6 +26,8 @@ settings, each in a fresh process (see ``CACHING_MALLOC``): memory reused, where
 the memory traffic; fresh pages (glibc's defaults), where every batch-sized tensor, the
 clone's and the hook's, is page-faulted in; and fresh huge pages (``HUGE_PAGES``: PyTorch's
 ``THP_MEM_ALLOC_ENABLE=1``), where it is faulted in 2 MB at a time.
+Beside timm, its call followed by this package's guard (a per-sample sum over the box) shows
+what timm's ops plus the guard cost as separate torch ops.
 Every contender of a row is timed in the same interleaved rounds and the median is kept.
 """
 
