@@ -17,6 +17,7 @@ Usage (the old code in a worktree of the commit to compare with)::
     python benchmarks/compare_code.py fit /tmp/old . --pairs 6
     python benchmarks/compare_code.py mixing-hook /tmp/old . --pairs 3
     python benchmarks/compare_code.py mixing-hook /tmp/old . --per-sample --shape 256x3x32x32
+    python benchmarks/compare_code.py mixing-hook /tmp/old . --threads 2
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from pathlib import Path
 _CHILD = """
 import importlib.util, json, statistics, sys, time
 import torch
-torch.set_num_threads(1)
 root, what, shape, per_sample = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
+torch.set_num_threads(int(sys.argv[5]))
 import lightning_recipes as lr
 assert lr.__file__.startswith(root), lr.__file__
 
@@ -76,10 +77,10 @@ else:
 """
 
 
-def _run(root: Path, what: str, shape: str, per_sample: bool) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+def _run(root: Path, what: str, shape: str, per_sample: bool, threads: int) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(root), what, shape, str(int(per_sample))],
+        [sys.executable, "-c", _CHILD, str(root), what, shape, str(int(per_sample)), str(threads)],
         env=env,
         cwd=root,  # `python -c` puts the working folder first on sys.path
         check=True,
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("new", type=Path, help="checkout of the code after it")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads in each child (default 1)"
+    )
+    parser.add_argument(
         "--shape", default="64x3x224x224", help="`mixing-hook`: the batch, e.g. 256x3x32x32"
     )
     parser.add_argument(
@@ -108,7 +112,7 @@ def main() -> None:
         # Alternate which side goes first, so neither always follows the other.
         order = [("old", old_root), ("new", new_root)]
         for side, root in order if pair % 2 == 0 else order[::-1]:
-            results[side].append(_run(root, args.what, args.shape, args.per_sample))
+            results[side].append(_run(root, args.what, args.shape, args.per_sample, args.threads))
             print(f"pair {pair} {side}: {results[side][-1]}", flush=True)
     if args.what == "fit":
         old = [r["cpu"] for r in results["old"]]

@@ -11,7 +11,7 @@ one page sees it and nothing else is done, since populating resident pages still
 
 It is done at one intra-op thread only. With more, torch's ops fault a new tensor's pages in
 on every thread at once, which measured as fast as one ``madvise`` call or faster (at two
-threads the mixing hooks were 2-4 ms slower at 64x3x224x224 with the call than without).
+threads the mixing hooks were 1-5 ms slower at 64x3x224x224 with the call than without).
 
 Only the time changes: the tensor is the one ``torch.empty_like`` returns, its values are
 written by the caller as before. Anywhere else (another OS, an older kernel, a failing call)
