@@ -144,6 +144,9 @@ def test_mkdocs_build_strict(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # No Sphinx role shows literally: the docs' griffe extension made each a code span.
+    html = "".join(page.read_text() for page in (tmp_path / "site").rglob("*.html"))
+    assert not re.findall(r":(?:class|func|meth|mod|data|attr|exc|obj):(?:<code>|`)", html)
     # Each public name is rendered as itself: `lr_find` as the function, not as the module of
     # the same name that defines it.
     html = "".join(page.read_text() for page in (tmp_path / "site" / "reference").rglob("*.html"))
@@ -169,3 +172,33 @@ def _entry(html: str, name: str) -> str:
     start = html.index(f'id="lightning_recipes.{name}"')
     end = re.compile(rf'id="lightning_recipes\.(?!{name}[."])').search(html, start)
     return html[start : end.start() if end else len(html)]
+
+
+def _sphinx_roles():  # the docs' griffe extension, a file outside the package
+    spec = importlib.util.spec_from_file_location("sphinx_roles", DOCS / "_ext" / "sphinx_roles.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("docstring", "rendered"),
+    [
+        ("See :func:`blend`.", "See `blend`."),
+        (":class:`~lightning_recipes.MixingOptions` keys", "`MixingOptions` keys"),
+        (":meth:`Tuner.lr_find <lightning.pytorch.tuner.Tuner.lr_find>`", "`Tuner.lr_find`"),
+        (":mod:`.blend` and :py:data:`_ROW_BYTES`", "`blend` and `_ROW_BYTES`"),
+        (":attr:`lightning_recipes.FMix.decay_power`", "`lightning_recipes.FMix.decay_power`"),
+        ("plain `code`, ``literal`` and a: colon", "plain `code`, ``literal`` and a: colon"),
+    ],
+)
+def test_sphinx_roles_become_code_spans_named_as_sphinx_shows_them(docstring, rendered):
+    assert _sphinx_roles().strip_roles(docstring) == rendered
+
+
+def test_the_sphinx_roles_extension_is_registered_and_not_published():
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    handler = config["plugins"][2]["mkdocstrings"]["handlers"]["python"]
+    assert "docs/_ext/sphinx_roles.py:SphinxRoles" in handler["options"]["extensions"]
+    assert "_ext/" in config["exclude_docs"].split()
