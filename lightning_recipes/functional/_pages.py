@@ -10,8 +10,7 @@ module. Where the memory is already resident (``malloc`` reused it), one ``minco
 one page sees it and nothing else is done, since populating resident pages still walks them.
 
 It is done at one intra-op thread only. With more, torch's ops fault a new tensor's pages in
-on every thread at once, which measured as fast as one ``madvise`` call or faster (at two
-threads the mixing hooks were 1-5 ms slower at 64x3x224x224 with the call than without).
+on every thread at once, which measured as fast as one ``madvise`` call or faster.
 
 Only the time changes: the tensor is the one ``torch.empty_like`` returns, its values are
 written by the caller as before. Anywhere else (another OS, an older kernel, a failing call)

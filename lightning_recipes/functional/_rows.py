@@ -122,8 +122,8 @@ def blend_rows(
     batch = x.shape[0]
     if not isinstance(weight, Tensor) and x.dtype in (torch.float32, torch.float64):
         # `lerp` takes a Python weight in x's dtype here (float32 or wider), so a tensor of it
-        # gives the same bits; with glibc's malloc its kernel writes the fresh rows of `out`
-        # (page faults) measurably faster than the Python-scalar kernel does.
+        # gives the same bits; with glibc's malloc its kernel writes the fresh rows of the
+        # result (page faults) measurably faster than the Python-scalar kernel does.
         weight = torch.full((1,) * x.ndim, weight, dtype=x.dtype)
     weights_of_rows: Sequence[float | Tensor]
     if not isinstance(weight, Tensor):
