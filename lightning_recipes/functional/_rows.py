@@ -34,6 +34,7 @@ over more threads win).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -106,7 +107,7 @@ def rows_pay(x: Tensor, weight: float | Tensor, inplace: bool) -> bool:
         weight.ndim != x.ndim or weight.shape[0] not in (1, x.shape[0]) or weight.requires_grad
     ):
         return False
-    row = x[0].numel()
+    row = math.prod(x.shape[1:])  # not `x[0].numel()`: a view is an op, a few us
     return (
         row * x.element_size() >= _ROW_BYTES
         and row >= _ROW_ELEMENTS_PER_THREAD * torch.get_num_threads()
