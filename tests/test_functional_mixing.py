@@ -203,19 +203,39 @@ def test_fmix_masks_are_binary_with_exact_area(size: tuple[int, ...], sampler: s
     assert torch.equal(masks.flatten(1).sum(1), expected)
 
 
-def test_top_k_selection_is_exact_with_ties() -> None:
+@pytest.mark.parametrize("copies", [1, 20])
+def test_top_k_selection_is_exact_with_ties(copies: int) -> None:
     """The binarisation takes exactly `count` values per row, never a lower one before a
-    higher one, also when many values are equal (constant rows, few levels)."""
-    from lightning_recipes.functional._fmix_binarise import top_k_mask
+    higher one, also when many values are equal (constant rows, few levels); for a small
+    batch (a sort) and for one of more than SORTED_ELEMENTS values (the histogram)."""
+    from lightning_recipes.functional._fmix_binarise import SORTED_ELEMENTS, top_k_mask
 
     values = torch.cat([torch.randint(0, 3, (6, 40), generator=_gen()).float(), torch.zeros(2, 40)])
     count = torch.tensor([0, 1, 13, 20, 39, 40, 7, 33])
+    values, count = values.repeat(copies, 1), count.repeat(copies)
+    assert (values.numel() <= SORTED_ELEMENTS) == (copies == 1)
     for mask in (top_k_mask(values, count), top_k_mask(values[:1], 17)):
         rows = mask.shape[0]
         assert torch.equal(mask.sum(1), count[:rows] if rows > 1 else torch.tensor([17]))
         taken = torch.where(mask, values[:rows], float("inf")).amin(1)
         left = torch.where(mask, float("-inf"), values[:rows]).amax(1)
         assert (taken >= left).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (64, 64), (3, 128), (16, 256)])
+def test_small_batches_take_exactly_the_highest_values(shape: tuple[int, int]) -> None:
+    """Up to SORTED_ELEMENTS values in all (64 masks of 8x8 among them), each row keeps
+    exactly its `count` highest values, as numpy's sort ranks them; in dtype."""
+    from lightning_recipes.functional._fmix_binarise import SORTED_ELEMENTS, top_k_mask
+
+    assert math.prod(shape) <= SORTED_ELEMENTS
+    values = torch.randn(shape, generator=_gen(3))
+    count = torch.randint(0, shape[1] + 1, (shape[0],), generator=_gen(4))
+    count[0] = shape[1]
+    rank = np.argsort(np.argsort(-values.numpy(), axis=1, kind="stable"), axis=1)
+    expected = torch.from_numpy(rank < count.numpy()[:, None])
+    assert torch.equal(top_k_mask(values, count), expected)
+    assert torch.equal(top_k_mask(values, count, torch.float16), expected.half())
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -238,10 +258,11 @@ def test_fmix_masks_are_low_frequency(sampler: str) -> None:
     assert low_power_share(white) < 0.1
 
 
-@pytest.mark.parametrize("size", [(12, 9), (15,), (4, 5, 7)])
+@pytest.mark.parametrize("size", [(12, 9), (15,), (4, 5, 7), (8, 8), (4, 4, 4), (16, 16)])
 def test_fmix_grey_image_is_the_papers_inverse_fft(size: tuple[int, ...]) -> None:
     """The image before binarisation is numpy's irfftn of the same complex Gaussian spectrum
-    scaled by 1 / max(f, 1 / max(size)) ** d on the rfft frequency grid."""
+    scaled by 1 / max(f, 1 / max(size)) ** d on the rfft frequency grid (up to 128
+    elements drawn on the CPU by one matrix product, larger ones by torch's FFT)."""
     from lightning_recipes.functional.fmix import _low_frequency_noise
 
     grey = _low_frequency_noise(3, size, 2.5, _gen(11), torch.device("cpu"))
@@ -255,6 +276,30 @@ def test_fmix_grey_image_is_the_papers_inverse_fft(size: tuple[int, ...]) -> Non
     axes = tuple(range(1, len(size) + 1))
     expected = np.fft.irfftn(spectrum * scale, s=size, axes=axes).reshape(3, -1)
     np.testing.assert_allclose(grey.numpy(), expected, rtol=1e-4, atol=1e-4 * abs(expected).max())
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 7), (12, 9), (6, 10), (16,), (4, 4, 4), (3, 5, 6)])
+def test_the_inverse_matrix_is_the_scaled_inverse_real_fft(size: tuple[int, ...]) -> None:
+    """The product with `_inverse_matrix` is numpy's irfftn of the scaled spectrum in float64,
+    for any complex spectrum: also one whose imaginary parts at frequency 0 and at the Nyquist
+    frequency of an even last axis (which irfftn ignores) are not 0; to float32's rounding."""
+    from lightning_recipes.functional.fmix import _DENSE_ELEMENTS, _inverse_matrix
+
+    assert math.prod(size) <= _DENSE_ELEMENTS
+    half = (*size[:-1], size[-1] // 2 + 1)
+    spectrum = torch.randn((5, *half), dtype=torch.complex64, generator=_gen(12))
+    assert (spectrum.imag.flatten(1)[:, 0] != 0).all()
+    grids = np.meshgrid(
+        *[np.fft.fftfreq(s) for s in size[:-1]], np.fft.rfftfreq(size[-1]), indexing="ij"
+    )
+    scale = 1 / np.maximum(np.sqrt(sum(g**2 for g in grids)), 1 / max(size)) ** 2.0
+    axes = tuple(range(1, len(size) + 1))
+    expected = np.fft.irfftn(spectrum.numpy().astype(np.complex128) * scale, s=size, axes=axes)
+    got = torch.view_as_real(spectrum).reshape(5, -1) @ _inverse_matrix(size, 2.0)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(
+        got.double().numpy(), expected.reshape(5, -1), rtol=0, atol=1e-6 * abs(expected).max()
+    )
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

@@ -6,26 +6,60 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["soft_top_k_mask", "top_k_mask"]
+__all__ = [
+    "SORTED_ELEMENTS",
+    "histogram_top_k_mask",
+    "soft_top_k_mask",
+    "sorted_top_k_mask",
+    "top_k_mask",
+]
+
+# A batch of rows with a count each is ranked by a sort up to this many values in all. The
+# sort's time grows with the values (about 30 ns a value on one CPU thread, mostly branches
+# it mispredicts on fresh data); the histogram is some 25 small ops, about 100 us, at any
+# size up to a few thousand values. At 64 rows of 64 values the two take about as long in
+# a loop (``benchmarks/fmix_small.py``), and in a training step, with the caches cold, the
+# sort's few ops are the faster (``benchmarks/RESULTS.md``, "Digits fit").
+SORTED_ELEMENTS = 4096
 
 
 def top_k_mask(values: Tensor, count: int | Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
     """Per row, 1 (True) at exactly ``count`` positions: those of the highest values.
 
     One count for all rows (a Python int, from a per-batch lam) is an exact ``topk``. A count
-    per row (a tensor) cannot use ``topk``, and a full sort per row is by far the slowest
-    step of FMix on the CPU (torch sorts many rows slowly), so the cut is found with a
-    histogram: every value goes to one of ``N / 4`` equal-width bins of its row, the bin
-    holding the ``count``-th highest value is located from the cumulative counts, values in
-    higher bins are taken, and from that boundary bin (a few values within ``range / (N / 4)``
-    of the cut, all on the mask's contour) exactly the number still needed, in index order.
-    The area is exact; only the choice among near-equal values at the contour differs from a
-    sort.
+    per row (a tensor) cannot use ``topk``: batches of up to :data:`SORTED_ELEMENTS` values
+    are sorted (:func:`sorted_top_k_mask`, exactly the highest values), larger ones go
+    through a histogram (:func:`histogram_top_k_mask`, exactly ``count`` values, which may
+    differ from a sort's choice among near-equal values at the cut).
     """
-    batch, n = values.shape
     if isinstance(count, int):
         top = values.topk(count, dim=1, sorted=False).indices
         return torch.zeros_like(values, dtype=dtype).scatter_(1, top, 1)
+    if values.numel() <= SORTED_ELEMENTS:
+        return sorted_top_k_mask(values, count, dtype)
+    return histogram_top_k_mask(values, count, dtype)
+
+
+def sorted_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
+    """:func:`top_k_mask` with a count per row, by one ``argsort`` of every row."""
+    batch, n = values.shape
+    order = values.argsort(dim=1, descending=True)
+    taken = torch.arange(n, device=values.device) < count.view(batch, 1)
+    return torch.zeros_like(values, dtype=dtype).scatter_(1, order, taken.to(dtype))
+
+
+def histogram_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
+    """:func:`top_k_mask` with a count per row, without a sort (on long rows by far the
+    slowest step of FMix on the CPU: torch sorts many rows slowly).
+
+    Every value goes to one of ``N / 4`` equal-width bins of its row, the bin holding the
+    ``count``-th highest value is located from the cumulative counts, values in higher bins
+    are taken, and from that boundary bin (a few values within ``range / (N / 4)`` of the
+    cut, all on the mask's contour) exactly the number still needed, in index order. The
+    area is exact; only the choice among near-equal values at the contour differs from a
+    sort.
+    """
+    batch, n = values.shape
     bins = max(1, n // 4)
     low, high = values.amin(dim=1, keepdim=True), values.amax(dim=1, keepdim=True)
     # Values mapped to [0, bins - 0.5] (values - low is exact and >= 0), so truncation gives
