@@ -9,7 +9,12 @@ checkouts alternating, so that the machine's load falls on both alike. Two measu
   per sample with ``--per-sample``) on a 64x3x224x224 batch (``--shape``), as a multiple of
   ``x.clone()`` in the same process (median of 15 calls, median of 3 rounds). The children
   inherit the environment, so ``CACHING_MALLOC``'s variables (``benchmarks/mixing.py``) set on
-  the command time them with memory reused.
+  the command time them with memory reused;
+- ``digits-hook``: the same hooks inside digits fits (``ImageClassifier``, batches of 64
+  1x8x8 images, 6 epochs of 19 batches, as ``benchmarks/mixing.py --part fit``), one fit per
+  callback: the median time of a call, in microseconds. Between the fit's other work the
+  hook runs with cold caches, about 2-3 times slower than called in a loop, and this is
+  the time a fit pays.
 
 Usage (the old code in a worktree of the commit to compare with)::
 
@@ -18,6 +23,7 @@ Usage (the old code in a worktree of the commit to compare with)::
     python benchmarks/compare_code.py mixing-hook /tmp/old . --pairs 3
     python benchmarks/compare_code.py mixing-hook /tmp/old . --per-sample --shape 256x3x32x32
     python benchmarks/compare_code.py mixing-hook /tmp/old . --threads 2
+    python benchmarks/compare_code.py digits-hook /tmp/old . --per-sample --pairs 4
 """
 
 from __future__ import annotations
@@ -48,6 +54,36 @@ if what == "fit":
     mj = load("main_job")
     wall, cpu, acc = mj.train_lightning(mj._config(), 30, 0)
     print(json.dumps({"cpu": cpu, "acc": acc}))
+elif what == "digits-hook":
+    import logging, warnings
+    import lightning.pytorch as pl
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    def hook_times(callback):
+        pl.seed_everything(0, verbose=False)
+        times = []
+        hook = callback.on_train_batch_start
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            hook(*args, **kwargs)
+            times.append(time.perf_counter() - start)
+
+        callback.on_train_batch_start = timed
+        trainer = pl.Trainer(
+            accelerator="cpu", devices=1, max_epochs=6, limit_train_batches=19,
+            limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+            enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[callback],
+        )
+        module = lr.ImageClassifier(num_classes=10, in_channels=1, max_lr=0.1)
+        trainer.fit(module, lr.DigitsDataModule(batch_size=64))
+        return statistics.median(times) * 1e6
+
+    names = ["MixUp", "CutMix", "FMix", "RandomMix"]
+    hook_times(lr.MixUp())  # warm-up
+    print(json.dumps({n: hook_times(getattr(lr, n)(per_sample=per_sample)) for n in names}))
 else:
     mb = load("mixing")
     g = torch.Generator().manual_seed(0)
@@ -87,12 +123,13 @@ def _run(root: Path, what: str, shape: str, per_sample: bool, threads: int) -> d
         capture_output=True,
         text=True,
     ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    measured: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return measured
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["fit", "mixing-hook"])
+    parser.add_argument("what", choices=["fit", "mixing-hook", "digits-hook"])
     parser.add_argument("old", type=Path, help="checkout of the code before the change")
     parser.add_argument("new", type=Path, help="checkout of the code after it")
     parser.add_argument("--pairs", type=int, default=3)
@@ -103,7 +140,9 @@ def main() -> None:
         "--shape", default="64x3x224x224", help="`mixing-hook`: the batch, e.g. 256x3x32x32"
     )
     parser.add_argument(
-        "--per-sample", action="store_true", help="`mixing-hook`: the hooks with per_sample=True"
+        "--per-sample",
+        action="store_true",
+        help="`mixing-hook`, `digits-hook`: the hooks with per_sample=True",
     )
     args = parser.parse_args()
     old_root, new_root = args.old.resolve(), args.new.resolve()
@@ -123,10 +162,17 @@ def main() -> None:
             f"new / old per pair: median {statistics.median(ratios):.3f},"
             f" range {min(ratios):.3f}-{max(ratios):.3f}"
         )
-    else:
-        for name in results["old"][0]:
-            old = [r[name] for r in results["old"]]
-            new = [r[name] for r in results["new"]]
+        return
+    for name in results["old"][0]:
+        old = [r[name] for r in results["old"]]
+        new = [r[name] for r in results["new"]]
+        if args.what == "digits-hook":
+            print(
+                f"{name}: us per call in a digits fit, old {min(old):.0f}-{max(old):.0f},"
+                f" new {min(new):.0f}-{max(new):.0f}; new / old of the medians"
+                f" {statistics.median(new) / statistics.median(old):.2f}"
+            )
+        else:
             print(
                 f"{name}: hook / clone, old {min(old):.2f}-{max(old):.2f},"
                 f" new {min(new):.2f}-{max(new):.2f}"

@@ -34,7 +34,9 @@ Every contender of a row is timed in the same interleaved rounds and the median 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import importlib
 import json
 import math
 import os
@@ -43,11 +45,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 
@@ -56,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
 from lightning_recipes.functional._pages import empty_populated_like
 from lightning_recipes.functional._rows import blend_rows
-from lightning_recipes.functional.fmix import _low_frequency_noise
+from lightning_recipes.functional.fmix import _inverse_matrix, _low_frequency_noise
 
 NUM_CLASSES = 10
 # Two settings of glibc's malloc. By default glibc hands every freed allocation of 32 MiB or
@@ -157,6 +160,52 @@ def _fewest_ops_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
     mixed = torch.lerp(x.index_select(0, perm), x, lam.view(-1, *([1] * (x.ndim - 1))))
     targets = torch.nn.functional.one_hot(y, NUM_CLASSES).float()
     return mixed, torch.lerp(targets.index_select(0, perm), targets, lam.unsqueeze(1))
+
+
+class FewestOpsFMix(pl.Callback):
+    """A per-sample FMix step with nothing a hook could leave out, as a callback for the
+    digits fits: a lam per sample (``Beta(1, 1)`` is uniform), partners, the paper's fields
+    by the cheapest kernel here (one matrix product of the spectra, 8x8 inputs), exactly
+    ``round(lam * N)`` ones per mask by one sort, the blend and the soft targets weighted by
+    the masks' means. No checks, no guard, no seeding: the floor of a per-sample FMix hook,
+    to set beside the callback's time in the same fits."""
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        x, y = batch
+        size, n = tuple(x.shape[2:]), math.prod(x.shape[2:])
+        lam = torch.rand(x.shape[0])
+        perm = torch.randperm(x.shape[0])
+        matrix = _inverse_matrix(size, 3.0)
+        field = torch.randn(x.shape[0], matrix.shape[0]) @ matrix
+        order = field.argsort(dim=1, descending=True)
+        taken = (torch.arange(n) < lam.mul_(n).round_().unsqueeze(1)).float()
+        mask = torch.zeros_like(field).scatter_(1, order, taken)
+        batch[0] = torch.lerp(x.index_select(0, perm), x, mask.view(-1, 1, *size))
+        targets = torch.nn.functional.one_hot(y, NUM_CLASSES).float()
+        weights = mask.mean(dim=1, keepdim=True)
+        batch[1] = torch.lerp(targets.index_select(0, perm), targets, weights)
+
+
+@contextlib.contextmanager
+def _kernels_by_size(limits: Mapping[str, int]) -> Iterator[None]:
+    """Inside, FMix's size limits for its small-input kernels are ``limits`` (by name:
+    ``fmix._DENSE_ELEMENTS``, the matrix product instead of the FFT, and
+    ``_fmix_binarise.SORTED_ELEMENTS``, the sort instead of the histogram); 0 turns a kernel
+    off, as before FMix chose it."""
+    modules = {
+        "_DENSE_ELEMENTS": importlib.import_module("lightning_recipes.functional.fmix"),
+        "SORTED_ELEMENTS": importlib.import_module("lightning_recipes.functional._fmix_binarise"),
+    }
+    saved = {name: getattr(modules[name], name) for name in limits}
+    for name, value in limits.items():
+        setattr(modules[name], name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(modules[name], name, value)
 
 
 def callback_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
@@ -549,6 +598,7 @@ def hook_table(rounds: int, budget: float, quick: bool) -> str:
         reused = _hook_medians(command, {**environment, **CACHING_MALLOC})
         fresh = _hook_medians(command, {**environment, **FRESH_MALLOC})
         huge = _hook_medians(command, {**environment, **HUGE_PAGES})
+        contenders: list[tuple[str, str, float | None]]
         contenders = [(name, name, hook_target(name)) for name, _ in HOOKS]
         contenders += [(key, label, None) for key, label in FLOORS]
         for key, label, target in contenders:
@@ -593,11 +643,13 @@ def bench_fit(repeats: int, epochs: int, batches: int) -> str:
     import logging
     import warnings
 
-    import lightning.pytorch as pl
-
     from lightning_recipes import DigitsDataModule, ImageClassifier
 
     def fit(callback_factory: Callable[[], Any] | None) -> tuple[float, float, float]:
+        with _kernels_by_size(limits.get(callback_factory, {})):
+            return one_fit(callback_factory)
+
+    def one_fit(callback_factory: Callable[[], Any] | None) -> tuple[float, float, float]:
         pl.seed_everything(0, verbose=False)
         model = ImageClassifier(num_classes=10, in_channels=1, max_lr=0.1)
         data = DigitsDataModule(batch_size=64)
@@ -633,14 +685,28 @@ def bench_fit(repeats: int, epochs: int, batches: int) -> str:
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+
+    def fmix_histogram() -> FMix:
+        return FMix(per_sample=True)
+
+    def fmix_before() -> FMix:
+        return FMix(per_sample=True)
+
+    limits: dict[Callable[[], Any] | None, dict[str, int]] = {
+        fmix_histogram: {"SORTED_ELEMENTS": 0},
+        fmix_before: {"SORTED_ELEMENTS": 0, "_DENSE_ELEMENTS": 0},
+    }
     contenders: dict[str, Callable[[], Any] | None] = {
         "none": None,
         "MixUp": MixUp,
         "CutMix": CutMix,
         "FMix": FMix,
         "RandomMix": RandomMix,
+        "MixUp per sample": lambda: MixUp(per_sample=True),
         "FMix per sample": lambda: FMix(per_sample=True),
-        "FMix per sample, exact sampler": lambda: FMix(per_sample=True, mask_sampler="exact"),
+        "FMix per sample, with the histogram at every size": fmix_histogram,
+        "FMix per sample, with the FFT and the histogram at every size": fmix_before,
+        "floor: the fewest ops of a per-sample FMix step": FewestOpsFMix,
     }
     fit(None)  # warm-up
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in contenders}
