@@ -203,6 +203,17 @@ def test_fmix_masks_are_binary_with_exact_area(size: tuple[int, ...], sampler: s
     assert torch.equal(masks.flatten(1).sum(1), expected)
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("size", [(8, 8), (32, 32), (64,), (300,)])
+def test_no_lam_gives_no_masks(size: tuple[int, ...], sampler: str) -> None:
+    """An empty `lam` (no sample) gives masks of shape (0, *size), of the dtype asked for,
+    for every kernel: the small fields' product, the FFT, the fast sampler's lattice."""
+    for shape in [(0,), (2, 0)]:
+        masks = sample_fmix_mask(size, torch.zeros(shape), mask_sampler=sampler, dtype=torch.half)
+        assert masks.shape == (*shape, *size)
+        assert masks.dtype == torch.half
+
+
 @pytest.mark.parametrize("copies", [1, 20])
 def test_top_k_selection_is_exact_with_ties(copies: int) -> None:
     """The binarisation takes exactly `count` values per row, never a lower one before a

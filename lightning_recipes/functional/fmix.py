@@ -139,6 +139,8 @@ def _sample_mask(
     n = math.prod(size)
     batch_shape = tuple(lam.shape) if isinstance(lam, Tensor) else ()
     batch = math.prod(batch_shape)
+    if batch == 0:  # no sample: no mask (the FFT and the reshapes below refuse empty input)
+        return torch.empty((*batch_shape, *size), dtype=dtype, device=device)
     if count is None:
         count = _count(lam, n)
     if mask_sampler == "fast" and max_soft == 0.0:
