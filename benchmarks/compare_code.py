@@ -55,6 +55,8 @@ if what == "fit":
     wall, cpu, acc = mj.train_lightning(mj._config(), 30, 0)
     print(json.dumps({"cpu": cpu, "acc": acc}))
 elif what == "digits-hook":
+    # The fit is written out here, not taken from the checkout's benchmarks/mixing.py: an
+    # older checkout's scripts may lack it, and both sides must run the same fit.
     import logging, warnings
     import lightning.pytorch as pl
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)

@@ -17,9 +17,9 @@ __all__ = [
 # A batch of rows with a count each is ranked by a sort up to this many values in all. The
 # sort's time grows with the values (about 30 ns a value on one CPU thread, mostly branches
 # it mispredicts on fresh data); the histogram is some 25 small ops, about 100 us, at any
-# size up to a few thousand values. At 64 rows of 64 values the two take about as long in
-# a loop (``benchmarks/fmix_small.py``), and in a training step, with the caches cold, the
-# sort's few ops are the faster (``benchmarks/RESULTS.md``, "Digits fit").
+# size up to a few thousand values. At 64 rows of 64 values the sort takes 1.2x the
+# histogram's time in a loop (``benchmarks/fmix_small.py``), and in a training step, with
+# the caches cold, its few ops are the faster (``benchmarks/RESULTS.md``, "Digits fit").
 SORTED_ELEMENTS = 4096
 
 
@@ -45,7 +45,8 @@ def sorted_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.
     batch, n = values.shape
     order = values.argsort(dim=1, descending=True)
     taken = torch.arange(n, device=values.device) < count.view(batch, 1)
-    return torch.zeros_like(values, dtype=dtype).scatter_(1, order, taken.to(dtype))
+    # Each row of `order` is a permutation: the scatter writes every element, so no zeros.
+    return torch.empty_like(values, dtype=dtype).scatter_(1, order, taken.to(dtype))
 
 
 def histogram_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:

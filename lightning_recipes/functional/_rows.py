@@ -46,6 +46,7 @@ __all__ = [
     "blend_box_rows",
     "blend_mask_rows",
     "blend_rows",
+    "finite_sums",
     "guard_dtype",
     "paste_rows",
     "rows_pay",
@@ -64,6 +65,13 @@ def guard_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the non-finite guard sums a sample in: its own, float32 for float16 (whose
     sums of finite images overflow; see ``blend._finite_partners``)."""
     return torch.float32 if dtype == torch.float16 else dtype
+
+
+def finite_sums(sums: Tensor) -> Tensor:
+    """Whether each of the guard's sums is finite: ``|sum| < inf``, False for NaN and for
+    either inf alike. Two ops where ``isfinite`` of a float tensor takes four (``x == x``,
+    ``abs``, ``!= inf``, ``and``): on small batches each op counts."""
+    return sums.abs() < math.inf
 
 
 def _guarded_rows(
@@ -89,7 +97,7 @@ def _guarded_rows(
             before(i)
         torch.sum(partners[j], dim=dims, dtype=sums.dtype, out=totals[i])
         mix(i, j)
-    partner_finite = sums.isfinite()
+    partner_finite = finite_sums(sums)
     if not bool(partner_finite.all()):
         # Rare: the samples whose partner is broken are mixed with themselves instead.
         for i in (~partner_finite).nonzero().flatten().tolist():
@@ -176,14 +184,14 @@ def paste_rows(x: Tensor, region: tuple[slice, ...], perm: Tensor) -> tuple[Tens
     batch = x.shape[0]
     sums = torch.empty(batch, dtype=guard_dtype(x.dtype))
     dims = tuple(range(1, x.ndim))
-    step = max(1, _PASTE_CHUNK_BYTES // max(1, x[0].numel() * x.element_size()))
+    step = max(1, _PASTE_CHUNK_BYTES // max(1, math.prod(x.shape[1:]) * x.element_size()))
     for start in range(0, batch, step):
         chunk = slice(start, min(start + step, batch))
         out[chunk].copy_(x[chunk])
         # The sample's own box, in the cache after the copy: whether it can be given.
         torch.sum(into[chunk], dim=dims, dtype=sums.dtype, out=sums[chunk])
         torch.index_select(boxes, 0, perm[chunk], out=into[chunk])
-    partner_finite = sums.isfinite().index_select(0, perm)
+    partner_finite = finite_sums(sums).index_select(0, perm)
     if not bool(partner_finite.all()):
         # Rare: the samples whose partner's box is broken get their own box back.
         for i in (~partner_finite).nonzero().flatten().tolist():

@@ -11,14 +11,12 @@ Finding such partners costs one reduction over the batch and no host-device sync
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from lightning_recipes._validation import check_inplace, check_input, check_perm
 from lightning_recipes.functional._fused import fused_blend_finite
-from lightning_recipes.functional._rows import blend_rows, guard_dtype, rows_pay
+from lightning_recipes.functional._rows import blend_rows, finite_sums, guard_dtype, rows_pay
 
 __all__ = ["blend"]
 
@@ -109,10 +107,7 @@ def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     if x.ndim == 1:
         finite = x.isfinite()
     else:
-        sums = x.sum(dim=tuple(range(1, x.ndim)), dtype=guard_dtype(x.dtype))
-        # `isfinite` of a float tensor is four ops (x == x, abs, != inf, and); below |x| < inf,
-        # False for NaN and for either inf alike, is two: on small batches each op counts.
-        finite = sums.abs() < math.inf
+        finite = finite_sums(x.sum(dim=tuple(range(1, x.ndim)), dtype=guard_dtype(x.dtype)))
     partner_finite = finite.index_select(0, perm)
     own = torch.arange(perm.shape[0], device=perm.device)
     return torch.where(partner_finite, perm, own), partner_finite

@@ -141,8 +141,6 @@ def _sample_mask(
     batch = math.prod(batch_shape)
     if batch == 0:  # no sample: no mask (the FFT and the reshapes below refuse empty input)
         return torch.empty((*batch_shape, *size), dtype=dtype, device=device)
-    if count is None:
-        count = _count(lam, n)
     if mask_sampler == "fast" and max_soft == 0.0:
         field, matrix = field_parts(batch, size, decay_power, generator, device)
         points = lattice_points(field, matrix)
@@ -152,6 +150,8 @@ def _sample_mask(
         else:
             mask = threshold_mask(upsample_first(field, matrix), points, kept)
         return mask.to(dtype).view(*batch_shape, *size)
+    if count is None:
+        count = _count(lam, n)
     noise = fast_field if mask_sampler == "fast" else _low_frequency_noise
     grey = noise(batch, size, decay_power, generator, device).reshape(batch, -1)
     if max_soft == 0.0:
@@ -340,12 +340,13 @@ def _fmix_mask(
     size = tuple(x.shape[-ndim:])
     mask_sampler = _resolve_sampler(size, decay_power, max_soft, mask_sampler)
     n = math.prod(size)
-    count = _count(lam, n)
+    # Only the exact sampler's binary masks are weighted by their count (below); counted once.
+    count = _count(lam, n) if mask_sampler == "exact" and max_soft == 0.0 else None
     mask = _sample_mask(
         size, lam, decay_power, max_soft, generator, x.device, x.dtype, mask_sampler, count
     )
     mask = mask.view(-1, *([1] * (x.ndim - 1 - ndim)), *size)
-    if max_soft > 0.0 or mask_sampler == "fast":
+    if count is None:
         # The mean of the mask as applied (in x.dtype): (1,) or (batch,). The fast sampler's
         # mask holds round(lam * n) ones only where its grid is the input's.
         weights = mask.flatten(1).float().mean(dim=1).expand(x.shape[0]).contiguous()
