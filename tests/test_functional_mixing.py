@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -214,8 +214,21 @@ def test_no_lam_gives_no_masks(size: tuple[int, ...], sampler: str) -> None:
         assert masks.dtype == torch.half
 
 
+def _ranker(name: str) -> Callable[..., torch.Tensor]:
+    """A ranking of FMix's binarisation by name: ``top_k_mask`` chooses by size and device;
+    the others are its kernels, called directly (``argsort`` runs on accelerators, so here
+    only when called by name)."""
+    from lightning_recipes.functional import _fmix_binarise
+
+    return cast("Callable[..., torch.Tensor]", getattr(_fmix_binarise, name))
+
+
 @pytest.mark.parametrize("copies", [1, 20])
-def test_top_k_selection_is_exact_with_ties(copies: int) -> None:
+@pytest.mark.parametrize(
+    "ranker",
+    ["top_k_mask", "argsort_top_k_mask", "threshold_top_k_mask", "histogram_top_k_mask"],
+)
+def test_top_k_selection_is_exact_with_ties(copies: int, ranker: str) -> None:
     """The binarisation takes exactly `count` values per row, never a lower one before a
     higher one, also when many values are equal (constant rows, few levels); for a small
     batch (a sort) and for one of more than SORTED_ELEMENTS values (the histogram)."""
@@ -225,28 +238,36 @@ def test_top_k_selection_is_exact_with_ties(copies: int) -> None:
     count = torch.tensor([0, 1, 13, 20, 39, 40, 7, 33])
     values, count = values.repeat(copies, 1), count.repeat(copies)
     assert (values.numel() <= SORTED_ELEMENTS) == (copies == 1)
-    for mask in (top_k_mask(values, count), top_k_mask(values[:1], 17)):
+    masks = [(_ranker(ranker)(values, count), count)]
+    if ranker == "top_k_mask":  # one count for all rows: topk
+        masks.append((top_k_mask(values[:1], 17), torch.tensor([17])))
+    for mask, counts in masks:
         rows = mask.shape[0]
-        assert torch.equal(mask.sum(1), count[:rows] if rows > 1 else torch.tensor([17]))
+        assert torch.equal(mask.sum(1), counts)
         taken = torch.where(mask, values[:rows], float("inf")).amin(1)
         left = torch.where(mask, float("-inf"), values[:rows]).amax(1)
         assert (taken >= left).all()
 
 
 @pytest.mark.parametrize("shape", [(1, 7), (64, 64), (3, 128), (16, 256)])
-def test_small_batches_take_exactly_the_highest_values(shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize("ranker", ["top_k_mask", "argsort_top_k_mask", "threshold_top_k_mask"])
+def test_small_batches_take_exactly_the_highest_values(shape: tuple[int, int], ranker: str) -> None:
     """Up to SORTED_ELEMENTS values in all (64 masks of 8x8 among them), each row keeps
-    exactly its `count` highest values, as numpy's sort ranks them; in dtype."""
-    from lightning_recipes.functional._fmix_binarise import SORTED_ELEMENTS, top_k_mask
+    exactly its `count` highest values, as numpy's sort ranks them, counts of 0 and of the
+    whole row included; in dtype."""
+    from lightning_recipes.functional._fmix_binarise import SORTED_ELEMENTS
 
     assert math.prod(shape) <= SORTED_ELEMENTS
     values = torch.randn(shape, generator=_gen(3))
     count = torch.randint(0, shape[1] + 1, (shape[0],), generator=_gen(4))
-    count[0] = shape[1]
+    count[-1], count[0] = 0, shape[1]
     rank = np.argsort(np.argsort(-values.numpy(), axis=1, kind="stable"), axis=1)
     expected = torch.from_numpy(rank < count.numpy()[:, None])
-    assert torch.equal(top_k_mask(values, count), expected)
-    assert torch.equal(top_k_mask(values, count, torch.float16), expected.half())
+    rank_by = _ranker(ranker)
+    assert torch.equal(rank_by(values, count), expected)
+    for dtype in (torch.float16, torch.float32):
+        mask = rank_by(values, count, dtype)
+        assert mask.dtype == dtype and torch.equal(mask, expected.to(dtype))
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -311,6 +332,38 @@ def test_the_inverse_matrix_is_the_scaled_inverse_real_fft(size: tuple[int, ...]
     np.testing.assert_allclose(
         got.double().numpy(), expected.reshape(5, -1), rtol=0, atol=1e-6 * abs(expected).max()
     )
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9,), (4, 4, 4), (7, 11)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_small_inputs_draw_the_general_paths_masks_in_fewer_ops(
+    size: tuple[int, ...], dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-sample masks of small CPU inputs (`_dense_masks`) are the masks the general path
+    draws from the same generator with torch's argsort, bit for bit, and their weights are
+    round(lam * N) / N in float32; lam of 0 and 1 included. Batches of more values than a
+    sort ranks keep the general path (its histogram chooses among near-equal values)."""
+    from lightning_recipes.functional import _fmix_binarise
+    from lightning_recipes.functional.fmix import _dense_masks_apply, _fmix_mask
+
+    n = math.prod(size)
+    batch = _fmix_binarise.SORTED_ELEMENTS // 80
+    lam = torch.rand(batch, generator=_gen(20))
+    lam[:4] = torch.tensor([0.0, 1.0, 0.4 / n, 1 - 0.4 / n])
+    x = torch.zeros(batch, 2, *size, dtype=dtype)
+    assert _dense_masks_apply(x, lam, n, 0.0, "exact")
+    more = _fmix_binarise.SORTED_ELEMENTS // n + 1
+    assert not _dense_masks_apply(torch.zeros(more, 2, *size), torch.rand(more), n, 0.0, "exact")
+    options: dict[str, Any] = {"decay_power": 3.0, "max_soft": 0.0, "spatial_dims": None}
+    mask, weights = _fmix_mask(x, lam, generator=_gen(21), mask_sampler="exact", **options)
+    monkeypatch.setattr(_fmix_binarise, "_NUMPY_DTYPES", {})  # rank by torch's argsort
+    expected = sample_fmix_mask(size, lam, generator=_gen(21), dtype=dtype, mask_sampler="exact")
+    assert mask.dtype == dtype and mask.shape == (batch, 1, *size)
+    assert torch.equal(mask.squeeze(1), expected)
+    counts = np.rint(lam.numpy() * np.float32(n)).astype(np.float32)
+    assert weights.dtype == torch.float32
+    assert torch.equal(weights, torch.from_numpy(counts / np.float32(n)))
+    assert counts[0] == 0 and counts[1] == n and counts[2] == 0 and counts[3] == n
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

@@ -487,6 +487,28 @@ _X, _Y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 0])
         (MixUp(), [_X.to(torch.uint8), _Y], 3, TypeError, r"`batch\[0\]` must be a floating-"),
         (MixUp(), [torch.randn(0, 3), _Y[:0]], 3, ValueError, r"`batch\[0\]` must have a non-"),
         (MixUp(), [_X, torch.tensor([0, 1, 2, 3])], 3, ValueError, r"`batch\[1\]` must hold"),
+        (
+            MixUp(per_sample=True),
+            [_X, torch.tensor([0, -1, 2, 0])],
+            3,
+            ValueError,
+            r"^MixUp: `batch\[1\]` must hold class indices in \[0, 3\), got values in \[-1, 2\]$",
+        ),
+        (
+            FMix(per_sample=True),
+            {"image": _X, "target": torch.tensor([0, 1, 2, 7], dtype=torch.int32)},
+            3,
+            ValueError,
+            r"^FMix: `batch\['target'\]` must hold class indices in \[0, 3\), got values in"
+            r" \[0, 7\]$",
+        ),
+        (  # unmixed (the schedule stopped at epoch 0): the targets are still checked
+            CutMix(stop_epoch=0),
+            [_X, torch.tensor([3, 0, 1, 2])],
+            3,
+            ValueError,
+            r"^CutMix: `batch\[1\]` must hold class indices in \[0, 3\), got values in \[0, 3\]$",
+        ),
         (MixUp(), [_X, _Y[:3]], 3, ValueError, r"`batch\[1\]` must be integer labels of shape"),
         (MixUp(), [_X, torch.rand(4, 5)], 3, ValueError, r"`batch\[1\]` must have `num_classes`"),
         (MixUp(), [_X, _Y], None, ValueError, r"`num_classes` is needed .* to MixUp"),
@@ -506,6 +528,20 @@ def test_batch_errors_name_the_callback_the_item_and_the_fix(
 ) -> None:
     with pytest.raises(error, match=match):
         _fit_batch(tmp_path, callback, batch, num_classes)
+
+
+@pytest.mark.parametrize("factory", [MixUp, CutMix, FMix], ids=lambda f: f.__name__)
+def test_labels_out_of_range_stop_the_step_before_anything_is_mixed(
+    tmp_path: Path, factory: Callable[..., MixingCallback]
+) -> None:
+    """The label range is checked before the mix: an in-place callback leaves the batch's
+    images as they were, and the error names the labels."""
+    callback, name = factory(per_sample=True, inplace=True), factory.__name__
+    x = torch.randn(4, 1, 6, 6)
+    own = x.clone()
+    with pytest.raises(ValueError, match=rf"^{name}: `batch\[1\]` must hold class indices"):
+        _fit_batch(tmp_path, callback, [own, torch.tensor([0, 1, 4, 0])])
+    assert torch.equal(own, x)
 
 
 def test_stop_fraction_needs_a_run_of_known_length(tmp_path: Path) -> None:

@@ -3,24 +3,34 @@ paper's ``binarise_mask``), hard or with its soft edge."""
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 from torch import Tensor
 
 __all__ = [
     "SORTED_ELEMENTS",
+    "argsort_top_k_mask",
     "histogram_top_k_mask",
     "soft_top_k_mask",
     "sorted_top_k_mask",
+    "threshold_top_k_mask",
     "top_k_mask",
 ]
 
-# A batch of rows with a count each is ranked by a sort up to this many values in all. The
-# sort's time grows with the values (about 30 ns a value on one CPU thread, mostly branches
-# it mispredicts on fresh data); the histogram is some 25 small ops, about 100 us, at any
-# size up to a few thousand values. At 64 rows of 64 values the sort takes 1.2x the
-# histogram's time in a loop (``benchmarks/fmix_small.py``), and in a training step, with
-# the caches cold, its few ops are the faster (``benchmarks/RESULTS.md``, "Digits fit").
+# A batch of rows with a count each is ranked by a sort up to this many values in all; the
+# histogram's some 25 small ops cost about the same at any size up to a few thousand values,
+# so it is the cheaper above (``benchmarks/fmix_small.py``).
 SORTED_ELEMENTS = 4096
+
+# The dtypes whose CPU tensors numpy shares without a copy (bfloat16 has no numpy dtype).
+_NUMPY_DTYPES = {
+    torch.bool: np.bool_,
+    torch.float16: np.float16,
+    torch.float32: np.float32,
+    torch.float64: np.float64,
+}
 
 
 def top_k_mask(values: Tensor, count: int | Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
@@ -41,12 +51,55 @@ def top_k_mask(values: Tensor, count: int | Tensor, dtype: torch.dtype = torch.b
 
 
 def sorted_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
+    """:func:`top_k_mask` with a count per row, by a sort of every row: on the CPU
+    :func:`threshold_top_k_mask`, elsewhere :func:`argsort_top_k_mask`."""
+    on_host = values.device.type == "cpu" and not values.requires_grad
+    if on_host and values.dtype in _NUMPY_DTYPES and dtype in _NUMPY_DTYPES:
+        return threshold_top_k_mask(values, count, dtype)
+    return argsort_top_k_mask(values, count, dtype)
+
+
+def argsort_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
     """:func:`top_k_mask` with a count per row, by one ``argsort`` of every row."""
     batch, n = values.shape
     order = values.argsort(dim=1, descending=True)
     taken = torch.arange(n, device=values.device) < count.view(batch, 1)
     # Each row of `order` is a permutation: the scatter writes every element, so no zeros.
     return torch.empty_like(values, dtype=dtype).scatter_(1, order, taken.to(dtype))
+
+
+def threshold_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
+    """:func:`top_k_mask` with a count per row of finite CPU values, by numpy: each row's
+    ``count``-th highest value is read from its sorted copy, and the values at or above it
+    are taken; where a row holds ties at that value, as many of them as it still needs, in
+    index order.
+
+    numpy, not torch, because torch's CPU sort of short rows is slow (some 120 us for 64 rows
+    of 64 fresh values on one thread, mostly branches it mispredicts) where numpy's
+    vectorised sort takes a few us (``benchmarks/fmix_small.py``). The tensors share their
+    memory with the arrays: no copy.
+    """
+    v, k = values.numpy(), count.numpy()
+    batch, n = v.shape
+    # A sentinel of +inf after each row's values makes a count of 0 select nothing, with
+    # no special case: the row's threshold is then +inf, above every finite value.
+    ranked = np.empty((batch, n + 1), dtype=v.dtype)
+    ranked[:, n] = np.inf
+    ranked[:, :n] = v
+    ranked[:, :n].sort(axis=1)
+    cut = ranked[_rows(batch), n - k].reshape(batch, 1)
+    mask = v >= cut
+    if np.count_nonzero(mask) != k.sum():  # ties at some row's cut (rare, bar tests)
+        above, at = v > cut, v == cut
+        need = k.reshape(batch, 1) - above.sum(axis=1, keepdims=True)
+        mask = above | (at & (np.cumsum(at, axis=1) <= need))
+    return torch.from_numpy(mask.astype(_NUMPY_DTYPES[dtype], copy=False))
+
+
+@functools.lru_cache(maxsize=16)
+def _rows(batch: int) -> np.ndarray:
+    """``arange(batch)``, the row index of a numpy gather (cached: only read)."""
+    return np.arange(batch)
 
 
 def histogram_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:

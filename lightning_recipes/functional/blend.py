@@ -11,6 +11,8 @@ Finding such partners costs one reduction over the batch and no host-device sync
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -109,8 +111,13 @@ def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     else:
         finite = finite_sums(x.sum(dim=tuple(range(1, x.ndim)), dtype=guard_dtype(x.dtype)))
     partner_finite = finite.index_select(0, perm)
-    own = torch.arange(perm.shape[0], device=perm.device)
-    return torch.where(partner_finite, perm, own), partner_finite
+    return torch.where(partner_finite, perm, _own(perm.shape[0], perm.device)), partner_finite
+
+
+@functools.lru_cache(maxsize=16)
+def _own(batch_size: int, device: torch.device) -> Tensor:
+    """``arange(batch_size)``, each sample its own partner (cached: only read)."""
+    return torch.arange(batch_size, device=device)
 
 
 def _blend(x: Tensor, perm: Tensor, weight: float | Tensor, inplace: bool) -> Tensor:

@@ -6,6 +6,7 @@ training step needs no host-device transfer and a test can pin them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -45,8 +46,14 @@ def sample_lam(
     alpha = check_alpha(alpha)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
-    concentration = torch.full((*size, 2), alpha, dtype=torch.float32, device=device)
-    return _sample_beta(concentration, generator)
+    return _sample_beta(_concentration(alpha, tuple(size), torch.device(device)), generator)
+
+
+@functools.lru_cache(maxsize=16)
+def _concentration(alpha: float, size: tuple[int, ...], device: torch.device) -> Tensor:
+    """``(*size, 2)`` float32 filled with ``alpha`` (cached: the callbacks draw from the same
+    one on every batch, and the sampler only reads it)."""
+    return torch.full((*size, 2), alpha, dtype=torch.float32, device=device)
 
 
 def _sample_beta(concentration: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -89,6 +96,13 @@ def sample_partners(
     check_int(batch_size, "batch_size", minimum=1)
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
+    return _sample_partners(batch_size, generator, torch.device(device))
+
+
+def _sample_partners(
+    batch_size: int, generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """:func:`sample_partners` on checked arguments (the callbacks' batch sizes are)."""
     order = torch.randperm(batch_size, generator=generator, device=device)
     # perm[order[j]] = order[j - 1]: one cycle through the shuffled order.
     return torch.empty_like(order).scatter_(0, order, order.roll(1))

@@ -17,6 +17,7 @@ from lightning_recipes._compat import callback_state_key, should_update_logs
 from lightning_recipes._validation import (
     check_bool,
     check_int,
+    check_label_range,
     check_label_smoothing,
     check_num_classes,
     check_probability,
@@ -143,13 +144,12 @@ class MixingCallback(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         items = self._read(batch)
+        targets = self._targets(items)
         randomness = self._randomness(items.x.device)
         self._batches += 1
         mixed = None
         if items.x.shape[0] > 1 and self._schedule.active(trainer):
             mixed = self._mix(items.x, randomness)
-        # The targets were checked in `_read`, so the unchecked target functions do.
-        targets = _soft_targets(items.y, items.num_classes, self.label_smoothing)
         if mixed is None:
             batch[items.target_key] = targets
         else:
@@ -196,6 +196,25 @@ class MixingCallback(Callback):
             )
         self._labels_checked = self._labels_checked or not items.y.is_floating_point()
         return items
+
+    def _targets(self, items: BatchItems) -> Tensor:
+        """The batch's float32 soft targets, before anything is mixed.
+
+        On the CPU the range of integer labels is checked here, by the one-hot ``scatter_``
+        itself, which refuses an index outside ``[0, num_classes)``: a separate check would
+        add three ops to every batch (a small op costs some 10 us inside a training step,
+        ``benchmarks/RESULTS.md``), and its error is turned into the check's ``ValueError``.
+        On an accelerator ``_read`` checks the first batch's labels (the scatter would only
+        trip a device-side assert).
+        """
+        try:
+            return _soft_targets(items.y, items.num_classes, self.label_smoothing)
+        except RuntimeError:
+            if items.y.is_floating_point() or items.y.device.type != "cpu":
+                raise
+            with errors_named(self):
+                check_label_range(items.y, items.num_classes, f"batch[{items.target_key!r}]")
+            raise
 
     def _check_layout(self, x: Tensor, name: str) -> None:
         """Raises if ``x`` (the batch item called ``name``) has too few dims for a method."""

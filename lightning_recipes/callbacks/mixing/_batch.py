@@ -2,7 +2,8 @@
 
 The callbacks mix the batch in place: a list ``[x, y, ...]`` by index, or a dict by key, with
 default keys tried in order when none is given. Every check reads metadata only, except the
-label range (free on the CPU, once per run on an accelerator, where it synchronises).
+label range: once per run on an accelerator, where it synchronises; on the CPU the callbacks'
+one-hot targets check it on every batch.
 """
 
 from __future__ import annotations
@@ -66,8 +67,9 @@ def read_batch(
         owner: The callback's class name, for the messages.
         inplace: Whether the input will be written to (a view is refused then).
         check_layout: Raises if the input has too few dims for the callback's methods.
-        check_labels: Whether to check the range of integer labels on an accelerator too
-            (they are always checked on the CPU, where it costs no sync).
+        check_labels: Whether to check the range of integer labels on an accelerator (it
+            synchronises, so the callbacks check the first batch only). On the CPU the
+            callbacks' one-hot targets check it on every batch, for free.
     """
     input_key, target_key = _batch_keys(batch, *keys, owner=owner)
     x_name, y_name = f"batch[{input_key!r}]", f"batch[{target_key!r}]"
@@ -82,7 +84,7 @@ def read_batch(
             " attribute or hyperparameter, got None"
         )
     classes = check_targets(y, x.shape[0], num_classes, y_name)
-    if not y.is_floating_point() and (y.device.type == "cpu" or check_labels):
+    if check_labels and not y.is_floating_point() and y.device.type != "cpu":
         check_label_range(y, classes, y_name)
     return BatchItems(input_key, target_key, x, y, classes)
 

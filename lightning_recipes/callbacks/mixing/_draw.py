@@ -26,7 +26,7 @@ from lightning_recipes.callbacks.mixing._randomness import (
     per_sample_lam,
 )
 from lightning_recipes.functional._rows import blend_box_rows, rows_pay
-from lightning_recipes.functional.sampling import sample_partners
+from lightning_recipes.functional.sampling import _sample_partners
 
 __all__ = ["Draw", "Methods", "apply_mix", "draw_mix"]
 
@@ -84,7 +84,7 @@ def draw_mix(
             return None
         index = 0 if choice is None else choice.per_batch(python)
         lam = python.betavariate(alphas[index], alphas[index])
-        perm = sample_partners(batch_size, generator=generator, device=device)
+        perm = _sample_partners(batch_size, generator, device)
         if kernels[index].batch_draw_on_cpu:
             generator = randomness.cpu_generator
         return Draw(index, lam, perm, generator)
@@ -94,7 +94,7 @@ def draw_mix(
         method = choice.per_sample(batch_size, generator)
         alpha = _alpha_per_sample(alphas, method)
     lam_per_sample = per_sample_lam(alpha, p, batch_size, generator)
-    perm = sample_partners(batch_size, generator=generator, device=device)
+    perm = _sample_partners(batch_size, generator, device)
     return Draw(method, lam_per_sample, perm, generator)
 
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from lightning_recipes.functional.sampling import _sample_beta, sample_lam
+from lightning_recipes.functional.sampling import _concentration, _sample_beta
 
 __all__ = ["BatchRandomness", "MethodChoice", "RandomSource", "per_sample_lam", "run_seed"]
 
@@ -110,7 +110,7 @@ def per_sample_lam(
     if isinstance(alpha, Tensor):
         lam = _sample_beta(alpha.unsqueeze(-1).expand(batch_size, 2).contiguous(), generator)
     else:
-        lam = sample_lam(alpha, (batch_size,), generator=generator, device=device)
+        lam = _sample_beta(_concentration(alpha, (batch_size,), device), generator)
     if p < 1.0:
         keep = torch.rand(batch_size, generator=generator, device=device) < p
         lam = torch.where(keep, lam, 1.0)
