@@ -34,9 +34,8 @@ Every contender of a row is timed in the same interleaved rounds and the median 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
-import importlib
+import itertools
 import json
 import math
 import os
@@ -45,7 +44,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -59,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
 from lightning_recipes.functional._pages import empty_populated_like
 from lightning_recipes.functional._rows import blend_rows
-from lightning_recipes.functional.fmix import _inverse_matrix, _low_frequency_noise
+from lightning_recipes.functional.fmix import _dense_masks, _low_frequency_noise
 
 NUM_CLASSES = 10
 # Two settings of glibc's malloc. By default glibc hands every freed allocation of 32 MiB or
@@ -164,48 +163,23 @@ def _fewest_ops_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
 
 class FewestOpsFMix(pl.Callback):
     """A per-sample FMix step with nothing a hook could leave out, as a callback for the
-    digits fits: a lam per sample (``Beta(1, 1)`` is uniform), partners, the paper's fields
-    by the cheapest kernel here (one matrix product of the spectra, 8x8 inputs), exactly
-    ``round(lam * N)`` ones per mask by one sort, the blend and the soft targets weighted by
-    the masks' means. No checks, no guard, no seeding: the floor of a per-sample FMix hook,
-    to set beside the callback's time in the same fits."""
+    digits fits: a lam per sample (``Beta(1, 1)`` is uniform), partners, the paper's masks by
+    the fastest kernels here (``fmix._dense_masks``: the fields by one matrix product of the
+    spectra, exactly ``round(lam * N)`` ones per mask by numpy's sort), the blend and the
+    soft targets weighted by the masks' means. No checks, no guard, no seeding: the floor of
+    a per-sample FMix hook, to set beside the callback's time in the same fits."""
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         x, y = batch
-        size, n = tuple(x.shape[2:]), math.prod(x.shape[2:])
+        size = tuple(x.shape[2:])
         lam = torch.rand(x.shape[0])
         perm = torch.randperm(x.shape[0])
-        matrix = _inverse_matrix(size, 3.0)
-        field = torch.randn(x.shape[0], matrix.shape[0]) @ matrix
-        order = field.argsort(dim=1, descending=True)
-        taken = (torch.arange(n) < lam.mul_(n).round_().unsqueeze(1)).float()
-        mask = torch.zeros_like(field).scatter_(1, order, taken)
+        mask, weights = _dense_masks(size, lam, 3.0, None, x.dtype)
         batch[0] = torch.lerp(x.index_select(0, perm), x, mask.view(-1, 1, *size))
         targets = torch.nn.functional.one_hot(y, NUM_CLASSES).float()
-        weights = mask.mean(dim=1, keepdim=True)
-        batch[1] = torch.lerp(targets.index_select(0, perm), targets, weights)
-
-
-@contextlib.contextmanager
-def _kernels_by_size(limits: Mapping[str, int]) -> Iterator[None]:
-    """Inside, FMix's size limits for its small-input kernels are ``limits`` (by name:
-    ``fmix._DENSE_ELEMENTS``, the matrix product instead of the FFT, and
-    ``_fmix_binarise.SORTED_ELEMENTS``, the sort instead of the histogram); 0 turns a kernel
-    off, as before FMix chose it."""
-    modules = {
-        "_DENSE_ELEMENTS": importlib.import_module("lightning_recipes.functional.fmix"),
-        "SORTED_ELEMENTS": importlib.import_module("lightning_recipes.functional._fmix_binarise"),
-    }
-    saved = {name: getattr(modules[name], name) for name in limits}
-    for name, value in limits.items():
-        setattr(modules[name], name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(modules[name], name, value)
+        batch[1] = torch.lerp(targets.index_select(0, perm), targets, weights.unsqueeze(1))
 
 
 def callback_step(callback: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], Any]:
@@ -636,6 +610,106 @@ def hook_table(rounds: int, budget: float, quick: bool) -> str:
     )
 
 
+# The callbacks of the digits fits: each callback by default (per batch), the per-sample ones
+# and the floor of a per-sample FMix step.
+FIT_CALLBACKS: dict[str, Callable[[], Any]] = {
+    "MixUp": MixUp,
+    "CutMix": CutMix,
+    "FMix": FMix,
+    "RandomMix": RandomMix,
+    "MixUp per sample": lambda: MixUp(per_sample=True),
+    "FMix per sample": lambda: FMix(per_sample=True),
+    "RandomMix per sample": lambda: RandomMix(per_sample=True),
+    "floor: the fewest ops of a per-sample FMix step": FewestOpsFMix,
+}
+
+
+def _digits_trainer(epochs: int, batches: int, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """The Trainer of the digits fits: one CPU process, training steps only, nothing written."""
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
+
+
+class _StepClock(pl.Callback):
+    """Records the CPU time at the start of every training step, with its global step."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[int, float]] = []
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.marks.append((trainer.global_step, time.process_time()))
+
+
+def bench_steps(repeats: int, epochs: int, batches: int) -> str:
+    """The cost of each callback per training step, in fits where it mixes every other step:
+    the median CPU time of the steps it mixed over that of the steps it did not, both taken
+    from one fit, so that the machine's load, which moves the whole-fit ratios by several
+    hundredths from one fit to the next, is the same for both. A step's time runs from its
+    start to the next step's (the hook, forward, backward, optimizer and the loop), within an
+    epoch. Per step there is no fixed cost of the fit (setup, epoch ends) to dilute the
+    ratio, so it is at least the whole fit's."""
+    import logging
+    import warnings
+
+    from lightning_recipes import DigitsDataModule, ImageClassifier
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    def one_fit(factory: Callable[[], Any]) -> float:
+        pl.seed_everything(0, verbose=False)
+        callback, clock = factory(), _StepClock()
+        hook = callback.on_train_batch_start
+
+        def every_other_step(trainer: pl.Trainer, *args: Any) -> None:
+            if trainer.global_step % 2 == 0:
+                hook(trainer, *args)
+
+        callback.on_train_batch_start = every_other_step
+        trainer = _digits_trainer(epochs, batches, [clock, callback])
+        model = ImageClassifier(num_classes=10, in_channels=1, max_lr=0.1)
+        trainer.fit(model, DigitsDataModule(batch_size=64))
+        times: tuple[list[float], list[float]] = ([], [])  # mixed, plain
+        for (step, start), (following, end) in itertools.pairwise(clock.marks):
+            if following == step + 1 and step % batches != batches - 1:
+                times[step % 2].append(end - start)
+        return statistics.median(times[0]) / statistics.median(times[1])
+
+    ratios: dict[str, list[float]] = {name: [] for name in FIT_CALLBACKS}
+    for _ in range(repeats):
+        for name, factory in FIT_CALLBACKS.items():
+            ratios[name].append(one_fit(factory))
+    rows = [
+        [
+            name,
+            f"{statistics.median(values):.3f}",
+            f"{min(values):.3f}-{max(values):.3f}",
+            verdict(statistics.median(values) <= 1.03),
+        ]
+        for name, values in ratios.items()
+    ]
+    return table(
+        f"Digits fit per step, `ImageClassifier`, the callback mixing every other step of"
+        f" {epochs} epochs of {batches} batches of 64 ({repeats} fits each): CPU time of a mixed"
+        " step / an unmixed one (target <= 1.03)",
+        ["callback", "ratio (median of the fits)", "range", "met"],
+        rows,
+    )
+
+
 def bench_fit(repeats: int, epochs: int, batches: int) -> str:
     """End-to-end fits with and without each callback, plus the time spent inside the
     callback's hook in the same fits: the fit ratio is what the issue asks for, the hook share
@@ -646,8 +720,7 @@ def bench_fit(repeats: int, epochs: int, batches: int) -> str:
     from lightning_recipes import DigitsDataModule, ImageClassifier
 
     def fit(name: str) -> tuple[float, float, float]:
-        with _kernels_by_size(limits.get(name, {})):
-            return one_fit(contenders[name])
+        return one_fit(contenders[name])
 
     def one_fit(callback_factory: Callable[[], Any] | None) -> tuple[float, float, float]:
         pl.seed_everything(0, verbose=False)
@@ -666,44 +739,14 @@ def bench_fit(repeats: int, epochs: int, batches: int) -> str:
 
             callback.on_train_batch_start = timed_hook
             callbacks.append(callback)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_epochs=epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_train_batches=batches,
-            limit_val_batches=0,
-            callbacks=callbacks,
-        )
+        trainer = _digits_trainer(epochs, batches, callbacks)
         start, cpu_start = time.perf_counter(), time.process_time()
         trainer.fit(model, data)
         return time.perf_counter() - start, time.process_time() - cpu_start, in_hook[0]
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
-    histogram = "FMix per sample, with the histogram at every size"
-    before = "FMix per sample, with the FFT and the histogram at every size"
-    # FMix's small-input kernels turned off for these rows (`_kernels_by_size`).
-    limits = {
-        histogram: {"SORTED_ELEMENTS": 0},
-        before: {"SORTED_ELEMENTS": 0, "_DENSE_ELEMENTS": 0},
-    }
-    contenders: dict[str, Callable[[], Any] | None] = {
-        "none": None,
-        "MixUp": MixUp,
-        "CutMix": CutMix,
-        "FMix": FMix,
-        "RandomMix": RandomMix,
-        "MixUp per sample": lambda: MixUp(per_sample=True),
-        "FMix per sample": lambda: FMix(per_sample=True),
-        histogram: lambda: FMix(per_sample=True),
-        before: lambda: FMix(per_sample=True),
-        "floor: the fewest ops of a per-sample FMix step": FewestOpsFMix,
-    }
+    contenders: dict[str, Callable[[], Any] | None] = {"none": None, **FIT_CALLBACKS}
     fit("none")  # warm-up
     samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in contenders}
     names = list(contenders)
@@ -802,6 +845,9 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **settings})
     if args.part == "fit":
         print(bench_fit(repeats=1 if args.quick else 11, epochs=6, batches=4 if args.quick else 19))
+        print(
+            bench_steps(repeats=1 if args.quick else 3, epochs=2 if args.quick else 12, batches=20)
+        )
         return
     print(
         f"torch {torch.__version__}, timm {_version('timm')}, torchvision"
