@@ -32,7 +32,9 @@ def _eager(x: torch.Tensor, perm: torch.Tensor, weight: torch.Tensor) -> torch.T
 
 
 @pytest.mark.usefixtures("compiled_on_cpu")
-def test_a_binary_mask_blends_compiled_with_the_eager_bits_for_any_batch_size() -> None:
+def test_a_binary_mask_blends_compiled_with_the_eager_bits_for_any_batch_size(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
     generator = torch.Generator().manual_seed(0)
     for batch in (8, 5):  # the smaller last batch of an epoch
         x = torch.randn(batch, 3, 12, 10, generator=generator)
@@ -45,6 +47,8 @@ def test_a_binary_mask_blends_compiled_with_the_eager_bits_for_any_batch_size() 
         assert mixed_weights[2] == 1.0  # sample 2 takes image 1, which is not finite
     key = ("cpu", torch.float32, 4, (False, True, False, False))
     assert key in _fused._checked and key not in _fused._rejected  # the compiled path ran
+    # The compiled function calls no cached helper (the compiler would warn, once).
+    assert not [w for w in recwarn if "lru_cache" in str(w.message)]
 
 
 @pytest.mark.usefixtures("compiled_on_cpu")

@@ -111,7 +111,13 @@ def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     else:
         finite = finite_sums(x.sum(dim=tuple(range(1, x.ndim)), dtype=guard_dtype(x.dtype)))
     partner_finite = finite.index_select(0, perm)
-    return torch.where(partner_finite, perm, _own(perm.shape[0], perm.device)), partner_finite
+    # The cached index saves an op per batch in eager mode; a compiled program makes its own
+    # (the compiler traces through a cache and warns that it does).
+    batch, device = perm.shape[0], perm.device
+    own = (
+        torch.arange(batch, device=device) if torch.compiler.is_compiling() else _own(batch, device)
+    )
+    return torch.where(partner_finite, perm, own), partner_finite
 
 
 @functools.lru_cache(maxsize=16)
