@@ -334,6 +334,25 @@ def test_the_inverse_matrix_is_the_scaled_inverse_real_fft(size: tuple[int, ...]
     )
 
 
+@pytest.mark.parametrize("size", [(8, 8), (9,), (4, 4, 4), (7, 11), (6, 10)])
+def test_small_fields_draw_the_complex_spectra_the_fft_path_draws(size: tuple[int, ...]) -> None:
+    """On the CPU, small fields draw their spectra as real normals of variance 1/2: the bits
+    of torch's complex64 `randn` from the same generator (what the FFT path and the paper
+    draw), taken through the inverse matrix."""
+    from lightning_recipes.functional.fmix import (
+        _DENSE_ELEMENTS,
+        _inverse_matrix,
+        _low_frequency_noise,
+    )
+
+    assert math.prod(size) <= _DENSE_ELEMENTS
+    half = (*size[:-1], size[-1] // 2 + 1)
+    spectrum = torch.randn((6, *half), dtype=torch.complex64, generator=_gen(30))
+    expected = torch.view_as_real(spectrum).reshape(6, -1) @ _inverse_matrix(size, 3.0)
+    got = _low_frequency_noise(6, size, 3.0, _gen(30), torch.device("cpu"))
+    assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("size", [(8, 8), (9,), (4, 4, 4), (7, 11)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 def test_small_inputs_draw_the_general_paths_masks_in_fewer_ops(

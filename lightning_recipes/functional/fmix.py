@@ -396,16 +396,11 @@ def _dense_masks(
     weights ``(batch,)``, for small inputs on the CPU: :func:`_sample_mask`'s draws, bit for
     bit, in the fewest ops (the field by :func:`_inverse_matrix`, the ranking by numpy).
 
-    A small input's masks cost what their ops' fixed costs add up to, some 10 us an op
-    inside a training step, where the caches are cold, rather than what their arithmetic
-    costs (``benchmarks/RESULTS.md``, "Digits fit")."""
+    A small input's masks cost what their ops' fixed costs add up to, which inside a training
+    step, where the caches are cold, is far more than their arithmetic
+    (``benchmarks/RESULTS.md``, "Digits fit")."""
     batch, n = lam.shape[0], math.prod(size)
-    points = math.prod(size[:-1]) * (size[-1] // 2 + 1)  # of the rfftn grid
-    # The real and imaginary parts of the complex64 spectra, as `view_as_real` lays them
-    # out: torch draws a complex normal as two normals of variance 1/2 in this order, so
-    # these are the same bits, in one op fewer than drawing complex numbers and viewing them.
-    spectra = torch.empty(batch, 2 * points).normal_(0.0, 0.5**0.5, generator=generator)
-    field = spectra @ _inverse_matrix(size, decay_power)
+    field = _low_frequency_noise(batch, size, decay_power, generator, torch.device("cpu"))
     # round(lam * N) as _count computes it; the float count divided by N is the mean of a
     # mask with that many ones, the same bits as _fmix_mask's count.float() / N.
     lam = lam if lam.dtype == torch.float32 else lam.float()
@@ -442,16 +437,20 @@ def _low_frequency_noise(
 
     On the CPU, fields of up to :data:`_DENSE_ELEMENTS` elements are one matrix product of
     the spectra's real and imaginary parts with :func:`_inverse_matrix`, the same linear map
-    as the scaled inverse FFT (the same field up to float rounding), in 0.72x the FFT's time
-    for 64 fields of 8x8, the draw included (``benchmarks/fmix_small.py``).
+    as the scaled inverse FFT (the same field up to float rounding), faster than the FFT at
+    such sizes (``benchmarks/fmix_small.py``).
     """
+    if torch.device(device).type == "cpu" and math.prod(size) <= _DENSE_ELEMENTS:
+        points = math.prod(size[:-1]) * (size[-1] // 2 + 1)  # of the rfftn grid
+        # The real and imaginary parts of complex64 spectra as `view_as_real` lays them out:
+        # torch draws a complex normal as two normals of variance 1/2 in this order, so these
+        # are the same bits, in fewer ops than drawing complex numbers and viewing them.
+        spectra = torch.empty(batch, 2 * points).normal_(0.0, 0.5**0.5, generator=generator)
+        return spectra @ _inverse_matrix(size, decay_power)
     scale = _spectrum_scale(size, decay_power, torch.device(device))
     spectrum = torch.randn(
         (batch, *scale.shape), dtype=torch.complex64, generator=generator, device=device
     )
-    if spectrum.device.type == "cpu" and math.prod(size) <= _DENSE_ELEMENTS:
-        matrix = _inverse_matrix(size, decay_power)
-        return torch.view_as_real(spectrum).view(batch, -1) @ matrix
     grey: Tensor = torch.fft.irfftn(
         spectrum.mul_(scale), s=size, dim=tuple(range(1, len(size) + 1))
     )

@@ -202,7 +202,7 @@ class MixingCallback(Callback):
 
         On the CPU the range of integer labels is checked here, by the one-hot ``scatter_``
         itself, which refuses an index outside ``[0, num_classes)``: a separate check would
-        add three ops to every batch (a small op costs some 10 us inside a training step,
+        add three ops to every batch (on small batches each op's fixed cost counts,
         ``benchmarks/RESULTS.md``), and its error is turned into the check's ``ValueError``.
         On an accelerator ``_read`` checks the first batch's labels (the scatter would only
         trip a device-side assert).
