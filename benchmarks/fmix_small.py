@@ -10,9 +10,10 @@ costs are most of its time, so the sampler picks its kernels by size:
    spectrum's draw included, per field size and batch.
 2. **The ranking** of each mask's values for its own count: ``histogram_top_k_mask`` (some
    25 ops) or, up to ``_fmix_binarise.SORTED_ELEMENTS`` values in the batch,
-   ``sorted_top_k_mask`` (one ``argsort`` and a scatter). The sort's time depends on the
-   data (its branches), so every call ranks new values (a cycle of 101 batches): ranking the
-   same values again and again times the branch predictor's memory, not the sort.
+   ``sorted_top_k_mask`` (on the CPU numpy's sort of a copy, elsewhere one ``argsort`` and
+   a scatter). A sort's time depends on the data (its branches), so every call ranks new
+   values (a cycle of 101 batches): ranking the same values again and again times the branch
+   predictor's memory, not the sort.
 
 Both in a loop, where the caches are warm; in a training step the ops' fixed costs are
 larger, which favours the fewer ops (``compare_code.py digits-hook``).

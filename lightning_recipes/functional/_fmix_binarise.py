@@ -19,9 +19,11 @@ __all__ = [
     "top_k_mask",
 ]
 
-# A batch of rows with a count each is ranked by a sort up to this many values in all; the
-# histogram's some 25 small ops cost about the same at any size up to a few thousand values,
-# so it is the cheaper above (``benchmarks/fmix_small.py``).
+# A batch of rows with a count each is ranked by a sort up to this many values in all, above
+# by the histogram, whose some 25 small ops cost about the same at any size up to a few
+# thousand values, where torch's sort grows with them. On the CPU numpy's sort stays the
+# cheaper well beyond (``benchmarks/fmix_small.py``), but a higher limit would change the
+# masks drawn at those sizes (the histogram chooses otherwise among near-equal values).
 SORTED_ELEMENTS = 4096
 
 # The dtypes whose CPU tensors numpy shares without a copy (bfloat16 has no numpy dtype).
