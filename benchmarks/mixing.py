@@ -56,9 +56,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
+from lightning_recipes.functional._fmix_binarise import threshold_top_k_mask
 from lightning_recipes.functional._pages import empty_populated_like
 from lightning_recipes.functional._rows import blend_rows
-from lightning_recipes.functional.fmix import _dense_masks, _low_frequency_noise
+from lightning_recipes.functional.fmix import _low_frequency_noise
 
 NUM_CLASSES = 10
 # Two settings of glibc's malloc. By default glibc hands every freed allocation of 32 MiB or
@@ -184,8 +185,9 @@ class Nothing(pl.Callback):
 class FewestOpsFMix(pl.Callback):
     """A per-sample FMix step with nothing a hook could leave out, as a callback for the
     digits fits: a lam per sample (``Beta(1, 1)`` is uniform), partners, the paper's masks by
-    the fastest kernels here (``fmix._dense_masks``: the fields by one matrix product of the
-    spectra, exactly ``round(lam * N)`` ones per mask by numpy's sort), the blend and the
+    the fastest kernels here (the fields by one matrix product of the spectra in
+    ``_low_frequency_noise``, exactly ``round(lam * N)`` ones per mask by numpy's sort in
+    ``threshold_top_k_mask``), the blend and the
     soft targets weighted by the masks' means. No checks, no guard, no seeding: the floor of
     a per-sample FMix hook, to set beside the callback's time in the same fits."""
 
@@ -196,7 +198,11 @@ class FewestOpsFMix(pl.Callback):
         size = tuple(x.shape[2:])
         lam = torch.rand(x.shape[0])
         perm = torch.randperm(x.shape[0])
-        mask, weights = _dense_masks(size, lam, 3.0, None, x.dtype)
+        n = math.prod(size)
+        field = _low_frequency_noise(x.shape[0], size, 3.0, None, torch.device("cpu"))
+        rounded = lam.mul_(n).round_()
+        mask = threshold_top_k_mask(field, rounded.long(), x.dtype)
+        weights = rounded.div_(n)
         batch[0] = torch.lerp(x.index_select(0, perm), x, mask.view(-1, 1, *size))
         targets = torch.nn.functional.one_hot(y, NUM_CLASSES).float()
         batch[1] = torch.lerp(targets.index_select(0, perm), targets, weights.unsqueeze(1))

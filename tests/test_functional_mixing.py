@@ -355,24 +355,22 @@ def test_small_fields_draw_the_complex_spectra_the_fft_path_draws(size: tuple[in
 
 @pytest.mark.parametrize("size", [(8, 8), (9,), (4, 4, 4), (7, 11)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
-def test_small_inputs_draw_the_general_paths_masks_in_fewer_ops(
+def test_small_inputs_rank_their_masks_as_torchs_argsort_does(
     size: tuple[int, ...], dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Per-sample masks of small CPU inputs (`_dense_masks`) are the masks the general path
-    draws from the same generator with torch's argsort, bit for bit, and their weights are
-    round(lam * N) / N in float32; lam of 0 and 1 included. Batches of more values than a
-    sort ranks keep the general path (its histogram chooses among near-equal values)."""
+    """Per-sample masks of small CPU inputs (the fields by a product, the ranking by numpy's
+    sort) are the masks the same path draws from the same generator with torch's argsort,
+    bit for bit, and their weights are round(lam * N) / N in float32; lam of 0 and 1
+    included."""
     from lightning_recipes.functional import _fmix_binarise
-    from lightning_recipes.functional.fmix import _dense_masks_apply, _fmix_mask
+    from lightning_recipes.functional.fmix import _DENSE_ELEMENTS, _fmix_mask
 
     n = math.prod(size)
     batch = _fmix_binarise.SORTED_ELEMENTS // 80
+    assert n <= _DENSE_ELEMENTS and batch * n <= _fmix_binarise.SORTED_ELEMENTS  # both kernels
     lam = torch.rand(batch, generator=_gen(20))
     lam[:4] = torch.tensor([0.0, 1.0, 0.4 / n, 1 - 0.4 / n])
     x = torch.zeros(batch, 2, *size, dtype=dtype)
-    assert _dense_masks_apply(x, lam, n, 0.0, "exact")
-    more = _fmix_binarise.SORTED_ELEMENTS // n + 1
-    assert not _dense_masks_apply(torch.zeros(more, 2, *size), torch.rand(more), n, 0.0, "exact")
     options: dict[str, Any] = {"decay_power": 3.0, "max_soft": 0.0, "spatial_dims": None}
     mask, weights = _fmix_mask(x, lam, generator=_gen(21), mask_sampler="exact", **options)
     monkeypatch.setattr(_fmix_binarise, "_NUMPY_DTYPES", {})  # rank by torch's argsort

@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import cast
 
 import torch
 from torch import Tensor
@@ -39,12 +38,7 @@ from lightning_recipes._validation import (
     check_spatial_size,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional._fmix_binarise import (
-    SORTED_ELEMENTS,
-    soft_top_k_mask,
-    threshold_top_k_mask,
-    top_k_mask,
-)
+from lightning_recipes.functional._fmix_binarise import soft_top_k_mask, top_k_mask
 from lightning_recipes.functional._fmix_noise import (
     draws_the_exact_masks,
     fast_field,
@@ -348,9 +342,6 @@ def _fmix_mask(
     size = tuple(x.shape[-ndim:])
     mask_sampler = _resolve_sampler(size, decay_power, max_soft, mask_sampler)
     n = math.prod(size)
-    if _dense_masks_apply(x, lam, n, max_soft, mask_sampler):
-        mask, weights = _dense_masks(size, cast(Tensor, lam), decay_power, generator, x.dtype)
-        return mask.view(-1, *([1] * (x.ndim - 1 - ndim)), *size), weights
     # Only the exact sampler's binary masks are weighted by their count (below); counted once.
     count = _count(lam, n) if mask_sampler == "exact" and max_soft == 0.0 else None
     mask = _sample_mask(
@@ -366,47 +357,6 @@ def _fmix_mask(
     else:
         weights = torch.full((x.shape[0],), count / n, device=x.device)
     return mask, weights
-
-
-def _dense_masks_apply(
-    x: Tensor, lam: float | Tensor, n: int, max_soft: float, sampler: str
-) -> bool:
-    """Whether :func:`_dense_masks` draws this batch's masks: exact binary masks per sample
-    of up to :data:`_DENSE_ELEMENTS` elements, on the CPU, and few enough in all to be ranked
-    by a sort (:data:`~lightning_recipes.functional._fmix_binarise.SORTED_ELEMENTS`)."""
-    return (
-        isinstance(lam, Tensor)
-        and sampler == "exact"
-        and max_soft == 0.0
-        and n <= _DENSE_ELEMENTS
-        and x.shape[0] * n <= SORTED_ELEMENTS
-        and x.device.type == "cpu"
-        and x.dtype in (torch.float16, torch.float32, torch.float64)
-    )
-
-
-def _dense_masks(
-    size: tuple[int, ...],
-    lam: Tensor,
-    decay_power: float,
-    generator: torch.Generator | None,
-    dtype: torch.dtype,
-) -> tuple[Tensor, Tensor]:
-    """The exact sampler's binary masks, ``(batch, N)`` in ``dtype``, and their float32
-    weights ``(batch,)``, for small inputs on the CPU: :func:`_sample_mask`'s draws, bit for
-    bit, in the fewest ops (the field by :func:`_inverse_matrix`, the ranking by numpy).
-
-    A small input's masks cost what their ops' fixed costs add up to, which inside a training
-    step, where the caches are cold, is far more than their arithmetic
-    (``benchmarks/RESULTS.md``, "Digits fit")."""
-    batch, n = lam.shape[0], math.prod(size)
-    field = _low_frequency_noise(batch, size, decay_power, generator, torch.device("cpu"))
-    # round(lam * N) as _count computes it; the float count divided by N is the mean of a
-    # mask with that many ones, the same bits as _fmix_mask's count.float() / N.
-    lam = lam if lam.dtype == torch.float32 else lam.float()
-    rounded = lam.clamp(0.0, 1.0).mul_(n).round_()
-    mask = threshold_top_k_mask(field, rounded.long(), dtype)
-    return mask, rounded.div_(n)
 
 
 @functools.lru_cache(maxsize=16)
