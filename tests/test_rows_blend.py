@@ -11,7 +11,7 @@ import torch
 
 from lightning_recipes.callbacks.mixing import CutMix, FMix, MixUp, RandomMix
 from lightning_recipes.functional import _rows, mixup
-from lightning_recipes.functional.blend import _blend, _blend_finite, _finite_partners
+from lightning_recipes.functional.blend import _blend, _blend_finite, _per_sample_partners
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -21,8 +21,8 @@ def _gen(seed: int) -> torch.Generator:
 def _batched(
     x: torch.Tensor, perm: torch.Tensor, weight: float | torch.Tensor, weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batched torch ops: the guard over the whole batch, a gather, one ``lerp``."""
-    partners, partner_finite = _finite_partners(x, perm)
+    """The batched torch ops: the guard from each sample's sum, a gather, one ``lerp``."""
+    partners, partner_finite = _per_sample_partners(x, perm)
     return _blend(x, partners, weight, False), torch.where(partner_finite, weights, 1.0)
 
 
@@ -265,7 +265,7 @@ def _batched_paste(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-batch CutMix's batched ops: the guard over every box, a clone, a gather of boxes."""
     boxes = x[region]
-    partners, partner_finite = _finite_partners(boxes, perm)
+    partners, partner_finite = _per_sample_partners(boxes, perm)
     mixed = x.clone()
     torch.index_select(boxes, 0, partners, out=mixed[region])
     return mixed, partner_finite

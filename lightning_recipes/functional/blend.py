@@ -12,6 +12,7 @@ Finding such partners costs one reduction over the batch and no host-device sync
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -75,7 +76,7 @@ def _blend_finite(
     def eager() -> tuple[Tensor, Tensor]:
         partners, partner_finite = _finite_partners(x, perm)
         mixed = _blend(x, partners, weight, inplace)
-        return mixed, torch.where(partner_finite, weights, 1.0)
+        return mixed, _guarded_weights(weights, partner_finite)
 
     if inplace:
         return eager()
@@ -91,12 +92,13 @@ def _guarded_blend(
     :mod:`~lightning_recipes.functional._fused` compiles."""
     partners, partner_finite = _finite_partners(x, perm)
     mixed = torch.lerp(x.index_select(0, partners), x, weight)
-    return mixed, torch.where(partner_finite, weights, 1.0)
+    return mixed, _guarded_weights(weights, partner_finite)
 
 
-def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor | None]:
     """``perm`` with every sample whose partner holds NaN or inf paired with itself, and
-    whether each sample's partner is finite, ``(batch,)`` bool; on the device, no sync.
+    whether each sample's partner is finite, ``(batch,)`` bool, or None where all are; on
+    the device, no sync.
 
     A NaN or inf anywhere in a sample makes its sum NaN or inf: one reduction pass, no
     temporary of the input's size. The sum runs in a dtype with float32's range at least: the
@@ -105,7 +107,27 @@ def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     finite images overflow). So a finite sample counts as non-finite only if its sum
     overflows float32's range (values near 1e38), and is then left unmixed, never mixed
     wrongly.
+
+    On the CPU, where reading a number back costs no device sync, the batch is summed whole
+    first: a NaN or inf anywhere makes that sum non-finite too, and a finite sum (all but
+    broken batches) proves every partner finite in two ops, where the per-sample flags and
+    the ``where`` on the partners and on the weights take six (on small batches each op's
+    fixed cost counts, ``benchmarks/RESULTS.md``). The per-sample path runs when the whole
+    sum is not finite, so the results are the per-sample path's for every batch but one
+    whose finite values near float32's limit overflow a sample's sum and cancel in the
+    whole sum (values near 1e38 of both signs): its samples, all finite, are mixed then.
     """
+    if (
+        x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and math.isfinite(x.sum(dtype=guard_dtype(x.dtype)).item())
+    ):
+        return perm, None
+    return _per_sample_partners(x, perm)
+
+
+def _per_sample_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_finite_partners` from the sum of each sample, whatever the device."""
     if x.ndim == 1:
         finite = x.isfinite()
     else:
@@ -120,6 +142,11 @@ def _finite_partners(x: Tensor, perm: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(partner_finite, perm, own), partner_finite
 
 
+def _guarded_weights(weights: Tensor, partner_finite: Tensor | None) -> Tensor:
+    """``weights`` with 1 for each sample whose partner is not finite (left unmixed)."""
+    return weights if partner_finite is None else torch.where(partner_finite, weights, 1.0)
+
+
 @functools.lru_cache(maxsize=16)
 def _own(batch_size: int, device: torch.device) -> Tensor:
     """``arange(batch_size)``, each sample its own partner (cached: only read)."""
@@ -130,8 +157,11 @@ def _blend(x: Tensor, perm: Tensor, weight: float | Tensor, inplace: bool) -> Te
     """:func:`blend` on checked arguments."""
     if isinstance(weight, Tensor):
         weight = weight.to(x.dtype)
-    partners = torch.empty_like(x)  # preserves the memory format, unlike `x[perm]`
-    torch.index_select(x, 0, perm, out=partners)
+    if x.is_contiguous():
+        partners = x.index_select(0, perm)
+    else:  # `empty_like` keeps the memory format (channels-last), `index_select` would not
+        partners = torch.empty_like(x)
+        torch.index_select(x, 0, perm, out=partners)
     # lerp(start=partner, end=x, weight) = weight * x + (1 - weight) * partner, exact at 0 and
     # 1. Each element is read before it is written, so `out` may be `x` itself.
     return torch.lerp(partners, x, weight, out=x if inplace else partners)

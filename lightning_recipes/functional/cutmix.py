@@ -36,7 +36,7 @@ from lightning_recipes.functional._cutmix_boxes import (
     _sample_box,
 )
 from lightning_recipes.functional._rows import blend_box_rows, paste_rows, rows_pay
-from lightning_recipes.functional.blend import _blend_finite, _finite_partners
+from lightning_recipes.functional.blend import _blend_finite, _finite_partners, _guarded_weights
 
 __all__ = ["box_mask", "cutmix", "sample_boxes"]
 
@@ -172,8 +172,10 @@ def _paste_box(
     correct_lam: bool,
     spatial_dims: int | None,
     inplace: bool,
+    box: list[tuple[int, int]] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """CutMix with one box: only the box is read from the partners and written.
+    """CutMix with one box: only the box is read from the partners and written; ``box``
+    is drawn from ``generator`` unless given (drawn ahead by :func:`_sample_box`).
 
     In place, the box of every partner is gathered before any is written, so a sample whose
     box is overwritten still gives its own pixels to the sample that takes it as partner. Out
@@ -188,7 +190,8 @@ def _paste_box(
     """
     ndim = resolve_spatial_dims(x, spatial_dims, "cutmix")
     size = tuple(x.shape[-ndim:])
-    box = _sample_box(size, lam, generator)
+    if box is None:
+        box = _sample_box(size, lam, generator)
     region = (slice(None),) * (x.ndim - ndim) + tuple(slice(low, high) for low, high in box)
     boxes = x[region]
     weights = torch.full((x.shape[0],), _box_weight(box, size, lam, correct_lam), device=x.device)
@@ -197,7 +200,7 @@ def _paste_box(
     if rows_pay(x, 1.0, inplace):  # on the CPU, large samples: a sample at a time
         mixed, partner_finite = paste_rows(x, region, perm)
         return mixed, torch.where(partner_finite, weights, 1.0)
-    perm, partner_finite = _finite_partners(boxes, perm)
+    perm, finite = _finite_partners(boxes, perm)
     if inplace:
         mixed = x
         mixed[region] = boxes.index_select(0, perm)
@@ -205,7 +208,7 @@ def _paste_box(
         mixed = x.clone()  # keeps the memory format
         # The clone's box is a view that does not overlap `x`: the gather writes into it.
         torch.index_select(boxes, 0, perm, out=mixed[region])
-    return mixed, torch.where(partner_finite, weights, 1.0)
+    return mixed, _guarded_weights(weights, finite)
 
 
 def _box_weight(

@@ -22,6 +22,7 @@ from lightning_recipes._validation import (
     check_num_classes,
     check_probability,
 )
+from lightning_recipes.callbacks.mixing._ahead import DrawsAhead, Mix
 from lightning_recipes.callbacks.mixing._batch import (
     BatchItems,
     Key,
@@ -29,7 +30,7 @@ from lightning_recipes.callbacks.mixing._batch import (
     module_num_classes,
     read_batch,
 )
-from lightning_recipes.callbacks.mixing._draw import Methods, apply_mix, draw_mix
+from lightning_recipes.callbacks.mixing._draw import Draw, Methods, apply_mix, draw_mix, draw_whole
 from lightning_recipes.callbacks.mixing._grid import save_grid
 from lightning_recipes.callbacks.mixing._kernels import Mixed
 from lightning_recipes.callbacks.mixing._randomness import BatchRandomness, RandomSource, run_seed
@@ -116,6 +117,7 @@ class MixingCallback(Callback):
         self._labels_checked = False
         self._grid_epoch = -1
         self._random = RandomSource()
+        self._ahead = DrawsAhead()
 
     @property
     @override
@@ -134,6 +136,7 @@ class MixingCallback(Callback):
         self._classes = self.num_classes or module_num_classes(pl_module)
         self._labels_checked = False
         self._grid_epoch = -1
+        self._ahead.clear()
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -145,11 +148,13 @@ class MixingCallback(Callback):
     ) -> None:
         items = self._read(batch)
         targets = self._targets(items)
-        randomness = self._randomness(items.x.device)
+        count = self._batches
         self._batches += 1
         mixed = None
         if items.x.shape[0] > 1 and self._schedule.active(trainer):
-            mixed = self._mix(items.x, randomness)
+            mixed = self._mix(items.x, count)
+        else:
+            self._ahead.clear()
         if mixed is None:
             batch[items.target_key] = targets
         else:
@@ -181,6 +186,7 @@ class MixingCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._seed = state_dict["seed"]
         self._batches = state_dict["batches"]
+        self._ahead.clear()
 
     def _read(self, batch: Any) -> BatchItems:
         """The batch's inputs and targets, checked, with errors naming the callback."""
@@ -221,19 +227,34 @@ class MixingCallback(Callback):
         for kernel in self._methods.kernels:
             kernel.check_layout(x, name)
 
-    def _randomness(self, device: torch.device) -> BatchRandomness:
-        """The sources of this batch's randomness, reseeded from (seed, rank, batch count,
-        callback)."""
+    def _randomness(self, device: torch.device, count: int) -> BatchRandomness:
+        """The sources of the randomness of batch ``count``, reseeded from (seed, rank, batch
+        count, callback)."""
         if self._seed is None:  # used outside `Trainer.fit`
             self._seed = self._run_seed()
-        key = f"{self._seed}/{self._rank}/{self._batches}/{self._LOG_NAME}"
+        key = f"{self._seed}/{self._rank}/{count}/{self._LOG_NAME}"
         return self._random.for_batch(key, device)
 
     def _run_seed(self) -> int:
         """``seed`` if given, else the run's seed."""
         return run_seed() if self.seed is None else self.seed
 
-    def _mix(self, x: Tensor, randomness: BatchRandomness) -> Mixed | None:
-        """Samples this batch's mix, then applies it; None leaves the batch unmixed."""
-        draw = draw_mix(self._methods, self.p, self.per_sample, x.shape[0], randomness, x.device)
+    def _mix(self, x: Tensor, count: int) -> Mixed | None:
+        """Samples the mix of batch ``count`` (or takes it from those drawn ahead, on small
+        CPU batches: :mod:`~lightning_recipes.callbacks.mixing._ahead`), then applies it;
+        None leaves the batch unmixed."""
+        if self._ahead.pays(x):
+            mix = self._ahead.take(count, x, lambda count: self._draw_whole(x, count))
+            return None if mix is None else mix(x, self.inplace)
+        draw = self._draw(x, count)
         return None if draw is None else apply_mix(self._methods, x, draw, self.inplace)
+
+    def _draw(self, x: Tensor, count: int) -> Draw | None:
+        """Draws the coin of ``p``, the method, lam and partners of batch ``count``."""
+        randomness = self._randomness(x.device, count)
+        return draw_mix(self._methods, self.p, self.per_sample, x.shape[0], randomness, x.device)
+
+    def _draw_whole(self, x: Tensor, count: int) -> Mix:
+        """The whole mix of batch ``count`` of ``x``'s shape, drawn now (see ``_mix``)."""
+        draw = self._draw(x, count)
+        return None if draw is None else draw_whole(self._methods, x, draw)

@@ -7,6 +7,7 @@ mask) is fixed: a resumed run and the pinned draws of the tests rely on it.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -28,7 +29,7 @@ from lightning_recipes.callbacks.mixing._randomness import (
 from lightning_recipes.functional._rows import blend_box_rows, rows_pay
 from lightning_recipes.functional.sampling import _sample_partners
 
-__all__ = ["Draw", "Methods", "apply_mix", "draw_mix"]
+__all__ = ["Draw", "Methods", "apply_mix", "draw_mix", "draw_whole"]
 
 
 class Methods(NamedTuple):
@@ -105,17 +106,42 @@ def apply_mix(methods: Methods, x: Tensor, draw: Draw, inplace: bool) -> Mixed:
         return methods.kernels[method].mix(x, lam, perm, generator, inplace)
     if isinstance(lam, Tensor) and _ratio_and_boxes(methods.kernels) and rows_pay(x, 1.0, inplace):
         return _mix_ratio_and_boxes(methods.kernels, x, method, lam, perm, generator)
+    return apply_map(x, perm, _composed_map(methods.kernels, x, method, lam, generator), inplace)
+
+
+def draw_whole(methods: Methods, x: Tensor, draw: Draw) -> Callable[[Tensor, bool], Mixed]:
+    """Draws the rest of a batch's mix now (the kernel's box or masks) and returns what mixes
+    ``x`` with it later, ``mix(x, inplace)``: the result of ``apply_mix(methods, x, draw,
+    inplace)`` bit for bit, where ``apply_mix`` takes no sample-at-a-time path (on the CPU,
+    ``_rows.rows_pay`` is false for ``x``), so that a callback can draw the mixes of the
+    coming batches before they arrive."""
+    method, lam, perm, generator = draw
+    if isinstance(method, Tensor):
+        weight_map = _composed_map(methods.kernels, x, method, lam, generator)
+        return lambda x, inplace: apply_map(x, perm, weight_map, inplace)
+    apply = methods.kernels[method].draw(x, lam, generator)
+    return lambda x, inplace: apply(x, perm, inplace)
+
+
+def _composed_map(
+    kernels: tuple[MixKernel, ...],
+    x: Tensor,
+    method: Tensor,
+    lam: float | Tensor,
+    generator: torch.Generator,
+) -> WeightMap:
+    """The weight map of a per-sample choice of methods: each sample's own method's map."""
     # Each kernel maps the samples that did not choose it with lam = 1: weight 1 everywhere
     # (no box, a full mask). A sample's map is then the product of all kernels' maps, and its
     # weight the product of their weights: one multiplication per extra kernel instead of a
     # `where` over the full masks, and no sample-dependent shapes (so no device sync).
     maps = [
         kernel.weight_map(x, torch.where(method == index, lam, 1.0), generator)
-        for index, kernel in enumerate(methods.kernels)
+        for index, kernel in enumerate(kernels)
     ]
     weight = functools.reduce(torch.mul, [m.weight for m in maps])
     weights = functools.reduce(torch.mul, [m.weights for m in maps])
-    return apply_map(x, perm, WeightMap(weight, weights), inplace)
+    return WeightMap(weight, weights)
 
 
 def _ratio_and_boxes(kernels: tuple[MixKernel, ...]) -> bool:

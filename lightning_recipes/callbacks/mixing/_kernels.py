@@ -13,6 +13,7 @@ kernels by multiplying their maps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lightning_recipes._validation import resolve_spatial_dims
-from lightning_recipes.functional._cutmix_boxes import _clipped_boxes
+from lightning_recipes.functional._cutmix_boxes import _clipped_boxes, _sample_box
 from lightning_recipes.functional._rows import rows_pay
 from lightning_recipes.functional.blend import _blend_finite
 from lightning_recipes.functional.cutmix import _cutmix_mask, _mix_box_rows, _paste_box
@@ -28,6 +29,7 @@ from lightning_recipes.functional.fmix import _fmix_mask, _fmix_rows_pay, _mix_f
 from lightning_recipes.functional.mixup import _mixup_weight
 
 __all__ = [
+    "Apply",
     "CutMixKernel",
     "FMixKernel",
     "MixKernel",
@@ -59,6 +61,10 @@ class Mixed(NamedTuple):
     x: Tensor
     weights: Tensor
     perm: Tensor
+
+
+# Mixes a batch with a draw made before: ``apply(x, perm, inplace)`` (see `MixKernel.draw`).
+Apply = Callable[[Tensor, Tensor, bool], Mixed]
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,15 @@ class MixKernel:
         if pasted is not None:
             return pasted
         return apply_map(x, perm, self.weight_map(x, lam, generator), inplace)
+
+    def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> Apply:
+        """Draws now what :meth:`mix` draws from ``generator`` for ``x`` and returns what
+        mixes ``x`` with it later, ``apply(x, perm, inplace)``: the blend through the weight
+        map, or the method's :meth:`paste` shortcut with its draw. For calls where
+        :meth:`mix` takes no sample-at-a-time path (``_rows.rows_pay`` is false), where both
+        give the same bits."""
+        weight_map = self.weight_map(x, lam, generator)
+        return lambda x, perm, inplace: apply_map(x, perm, weight_map, inplace)
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,19 @@ class CutMixKernel(_SpatialKernel):
             mixed = _mix_box_rows(x, lam, perm, generator, self.correct_lam, self.spatial_dims)
             return Mixed(*mixed, perm)
         return None
+
+    def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> Apply:
+        if isinstance(lam, Tensor):
+            return super().draw(x, lam, generator)
+        ndim = resolve_spatial_dims(x, self.spatial_dims, self.name)
+        box = _sample_box(tuple(x.shape[-ndim:]), lam, generator)
+        correct_lam, spatial_dims = self.correct_lam, self.spatial_dims
+
+        def paste(x: Tensor, perm: Tensor, inplace: bool) -> Mixed:
+            pasted = _paste_box(x, lam, perm, None, correct_lam, spatial_dims, inplace, box)
+            return Mixed(*pasted, perm)
+
+        return paste
 
     def boxes(
         self, x: Tensor, lam: Tensor, generator: torch.Generator
