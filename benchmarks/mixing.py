@@ -190,7 +190,7 @@ class FewestOpsFMix(pl.Callback):
     ``threshold_top_k_mask``), the blend and the
     soft targets weighted by the masks' means. No checks, no guard, no seeding, all drawn at
     the step: the floor of a per-sample FMix hook that draws its own batch's mix, to set
-    beside the callback's time in the same fits (the callback draws 8 batches' mixes ahead
+    beside the callback's time in the same fits (the callback draws 32 batches' mixes ahead
     on such small batches, which this reference does not)."""
 
     def on_train_batch_start(
@@ -686,8 +686,8 @@ def bench_steps(repeats: int, epochs: int, batches: int) -> str:
     the mean CPU time of the steps it mixed over that of the steps it did not, both taken
     from one fit, so that the machine's load, which moves the whole-fit ratios by several
     hundredths from one fit to the next, is the same for both. The mean, not the median:
-    on these small batches the callbacks draw the mixes of 8 batches in one hook
-    (``callbacks/mixing/_ahead.py``), so one mixed step in 8 costs more than the others,
+    on these small batches the callbacks draw the mixes of 32 batches in one hook
+    (``callbacks/mixing/_ahead.py``), so one mixed step in 32 costs more than the others,
     which a median would leave out. A step's time runs from its start to the next step's
     (the hook, forward, backward, optimizer and the loop), within an epoch. Per step there
     is no fixed cost of the fit (setup, epoch ends) to dilute the ratio, so it is at least

@@ -103,7 +103,7 @@ def test_a_resume_inside_a_block_draws_what_the_uninterrupted_run_drew(name: str
     batches = _batches([(6, 2, 7, 9)] * 12)
     expected = _mix_all(CALLBACKS[name](), batches)
     first = CALLBACKS[name]()
-    _mix_all(first, batches[:5])  # stops 5 batches into a block of 8
+    _mix_all(first, batches[:5])  # stops 5 batches into a block
     state = pickle.loads(pickle.dumps(first.state_dict()))
     resumed = CALLBACKS[name]()
     resumed.setup(_trainer(), _module(), "fit")
@@ -114,6 +114,7 @@ def test_a_resume_inside_a_block_draws_what_the_uninterrupted_run_drew(name: str
 
 
 def test_blocks_are_drawn_once_per_block_of_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ahead, "AHEAD_BATCHES", 8)
     callback = FMix(seed=1, per_sample=True)
     counts: list[int] = []
     draw_whole = callback._draw_whole

@@ -460,6 +460,38 @@ def test_label_smoothing_is_off_by_default_and_follows_cross_entropy() -> None:
     )
 
 
+@pytest.mark.parametrize("classes", [2, 10, 1024, 1025])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16])
+def test_soft_targets_are_the_one_hot_rows_bit_for_bit(
+    classes: int, label_smoothing: float, dtype: torch.dtype
+) -> None:
+    # Up to 1024 classes the rows come from a cached table, above from a scatter: both give
+    # the values of the definition, filled and scattered in float32.
+    y = torch.randint(0, classes, (37,), generator=_gen()).to(dtype)
+    y[0], y[1] = 0, classes - 1
+    off = label_smoothing / classes
+    expected = torch.full((37, classes), off).scatter_(
+        1, y.long().unsqueeze(1), 1.0 - label_smoothing + off
+    )
+    targets = soft_targets(y, classes, label_smoothing)
+    assert torch.equal(targets, expected) and targets.dtype == torch.float32
+    assert torch.equal(targets.argmax(1), y.long())
+    targets.add_(1.0)  # a new tensor each time: the cached table is not written
+    assert torch.equal(soft_targets(y, classes, label_smoothing), expected)
+
+
+@pytest.mark.parametrize("classes", [10, 1025])
+@pytest.mark.parametrize("label", [-1, 10, 1025])
+def test_labels_outside_the_classes_are_refused_with_the_range(classes: int, label: int) -> None:
+    y = torch.tensor([0, label])
+    if 0 <= label < classes:
+        assert soft_targets(y, classes).shape == (2, classes)
+        return
+    with pytest.raises(ValueError, match=r"\[0, " + str(classes)):
+        soft_targets(y, classes)
+
+
 # --------------------------------------------------------------------------- dtype, layout
 
 

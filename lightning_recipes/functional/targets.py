@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -95,8 +97,26 @@ def _soft_targets(y: Tensor, num_classes: int, label_smoothing: float) -> Tensor
     if y.is_floating_point():
         out = y.float()
         return out.mul(1.0 - label_smoothing).add_(off) if label_smoothing else out
-    out = torch.full((y.shape[0], num_classes), off, dtype=torch.float32, device=y.device)
-    return out.scatter_(1, y.long().unsqueeze(1), 1.0 - label_smoothing + off)
+    if num_classes > _TABLE_CLASSES:
+        out = torch.full((y.shape[0], num_classes), off, dtype=torch.float32, device=y.device)
+        return out.scatter_(1, y.long().unsqueeze(1), 1.0 - label_smoothing + off)
+    # A row of a cached table per label: one op where filling a new tensor and scattering
+    # the ones take two (on small batches each op's fixed cost counts), the same values, and
+    # `index_select` refuses a label outside [0, num_classes) as the scatter does.
+    index = y if y.dtype in (torch.int64, torch.int32) else y.long()
+    return _target_table(num_classes, label_smoothing, y.device).index_select(0, index)
+
+
+# Classes up to which the soft targets are rows of a (num_classes, num_classes) table (4 MiB).
+_TABLE_CLASSES = 1024
+
+
+@functools.lru_cache(maxsize=16)
+def _target_table(num_classes: int, label_smoothing: float, device: torch.device) -> Tensor:
+    """Row ``c``: the float32 soft target of label ``c`` (cached: only read)."""
+    off = label_smoothing / num_classes
+    table = torch.full((num_classes, num_classes), off, dtype=torch.float32, device=device)
+    return table.fill_diagonal_(1.0 - label_smoothing + off)
 
 
 def _mix_soft_targets(targets: Tensor, weights: Tensor, perm: Tensor) -> Tensor:

@@ -27,8 +27,10 @@ from lightning_recipes.functional._rows import rows_pay
 
 __all__ = ["AHEAD_BATCHES", "AHEAD_BYTES", "DrawsAhead", "Mix"]
 
-# Batches drawn in one hook, and the largest batch (bytes) whose mixes are drawn ahead.
-AHEAD_BATCHES = 8
+# Batches drawn in one hook, and the largest batch (bytes) whose mixes are drawn ahead: the
+# masks held then take at most 8 MiB. With 8 batches a block the draws of per-sample FMix and
+# RandomMix still cost a digits fit about a third more than with 32 (`benchmarks/RESULTS.md`).
+AHEAD_BATCHES = 32
 AHEAD_BYTES = 256 * 1024
 
 # A batch's mix, drawn: `mix(x, inplace)`; None leaves the batch unmixed.

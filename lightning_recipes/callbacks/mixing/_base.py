@@ -206,16 +206,17 @@ class MixingCallback(Callback):
     def _targets(self, items: BatchItems) -> Tensor:
         """The batch's float32 soft targets, before anything is mixed.
 
-        On the CPU the range of integer labels is checked here, by the one-hot ``scatter_``
-        itself, which refuses an index outside ``[0, num_classes)``: a separate check would
-        add three ops to every batch (on small batches each op's fixed cost counts,
-        ``benchmarks/RESULTS.md``), and its error is turned into the check's ``ValueError``.
+        On the CPU the range of integer labels is checked here, by the op that makes the
+        one-hot rows itself, which refuses an index outside ``[0, num_classes)``: a separate
+        check would add three ops to every batch (on small batches each op's fixed cost
+        counts, ``benchmarks/RESULTS.md``), and its error is turned into the check's
+        ``ValueError``.
         On an accelerator ``_read`` checks the first batch's labels (the scatter would only
         trip a device-side assert).
         """
         try:
             return _soft_targets(items.y, items.num_classes, self.label_smoothing)
-        except RuntimeError:
+        except (RuntimeError, IndexError):
             if items.y.is_floating_point() or items.y.device.type != "cpu":
                 raise
             with errors_named(self):
