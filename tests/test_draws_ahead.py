@@ -98,6 +98,29 @@ def test_mixes_drawn_ahead_are_the_bits_each_batch_draws_itself(
     assert not torch.equal(got[0][0], batches[0][0])  # it mixed
 
 
+@pytest.mark.parametrize(
+    ("shape", "dtype", "sampler"),
+    [
+        ((70, 1, 8, 8), torch.float32, "fast"),  # 4480 values: ranked by the histogram
+        ((6, 2, 7, 9), torch.bfloat16, "fast"),  # no numpy dtype: ranked by torch's argsort
+        ((6, 2, 7, 9), torch.float16, "fast"),
+        ((6, 1, 16, 16), torch.float32, "exact"),  # fields by the inverse FFT
+        ((6, 1, 16, 16), torch.float32, "fast"),  # the fast sampler: drawn whole
+    ],
+)
+def test_per_sample_fmix_masks_finished_together_are_the_bits_drawn_alone(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], dtype: torch.dtype, sampler: str
+) -> None:
+    # `FMixKernel.finish` ranks the fields of a block's batches at once where numpy ranks
+    # them, else one batch at a time: the same masks either way.
+    batches = [[x.to(dtype), y] for x, y in _batches([shape] * 5)]
+    got = _mix_all(FMix(seed=2, per_sample=True, mask_sampler=sampler), batches)
+    with monkeypatch.context() as patch:
+        _drawn_at_each_batch(patch)
+        expected = _mix_all(FMix(seed=2, per_sample=True, mask_sampler=sampler), batches)
+    _assert_same(got, expected)
+
+
 @pytest.mark.parametrize("name", ["FMix per sample", "RandomMix p=0.6"])
 def test_a_resume_inside_a_block_draws_what_the_uninterrupted_run_drew(name: str) -> None:
     batches = _batches([(6, 2, 7, 9)] * 12)
@@ -107,7 +130,7 @@ def test_a_resume_inside_a_block_draws_what_the_uninterrupted_run_drew(name: str
     state = pickle.loads(pickle.dumps(first.state_dict()))
     resumed = CALLBACKS[name]()
     resumed.setup(_trainer(), _module(), "fit")
-    resumed._ahead.take(0, batches[0][0], lambda count: None)  # stale mixes, to be forgotten
+    resumed._ahead.take(0, batches[0][0], lambda counts: [None] * len(counts))  # stale ones
     resumed.load_state_dict(state)
     assert not resumed._ahead._mixes
     _assert_same(_mix_all(resumed, batches[5:], start=5, setup=False), expected[5:])
@@ -117,13 +140,13 @@ def test_blocks_are_drawn_once_per_block_of_batches(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(_ahead, "AHEAD_BATCHES", 8)
     callback = FMix(seed=1, per_sample=True)
     counts: list[int] = []
-    draw_whole = callback._draw_whole
+    draw_ahead = callback._draw_ahead
 
-    def counting(x: torch.Tensor, count: int) -> Any:
-        counts.append(count)
-        return draw_whole(x, count)
+    def counting(x: torch.Tensor, drawn: Any) -> Any:
+        counts.extend(drawn)
+        return draw_ahead(x, drawn)
 
-    monkeypatch.setattr(callback, "_draw_whole", counting)
+    monkeypatch.setattr(callback, "_draw_ahead", counting)
     _mix_all(callback, _batches([(6, 2, 7, 9)] * 10 + [(4, 2, 7, 9)] + [(6, 2, 7, 9)] * 2))
     block = _ahead.AHEAD_BATCHES
     # Batches 0-7 in the first hook, 8-15 at batch 8; the smaller batch 10 draws its own

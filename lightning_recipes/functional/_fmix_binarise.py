@@ -15,6 +15,7 @@ __all__ = [
     "histogram_top_k_mask",
     "soft_top_k_mask",
     "sorted_top_k_mask",
+    "threshold_ranks",
     "threshold_top_k_mask",
     "top_k_mask",
 ]
@@ -55,10 +56,21 @@ def top_k_mask(values: Tensor, count: int | Tensor, dtype: torch.dtype = torch.b
 def sorted_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:
     """:func:`top_k_mask` with a count per row, by a sort of every row: on the CPU
     :func:`threshold_top_k_mask`, elsewhere :func:`argsort_top_k_mask`."""
-    on_host = values.device.type == "cpu" and not values.requires_grad
-    if on_host and values.dtype in _NUMPY_DTYPES and dtype in _NUMPY_DTYPES:
+    if _numpy_ranks(values, dtype):
         return threshold_top_k_mask(values, count, dtype)
     return argsort_top_k_mask(values, count, dtype)
+
+
+def threshold_ranks(values: Tensor, dtype: torch.dtype) -> bool:
+    """Whether :func:`top_k_mask` with a count per row ranks ``values`` into a mask of
+    ``dtype`` by :func:`threshold_top_k_mask`."""
+    return values.numel() <= SORTED_ELEMENTS and _numpy_ranks(values, dtype)
+
+
+def _numpy_ranks(values: Tensor, dtype: torch.dtype) -> bool:
+    """Whether numpy can rank ``values`` (CPU, no grad, dtypes it shares)."""
+    on_host = values.device.type == "cpu" and not values.requires_grad
+    return on_host and values.dtype in _NUMPY_DTYPES and dtype in _NUMPY_DTYPES
 
 
 def argsort_top_k_mask(values: Tensor, count: Tensor, dtype: torch.dtype = torch.bool) -> Tensor:

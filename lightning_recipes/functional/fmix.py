@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import overload
 
 import torch
 from torch import Tensor
@@ -38,7 +39,12 @@ from lightning_recipes._validation import (
     check_spatial_size,
     resolve_spatial_dims,
 )
-from lightning_recipes.functional._fmix_binarise import soft_top_k_mask, top_k_mask
+from lightning_recipes.functional._fmix_binarise import (
+    soft_top_k_mask,
+    threshold_ranks,
+    threshold_top_k_mask,
+    top_k_mask,
+)
 from lightning_recipes.functional._fmix_noise import (
     draws_the_exact_masks,
     fast_field,
@@ -176,6 +182,10 @@ def _resolve_sampler(
     return mask_sampler
 
 
+@overload
+def _count(lam: float, n: int) -> int: ...
+@overload
+def _count(lam: Tensor, n: int) -> Tensor: ...
 def _count(lam: float | Tensor, n: int) -> int | Tensor:
     """``round(lam * n)``: a Python int, or per element of ``lam`` flat ``torch.long``."""
     if isinstance(lam, Tensor):
@@ -341,9 +351,14 @@ def _fmix_mask(
     ndim = resolve_spatial_dims(x, spatial_dims, "fmix")
     size = tuple(x.shape[-ndim:])
     mask_sampler = _resolve_sampler(size, decay_power, max_soft, mask_sampler)
+    if isinstance(lam, Tensor) and _draws_fields(max_soft, mask_sampler):
+        fields = _exact_fields(size, lam, decay_power, generator, x.device)
+        return _exact_masks(x, size, [lam], [fields])[0]
     n = math.prod(size)
-    # Only the exact sampler's binary masks are weighted by their count (below); counted once.
-    count = _count(lam, n) if mask_sampler == "exact" and max_soft == 0.0 else None
+    # The exact sampler's binary mask per batch holds round(lam * n) ones: counted once.
+    count = None
+    if not isinstance(lam, Tensor) and _draws_fields(max_soft, mask_sampler):
+        count = _count(lam, n)
     mask = _sample_mask(
         size, lam, decay_power, max_soft, generator, x.device, x.dtype, mask_sampler, count
     )
@@ -352,11 +367,56 @@ def _fmix_mask(
         # The mean of the mask as applied (in x.dtype): (1,) or (batch,). The fast sampler's
         # mask holds round(lam * n) ones only where its grid is the input's.
         weights = mask.flatten(1).float().mean(dim=1).expand(x.shape[0]).contiguous()
-    elif isinstance(count, Tensor):  # a binary mask holds exactly round(lam * n) ones
-        weights = count.float().div_(n)
     else:
         weights = torch.full((x.shape[0],), count / n, device=x.device)
     return mask, weights
+
+
+def _draws_fields(max_soft: float, mask_sampler: str) -> bool:
+    """Whether the masks are the exact sampler's binary ones: per sample, :func:`_fmix_mask`
+    draws them as :func:`_exact_fields` and binarises them by :func:`_exact_masks`."""
+    return max_soft == 0.0 and mask_sampler == "exact"
+
+
+def _exact_fields(
+    size: tuple[int, ...],
+    lam: Tensor,
+    decay_power: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> Tensor:
+    """What per-sample exact masks draw from ``generator``: a grey field per element of
+    ``lam``, ``(lam.numel(), N)``."""
+    batch = lam.numel()
+    if batch == 0:  # no sample: no field (the FFT and the reshapes refuse empty input)
+        return torch.empty((0, math.prod(size)), device=device)
+    return _low_frequency_noise(batch, size, decay_power, generator, device).reshape(batch, -1)
+
+
+def _exact_masks(
+    x: Tensor, size: tuple[int, ...], lams: Sequence[Tensor], fields: Sequence[Tensor]
+) -> list[tuple[Tensor, Tensor]]:
+    """The binary masks (broadcastable to ``x``) and float32 weights of one or several
+    batches of ``x``'s shape, from their lam and :func:`_exact_fields`: ``round(lam * N)``
+    ones per mask, at its field's highest values.
+
+    Several batches whose rows the CPU's numpy ranking takes are binarised at once: every
+    op then treats each sample on its own (elementwise ops that round exactly, a ranking per
+    row), so each batch gets the bits it gets alone, for one batch's fixed costs, most of the
+    time on small batches (``callbacks/mixing/_ahead.py``). Others go one at a time.
+    """
+    n = math.prod(size)
+    if len(lams) > 1 and threshold_ranks(fields[0], x.dtype):
+        count = _count(torch.cat(list(lams)), n)
+        mask = threshold_top_k_mask(torch.cat(list(fields)), count, x.dtype)
+        masks = mask.view(len(lams), -1, n).unbind()
+        weights = count.float().div_(n).view(len(lams), -1).unbind()
+    else:
+        counts = [_count(lam, n) for lam in lams]
+        masks = tuple(top_k_mask(f, c, x.dtype) for f, c in zip(fields, counts, strict=True))
+        weights = tuple(c.float().div_(n) for c in counts)
+    shape = (-1, *([1] * (x.ndim - 1 - len(size))), *size)
+    return [(m.to(x.dtype).view(shape), w) for m, w in zip(masks, weights, strict=True)]
 
 
 @functools.lru_cache(maxsize=16)

@@ -16,7 +16,7 @@ run draws from its checkpoint's batch count on, as before.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -56,21 +56,23 @@ class DrawsAhead:
             and not rows_pay(x, 1.0, False)
         )
 
-    def take(self, count: int, x: Tensor, draw: Callable[[int], Mix]) -> Mix:
-        """The mix of batch ``count`` (of ``x``'s shape and dtype), ``draw(c)`` drawing that
-        of batch count ``c``: on a miss, those of the next :data:`AHEAD_BATCHES` batches are
-        drawn with it, unless mixes of later batches (of another shape) are still held,
-        as for the smaller last batch of an epoch, which then draws its own alone."""
+    def take(self, count: int, x: Tensor, draw: Callable[[Sequence[int]], list[Mix]]) -> Mix:
+        """The mix of batch ``count`` (of ``x``'s shape and dtype), ``draw(counts)`` drawing
+        those of the batch counts ``counts``: on a miss, those of the next
+        :data:`AHEAD_BATCHES` batches are drawn with it, unless mixes of later batches (of
+        another shape) are still held, as for the smaller last batch of an epoch, which
+        then draws its own alone."""
         shape, dtype = tuple(x.shape), x.dtype
         key = (count, shape, dtype)
         if key in self._mixes:
             return self._mixes.pop(key)
         self._mixes = {key: mix for key, mix in self._mixes.items() if key[0] > count}
-        mix = draw(count)
-        if not self._mixes:
-            ahead = range(count + 1, count + AHEAD_BATCHES)
-            self._mixes = {(c, shape, dtype): draw(c) for c in ahead}
-        return mix
+        if self._mixes:
+            return draw([count])[0]
+        counts = range(count, count + AHEAD_BATCHES)
+        mixes = draw(counts)
+        self._mixes = {(c, shape, dtype): mix for c, mix in zip(counts[1:], mixes[1:], strict=True)}
+        return mixes[0]
 
     def clear(self) -> None:
         """Forgets the drawn mixes (a new seed or batch count, or mixing has stopped)."""

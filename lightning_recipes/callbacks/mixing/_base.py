@@ -4,7 +4,7 @@ schedule, logging and the grid. The public callbacks only say which methods they
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
@@ -30,7 +30,14 @@ from lightning_recipes.callbacks.mixing._batch import (
     module_num_classes,
     read_batch,
 )
-from lightning_recipes.callbacks.mixing._draw import Draw, Methods, apply_mix, draw_mix, draw_whole
+from lightning_recipes.callbacks.mixing._draw import (
+    Draw,
+    Methods,
+    apply_mix,
+    draw_mix,
+    finish_staged,
+    stage,
+)
 from lightning_recipes.callbacks.mixing._grid import save_grid
 from lightning_recipes.callbacks.mixing._kernels import Mixed
 from lightning_recipes.callbacks.mixing._randomness import BatchRandomness, RandomSource, run_seed
@@ -245,7 +252,7 @@ class MixingCallback(Callback):
         CPU batches: :mod:`~lightning_recipes.callbacks.mixing._ahead`), then applies it;
         None leaves the batch unmixed."""
         if self._ahead.pays(x):
-            mix = self._ahead.take(count, x, lambda count: self._draw_whole(x, count))
+            mix = self._ahead.take(count, x, lambda counts: self._draw_ahead(x, counts))
             return None if mix is None else mix(x, self.inplace)
         draw = self._draw(x, count)
         return None if draw is None else apply_mix(self._methods, x, draw, self.inplace)
@@ -255,7 +262,12 @@ class MixingCallback(Callback):
         randomness = self._randomness(x.device, count)
         return draw_mix(self._methods, self.p, self.per_sample, x.shape[0], randomness, x.device)
 
-    def _draw_whole(self, x: Tensor, count: int) -> Mix:
-        """The whole mix of batch ``count`` of ``x``'s shape, drawn now (see ``_mix``)."""
-        draw = self._draw(x, count)
-        return None if draw is None else draw_whole(self._methods, x, draw)
+    def _draw_ahead(self, x: Tensor, counts: Sequence[int]) -> list[Mix]:
+        """The whole mixes of the batches ``counts`` of ``x``'s shape, drawn now (see
+        ``_mix``): each batch's draws from its own reseeded sources, in turn, then finished
+        together."""
+        staged = []
+        for count in counts:
+            draw = self._draw(x, count)
+            staged.append(None if draw is None else stage(self._methods, x, draw))
+        return finish_staged(x, staged)

@@ -7,13 +7,14 @@ mask) is fixed: a resumed run and the pinned draws of the tests rely on it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
 
 from lightning_recipes.callbacks.mixing._kernels import (
+    Apply,
     CutMixKernel,
     Mixed,
     MixKernel,
@@ -29,7 +30,7 @@ from lightning_recipes.callbacks.mixing._randomness import (
 from lightning_recipes.functional._rows import blend_box_rows, rows_pay
 from lightning_recipes.functional.sampling import _sample_partners
 
-__all__ = ["Draw", "Methods", "apply_mix", "draw_mix", "draw_whole"]
+__all__ = ["Draw", "Methods", "Staged", "apply_mix", "draw_mix", "finish_staged", "stage"]
 
 
 class Methods(NamedTuple):
@@ -109,17 +110,54 @@ def apply_mix(methods: Methods, x: Tensor, draw: Draw, inplace: bool) -> Mixed:
     return apply_map(x, perm, _composed_map(methods.kernels, x, method, lam, generator), inplace)
 
 
-def draw_whole(methods: Methods, x: Tensor, draw: Draw) -> Callable[[Tensor, bool], Mixed]:
-    """Draws the rest of a batch's mix now (the kernel's box or masks) and returns what mixes
-    ``x`` with it later, ``mix(x, inplace)``: the result of ``apply_mix(methods, x, draw,
-    inplace)`` bit for bit, where ``apply_mix`` takes no sample-at-a-time path (on the CPU,
-    ``_rows.rows_pay`` is false for ``x``), so that a callback can draw the mixes of the
-    coming batches before they arrive."""
+class Staged(NamedTuple):
+    """A batch's mix drawn ahead of its batch (:func:`stage`), to be finished by
+    :func:`finish_staged`.
+
+    Attributes:
+        kernel: The kernel whose :meth:`~MixKernel.finish` finishes ``drawn``; None when
+            ``drawn`` is already the ``apply`` (a per-sample choice of methods).
+        drawn: What the kernel's :meth:`~MixKernel.draw` returned.
+        perm: The partners.
+    """
+
+    kernel: MixKernel | None
+    drawn: object
+    perm: Tensor
+
+
+def stage(methods: Methods, x: Tensor, draw: Draw) -> Staged:
+    """Draws the rest of a batch's randomness now, the kernel's box or masks (or what they
+    are made from), so that a callback can draw the mixes of the coming batches before they
+    arrive; :func:`finish_staged` turns it into the batch's mix, with the result of
+    ``apply_mix(methods, x, draw, inplace)`` bit for bit where ``apply_mix`` takes no
+    sample-at-a-time path (on the CPU, ``_rows.rows_pay`` is false for ``x``)."""
     method, lam, perm, generator = draw
     if isinstance(method, Tensor):
         weight_map = _composed_map(methods.kernels, x, method, lam, generator)
-        return lambda x, inplace: apply_map(x, perm, weight_map, inplace)
-    apply = methods.kernels[method].draw(x, lam, generator)
+        return Staged(None, lambda x, perm, inplace: apply_map(x, perm, weight_map, inplace), perm)
+    kernel = methods.kernels[method]
+    return Staged(kernel, kernel.draw(x, lam, generator), perm)
+
+
+def finish_staged(
+    x: Tensor, staged: Sequence[Staged | None]
+) -> list[Callable[[Tensor, bool], Mixed] | None]:
+    """The mix of each staged batch (of ``x``'s shape and dtype), ``mix(x, inplace)``, or
+    None for a batch left unmixed; each kernel finishes its batches' draws together."""
+    applies: dict[int, Apply] = {}
+    kernels = {id(s.kernel): s.kernel for s in staged if s is not None and s.kernel is not None}
+    for kernel in kernels.values():
+        index = [i for i, s in enumerate(staged) if s is not None and s.kernel is kernel]
+        drawn = [cast(Staged, staged[i]).drawn for i in index]
+        applies.update(zip(index, kernel.finish(x, drawn), strict=True))
+    return [
+        None if s is None else _with_partners(applies.get(i) or cast(Apply, s.drawn), s.perm)
+        for i, s in enumerate(staged)
+    ]
+
+
+def _with_partners(apply: Apply, perm: Tensor) -> Callable[[Tensor, bool], Mixed]:
     return lambda x, inplace: apply(x, perm, inplace)
 
 

@@ -13,9 +13,9 @@ kernels by multiplying their maps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -25,7 +25,15 @@ from lightning_recipes.functional._cutmix_boxes import _clipped_boxes, _sample_b
 from lightning_recipes.functional._rows import rows_pay
 from lightning_recipes.functional.blend import _blend_finite
 from lightning_recipes.functional.cutmix import _cutmix_mask, _mix_box_rows, _paste_box
-from lightning_recipes.functional.fmix import _fmix_mask, _fmix_rows_pay, _mix_fmix_rows
+from lightning_recipes.functional.fmix import (
+    _draws_fields,
+    _exact_fields,
+    _exact_masks,
+    _fmix_mask,
+    _fmix_rows_pay,
+    _mix_fmix_rows,
+    _resolve_sampler,
+)
 from lightning_recipes.functional.mixup import _mixup_weight
 
 __all__ = [
@@ -117,14 +125,18 @@ class MixKernel:
             return pasted
         return apply_map(x, perm, self.weight_map(x, lam, generator), inplace)
 
-    def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> Apply:
-        """Draws now what :meth:`mix` draws from ``generator`` for ``x`` and returns what
-        mixes ``x`` with it later, ``apply(x, perm, inplace)``: the blend through the weight
-        map, or the method's :meth:`paste` shortcut with its draw. For calls where
-        :meth:`mix` takes no sample-at-a-time path (``_rows.rows_pay`` is false), where both
-        give the same bits."""
-        weight_map = self.weight_map(x, lam, generator)
-        return lambda x, perm, inplace: apply_map(x, perm, weight_map, inplace)
+    def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> object:
+        """Draws now what :meth:`mix` draws from ``generator`` for ``x``, for :meth:`finish`
+        to turn into what mixes ``x`` with it later, ``apply(x, perm, inplace)``: the blend
+        through the weight map, or the method's :meth:`paste` shortcut with its draw. For
+        calls where :meth:`mix` takes no sample-at-a-time path (``_rows.rows_pay`` is false),
+        where both give the same bits."""
+        return _applying(self.weight_map(x, lam, generator))
+
+    def finish(self, x: Tensor, drawn: Sequence[object]) -> list[Apply]:
+        """The ``apply`` of each of :meth:`draw`'s results, for batches of ``x``'s shape and
+        dtype: a method may finish several batches' draws at once where that costs less."""
+        return [cast(Apply, d) for d in drawn]
 
 
 @dataclass(frozen=True)
@@ -185,7 +197,7 @@ class CutMixKernel(_SpatialKernel):
             return Mixed(*mixed, perm)
         return None
 
-    def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> Apply:
+    def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> object:
         if isinstance(lam, Tensor):
             return super().draw(x, lam, generator)
         ndim = resolve_spatial_dims(x, self.spatial_dims, self.name)
@@ -243,6 +255,40 @@ class FMixKernel(_SpatialKernel):
             mixed = _mix_fmix_rows(x, lam, perm, self.decay_power, generator, self.spatial_dims)
             return Mixed(*mixed, perm)
         return None
+
+    def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> object:
+        # Per-sample exact binary masks: only their fields are drawn here; `finish` ranks
+        # the fields of several batches at once (the same bits, `fmix._exact_masks`).
+        size = tuple(x.shape[-resolve_spatial_dims(x, self.spatial_dims, self.name) :])
+        sampler = _resolve_sampler(size, self.decay_power, self.max_soft, self.mask_sampler)
+        if isinstance(lam, Tensor) and _draws_fields(self.max_soft, sampler):
+            fields = _exact_fields(size, lam, self.decay_power, generator, x.device)
+            return _Fields(lam, fields, size)
+        return super().draw(x, lam, generator)
+
+    def finish(self, x: Tensor, drawn: Sequence[object]) -> list[Apply]:
+        fields = [d for d in drawn if isinstance(d, _Fields)]
+        if not fields:
+            return super().finish(x, drawn)
+        lams, greys = [f.lam for f in fields], [f.fields for f in fields]
+        maps = iter(_exact_masks(x, fields[0].size, lams, greys))
+        return [
+            _applying(WeightMap(*next(maps))) if isinstance(d, _Fields) else cast(Apply, d)
+            for d in drawn
+        ]
+
+
+class _Fields(NamedTuple):
+    """Per-sample FMix's draw for one batch: lam and the grey fields, not yet ranked."""
+
+    lam: Tensor
+    fields: Tensor
+    size: tuple[int, ...]
+
+
+def _applying(weight_map: WeightMap) -> Apply:
+    """What blends a batch through ``weight_map``."""
+    return lambda x, perm, inplace: apply_map(x, perm, weight_map, inplace)
 
 
 def apply_map(x: Tensor, perm: Tensor, weight_map: WeightMap, inplace: bool) -> Mixed:
