@@ -23,6 +23,7 @@ CALLBACKS: dict[str, Callable[[], MixingCallback]] = {
     "MixUp per sample p=0.7": lambda: MixUp(seed=1, per_sample=True, p=0.7),
     "CutMix": lambda: CutMix(seed=1),
     "CutMix per sample": lambda: CutMix(seed=1, per_sample=True),
+    "CutMix per sample uncorrected": lambda: CutMix(seed=1, per_sample=True, correct_lam=False),
     "FMix": lambda: FMix(seed=1),
     "FMix per sample": lambda: FMix(seed=1, per_sample=True),
     "FMix per sample soft": lambda: FMix(seed=1, per_sample=True, max_soft=0.1),
@@ -30,6 +31,7 @@ CALLBACKS: dict[str, Callable[[], MixingCallback]] = {
     "RandomMix per sample": lambda: RandomMix(
         {"mixup": 0.3, "cutmix": 0.3, "fmix": 0.4}, seed=1, per_sample=True
     ),
+    "RandomMix per sample by default": lambda: RandomMix(seed=1, per_sample=True),
 }
 
 
@@ -78,9 +80,10 @@ def _drawn_at_each_batch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # Full batches, a smaller last batch of an epoch, then the next epoch; another image size;
-# 1-D inputs; a batch of one (not mixed).
+# 1-D and 3-D inputs (whose CutMix boxes are made a batch at a time); a batch of one (not
+# mixed).
 SHAPES = [(6, 2, 7, 9)] * 3 + [(4, 2, 7, 9)] + [(6, 2, 7, 9)] * 9 + [(6, 3, 5, 5)] * 2
-SHAPES += [(5, 2, 11)] * 2 + [(1, 2, 7, 9)] + [(6, 2, 7, 9)] * 2
+SHAPES += [(5, 2, 11)] * 2 + [(4, 1, 3, 4, 5)] * 3 + [(1, 2, 7, 9)] + [(6, 2, 7, 9)] * 2
 
 
 @pytest.mark.parametrize("name", list(CALLBACKS))

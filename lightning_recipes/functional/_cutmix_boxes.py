@@ -27,11 +27,23 @@ def _box_corners(
 ) -> tuple[Tensor, Tensor]:
     """Unclipped box corners ``(low, high)``, float32 of shape ``(*lam.shape, ndim)``: all
     spatial dims at once, the same arithmetic as the float path :func:`_sample_box`."""
+    return _corners(spatial_size, lam, _box_uniform(spatial_size, lam, generator))
+
+
+def _box_uniform(
+    spatial_size: tuple[int, ...], lam: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """All that per-sample boxes draw: a uniform number per sample and spatial dim."""
+    shape = (*lam.shape, len(spatial_size))
+    return torch.rand(shape, generator=generator, device=lam.device)
+
+
+def _corners(spatial_size: tuple[int, ...], lam: Tensor, uniform: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_box_corners` from the draw of :func:`_box_uniform`."""
     ndim = len(spatial_size)
     sizes, last, _ = _grid(spatial_size, lam.device)
     # Side ratio (1 - lam)^(1/d): the box keeps the aspect of the input (sqrt for images).
     ratio = (1.0 - lam.float()).clamp_(0.0, 1.0).pow_(1.0 / ndim).unsqueeze(-1)
-    uniform = torch.rand((*lam.shape, ndim), generator=generator, device=lam.device)
     cut = ratio.mul(sizes).floor_()
     centre = torch.minimum(uniform.mul_(sizes).floor_(), last)
     low = centre.sub_(cut.mul(0.5).floor_())  # centre - cut // 2, before clipping
@@ -84,7 +96,18 @@ def _per_sample_mask(
     of each small op can cost more than writing the masks of a small batch): the mask comes
     from the unclipped corners, and only the area is clipped.
     """
-    low, high, _, weights = _per_sample_boxes(size, lam, generator)
+    return _per_sample_mask_of(size, lam, _box_uniform(size, lam, generator), dtype)
+
+
+def _per_sample_mask_of(
+    size: tuple[int, ...], lam: Tensor, uniform: Tensor, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """:func:`_per_sample_mask` from the draw of :func:`_box_uniform`. For images (two
+    spatial dims) every op here treats each sample on its own and rounds exactly (the side
+    ratio's power 1/2 is a square root), so samples give the same bits alone or with others;
+    with one or three dims the power is a ``pow``, which the CPU's vectorised and scalar
+    loops need not round alike."""
+    low, high, _, weights = _boxes_of(size, lam, uniform)
     return _outside_mask(low, high, size, dtype), weights
 
 
@@ -92,7 +115,14 @@ def _per_sample_boxes(
     size: tuple[int, ...], lam: Tensor, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Unclipped corners, the high corners clipped, and weights ``1 - clipped box area``."""
-    low, high = _box_corners(size, lam, generator)
+    return _boxes_of(size, lam, _box_uniform(size, lam, generator))
+
+
+def _boxes_of(
+    size: tuple[int, ...], lam: Tensor, uniform: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_per_sample_boxes` from the draw of :func:`_box_uniform`."""
+    low, high = _corners(size, lam, uniform)
     clipped_high = torch.minimum(high, _grid(size, lam.device)[0])
     extent = clipped_high - low.clamp(min=0)  # >= 0: high >= centre >= 0
     return low, high, clipped_high, extent.prod(dim=-1).div_(-math.prod(size)).add_(1.0)

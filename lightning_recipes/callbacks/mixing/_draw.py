@@ -111,53 +111,74 @@ def apply_mix(methods: Methods, x: Tensor, draw: Draw, inplace: bool) -> Mixed:
 
 
 class Staged(NamedTuple):
-    """A batch's mix drawn ahead of its batch (:func:`stage`), to be finished by
-    :func:`finish_staged`.
+    """A batch's mix drawn ahead of its batch (:func:`stage`), for :func:`finish_staged`.
 
     Attributes:
-        kernel: The kernel whose :meth:`~MixKernel.finish` finishes ``drawn``; None when
-            ``drawn`` is already the ``apply`` (a per-sample choice of methods).
-        drawn: What the kernel's :meth:`~MixKernel.draw` returned.
+        parts: Each kernel of the mix with what its :meth:`~MixKernel.draw` returned: one,
+            or one per method of a per-sample choice (their maps are then multiplied).
         perm: The partners.
     """
 
-    kernel: MixKernel | None
-    drawn: object
+    parts: tuple[tuple[MixKernel, object], ...]
     perm: Tensor
 
 
 def stage(methods: Methods, x: Tensor, draw: Draw) -> Staged:
-    """Draws the rest of a batch's randomness now, the kernel's box or masks (or what they
+    """Draws the rest of a batch's randomness now (the kernels' boxes or masks, or what they
     are made from), so that a callback can draw the mixes of the coming batches before they
-    arrive; :func:`finish_staged` turns it into the batch's mix, with the result of
-    ``apply_mix(methods, x, draw, inplace)`` bit for bit where ``apply_mix`` takes no
-    sample-at-a-time path (on the CPU, ``_rows.rows_pay`` is false for ``x``)."""
+    arrive; :func:`finish_staged` makes them, with the result of ``apply_mix(methods, x,
+    draw, inplace)`` bit for bit where ``apply_mix`` takes no sample-at-a-time path (on the
+    CPU, ``_rows.rows_pay`` is false for ``x``)."""
     method, lam, perm, generator = draw
-    if isinstance(method, Tensor):
-        weight_map = _composed_map(methods.kernels, x, method, lam, generator)
-        return Staged(None, lambda x, perm, inplace: apply_map(x, perm, weight_map, inplace), perm)
-    kernel = methods.kernels[method]
-    return Staged(kernel, kernel.draw(x, lam, generator), perm)
+    if not isinstance(method, Tensor):
+        kernel = methods.kernels[method]
+        return Staged(((kernel, kernel.draw(x, lam, generator)),), perm)
+    # As `_composed_map` draws: each kernel in turn, the samples that chose another with lam 1.
+    parts = tuple(
+        (kernel, kernel.draw(x, torch.where(method == index, lam, 1.0), generator))
+        for index, kernel in enumerate(methods.kernels)
+    )
+    return Staged(parts, perm)
 
 
 def finish_staged(
     x: Tensor, staged: Sequence[Staged | None]
 ) -> list[Callable[[Tensor, bool], Mixed] | None]:
     """The mix of each staged batch (of ``x``'s shape and dtype), ``mix(x, inplace)``, or
-    None for a batch left unmixed; each kernel finishes its batches' draws together."""
-    applies: dict[int, Apply] = {}
-    kernels = {id(s.kernel): s.kernel for s in staged if s is not None and s.kernel is not None}
-    for kernel in kernels.values():
-        index = [i for i, s in enumerate(staged) if s is not None and s.kernel is kernel]
-        drawn = [cast(Staged, staged[i]).drawn for i in index]
-        applies.update(zip(index, kernel.finish(x, drawn), strict=True))
-    return [
-        None if s is None else _with_partners(applies.get(i) or cast(Apply, s.drawn), s.perm)
-        for i, s in enumerate(staged)
-    ]
+    None for a batch left unmixed. Each kernel finishes all its batches' draws at once."""
+    slots: dict[int, list[tuple[int, int]]] = {}  # by kernel: (batch, part) of its draws
+    kernels: dict[int, MixKernel] = {}
+    for i, batch in enumerate(staged):
+        for j, (kernel, _) in enumerate(batch.parts if batch is not None else ()):
+            slots.setdefault(id(kernel), []).append((i, j))
+            kernels[id(kernel)] = kernel
+    finished: dict[tuple[int, int], WeightMap | Apply] = {}
+    for key, where in slots.items():
+        drawn = [cast(Staged, staged[i]).parts[j][1] for i, j in where]
+        finished.update(zip(where, kernels[key].finish(x, drawn), strict=True))
+    mixes: list[Callable[[Tensor, bool], Mixed] | None] = []
+    for i, batch in enumerate(staged):
+        if batch is None:
+            mixes.append(None)
+            continue
+        made = [finished[i, j] for j in range(len(batch.parts))]
+        if len(made) == 1 and not isinstance(made[0], WeightMap):
+            mixes.append(_mixing(made[0], batch.perm))
+            continue
+        maps = [cast(WeightMap, m) for m in made]
+        weight = functools.reduce(torch.mul, [m.weight for m in maps])
+        weights = functools.reduce(torch.mul, [m.weights for m in maps])
+        mixes.append(_mixing(_applying(WeightMap(weight, weights)), batch.perm))
+    return mixes
 
 
-def _with_partners(apply: Apply, perm: Tensor) -> Callable[[Tensor, bool], Mixed]:
+def _applying(weight_map: WeightMap) -> Apply:
+    """What blends a batch with its partners through ``weight_map``."""
+    return lambda x, perm, inplace: apply_map(x, perm, weight_map, inplace)
+
+
+def _mixing(apply: Apply, perm: Tensor) -> Callable[[Tensor, bool], Mixed]:
+    """What mixes a batch with ``apply`` and its partners ``perm``."""
     return lambda x, inplace: apply(x, perm, inplace)
 
 

@@ -21,7 +21,12 @@ import torch
 from torch import Tensor
 
 from lightning_recipes._validation import resolve_spatial_dims
-from lightning_recipes.functional._cutmix_boxes import _clipped_boxes, _sample_box
+from lightning_recipes.functional._cutmix_boxes import (
+    _box_uniform,
+    _clipped_boxes,
+    _per_sample_mask_of,
+    _sample_box,
+)
 from lightning_recipes.functional._rows import rows_pay
 from lightning_recipes.functional.blend import _blend_finite
 from lightning_recipes.functional.cutmix import _cutmix_mask, _mix_box_rows, _paste_box
@@ -126,17 +131,18 @@ class MixKernel:
         return apply_map(x, perm, self.weight_map(x, lam, generator), inplace)
 
     def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> object:
-        """Draws now what :meth:`mix` draws from ``generator`` for ``x``, for :meth:`finish`
-        to turn into what mixes ``x`` with it later, ``apply(x, perm, inplace)``: the blend
-        through the weight map, or the method's :meth:`paste` shortcut with its draw. For
+        """Draws now what :meth:`weight_map` (or the :meth:`paste` shortcut of :meth:`mix`)
+        draws from ``generator`` for ``x``, for :meth:`finish` to make the rest later; for
         calls where :meth:`mix` takes no sample-at-a-time path (``_rows.rows_pay`` is false),
-        where both give the same bits."""
-        return _applying(self.weight_map(x, lam, generator))
+        with the same bits. By default the whole weight map."""
+        return self.weight_map(x, lam, generator)
 
-    def finish(self, x: Tensor, drawn: Sequence[object]) -> list[Apply]:
-        """The ``apply`` of each of :meth:`draw`'s results, for batches of ``x``'s shape and
-        dtype: a method may finish several batches' draws at once where that costs less."""
-        return [cast(Apply, d) for d in drawn]
+    def finish(self, x: Tensor, drawn: Sequence[object]) -> list[WeightMap | Apply]:
+        """The weight maps (or, for a :meth:`paste` shortcut, what applies it,
+        ``apply(x, perm, inplace)``) of :meth:`draw`'s results for batches of ``x``'s shape
+        and dtype: a method may finish several batches' draws at once where the bits allow
+        it, for one batch's fixed costs (``callbacks/mixing/_ahead.py``)."""
+        return [cast(WeightMap | Apply, d) for d in drawn]
 
 
 @dataclass(frozen=True)
@@ -198,10 +204,13 @@ class CutMixKernel(_SpatialKernel):
         return None
 
     def draw(self, x: Tensor, lam: float | Tensor, generator: torch.Generator) -> object:
-        if isinstance(lam, Tensor):
-            return super().draw(x, lam, generator)
         ndim = resolve_spatial_dims(x, self.spatial_dims, self.name)
-        box = _sample_box(tuple(x.shape[-ndim:]), lam, generator)
+        size = tuple(x.shape[-ndim:])
+        if isinstance(lam, Tensor):
+            if ndim != 2:  # see `_per_sample_mask_of`: only images' boxes are finished together
+                return super().draw(x, lam, generator)
+            return _Corners(lam, _box_uniform(size, lam, generator), size)
+        box = _sample_box(size, lam, generator)
         correct_lam, spatial_dims = self.correct_lam, self.spatial_dims
 
         def paste(x: Tensor, perm: Tensor, inplace: bool) -> Mixed:
@@ -210,12 +219,40 @@ class CutMixKernel(_SpatialKernel):
 
         return paste
 
+    def finish(self, x: Tensor, drawn: Sequence[object]) -> list[WeightMap | Apply]:
+        boxes = [d for d in drawn if isinstance(d, _Corners)]
+        if not boxes:
+            return super().finish(x, drawn)
+        lam = torch.cat([b.lam for b in boxes])
+        size = boxes[0].size
+        mask, weights = _per_sample_mask_of(
+            size, lam, torch.cat([b.uniform for b in boxes]), x.dtype
+        )
+        if not self.correct_lam:
+            weights = lam.float()
+        shape = (len(boxes), -1, *([1] * (x.ndim - 1 - len(size))), *size)
+        maps = iter(
+            zip(mask.view(shape).unbind(), weights.view(len(boxes), -1).unbind(), strict=True)
+        )
+        return [
+            WeightMap(*next(maps)) if isinstance(d, _Corners) else cast(WeightMap | Apply, d)
+            for d in drawn
+        ]
+
     def boxes(
         self, x: Tensor, lam: Tensor, generator: torch.Generator
     ) -> tuple[list[list[tuple[int, int]]], Tensor]:
         """The clipped box of each sample, the same draw as :meth:`weight_map`'s mask, and
         the weights; for the CPU's sample-at-a-time blend, which needs no mask."""
         return _clipped_boxes(x, lam, generator, self.correct_lam, self.spatial_dims)
+
+
+class _Corners(NamedTuple):
+    """Per-sample CutMix's draw for one batch of images: lam and the boxes' uniform draw."""
+
+    lam: Tensor
+    uniform: Tensor
+    size: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -266,14 +303,14 @@ class FMixKernel(_SpatialKernel):
             return _Fields(lam, fields, size)
         return super().draw(x, lam, generator)
 
-    def finish(self, x: Tensor, drawn: Sequence[object]) -> list[Apply]:
+    def finish(self, x: Tensor, drawn: Sequence[object]) -> list[WeightMap | Apply]:
         fields = [d for d in drawn if isinstance(d, _Fields)]
         if not fields:
             return super().finish(x, drawn)
         lams, greys = [f.lam for f in fields], [f.fields for f in fields]
         maps = iter(_exact_masks(x, fields[0].size, lams, greys))
         return [
-            _applying(WeightMap(*next(maps))) if isinstance(d, _Fields) else cast(Apply, d)
+            WeightMap(*next(maps)) if isinstance(d, _Fields) else cast(WeightMap | Apply, d)
             for d in drawn
         ]
 
@@ -284,11 +321,6 @@ class _Fields(NamedTuple):
     lam: Tensor
     fields: Tensor
     size: tuple[int, ...]
-
-
-def _applying(weight_map: WeightMap) -> Apply:
-    """What blends a batch through ``weight_map``."""
-    return lambda x, perm, inplace: apply_map(x, perm, weight_map, inplace)
 
 
 def apply_map(x: Tensor, perm: Tensor, weight_map: WeightMap, inplace: bool) -> Mixed:
