@@ -12,9 +12,10 @@ checkouts alternating, so that the machine's load falls on both alike. Two measu
   the command time them with memory reused;
 - ``digits-hook``: the same hooks inside digits fits (``ImageClassifier``, batches of 64
   1x8x8 images, 6 epochs of 19 batches, as ``benchmarks/mixing.py --part fit``), one fit per
-  callback: the median time of a call, in microseconds. Between the fit's other work the
-  hook runs with cold caches, about 2-3 times slower than called in a loop, and this is
-  the time a fit pays.
+  callback: the mean time of a call, in microseconds (the mean: on these batches the
+  callbacks draw the mixes of 32 batches in one call, which a median would leave out).
+  Between the fit's other work the hook runs with cold caches, about 2-3 times slower than
+  called in a loop, and this is the time a fit pays.
 
 Usage (the old code in a worktree of the commit to compare with)::
 
@@ -81,7 +82,7 @@ elif what == "digits-hook":
         )
         module = lr.ImageClassifier(num_classes=10, in_channels=1, max_lr=0.1)
         trainer.fit(module, lr.DigitsDataModule(batch_size=64))
-        return statistics.median(times) * 1e6
+        return statistics.fmean(times) * 1e6
 
     names = ["MixUp", "CutMix", "FMix", "RandomMix"]
     hook_times(lr.MixUp())  # warm-up

@@ -5,7 +5,9 @@ its ops' fixed costs add up to, not what its bytes do, and inside a fit each op 
 times what it costs in a loop: the forward and backward passes between two hooks have evicted
 the processor's caches (``benchmarks/RESULTS.md``, the per-step table). So the callbacks draw
 the mixes (lam, partners, box or masks) of :data:`AHEAD_BATCHES` batches in one hook, the
-later ones with warm caches, and each hook then blends its batch with its own.
+later ones with warm caches, and each hook then blends its batch with its own. What can be
+made for all of them at once is (``MixKernel.finish``: per-sample FMix masks and the
+per-sample CutMix boxes of images), for one batch's fixed costs.
 
 Nothing changes but the time: every batch's draws come from its own reseeded sources
 (:mod:`~lightning_recipes.callbacks.mixing._randomness`), so a draw made ahead is the draw
@@ -28,8 +30,9 @@ from lightning_recipes.functional._rows import rows_pay
 __all__ = ["AHEAD_BATCHES", "AHEAD_BYTES", "DrawsAhead", "Mix"]
 
 # Batches drawn in one hook, and the largest batch (bytes) whose mixes are drawn ahead: the
-# masks held then take at most 8 MiB. With 8 batches a block the draws of per-sample FMix and
-# RandomMix still cost a digits fit about a third more than with 32 (`benchmarks/RESULTS.md`).
+# masks held then take at most 8 MiB. With 8 batches a block the loop of draws is too short
+# to warm up: per-sample RandomMix added 818 us to a digits step against 543 us with 32 (a
+# one-off timing, `benchmarks/RESULTS.md`).
 AHEAD_BATCHES = 32
 AHEAD_BYTES = 256 * 1024
 
