@@ -233,3 +233,33 @@ def test_the_cpu_guard_leaves_samples_whose_sums_overflow_to_the_per_sample_sums
     partners, flags = _finite_partners(x, perm)
     assert flags is not None and flags.tolist() == [False, True, False]
     assert partners.tolist() == [0, 2, 2]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MixUp(seed=1, per_sample=True),  # the weights: a column of the Beta pairs
+        lambda: RandomMix(seed=1, per_sample=True),
+        CALLBACKS["FMix per sample"],
+    ],
+)
+def test_the_logged_lam_is_the_mean_of_the_weights_in_a_contiguous_sum(
+    make: Callable[[], MixingCallback],
+) -> None:
+    # Per-sample lam is a column (a strided view) of the Beta sampler's pairs, and a mean
+    # sums a view in another order than a contiguous tensor: the logged lam keeps the bits
+    # of the weights' contiguous mean, whichever path made the weights.
+    x, y = _batches([(64, 2, 7, 9)])[0]
+    logged: list[torch.Tensor] = []
+    module = SimpleNamespace(
+        num_classes=CLASSES, hparams={}, log=lambda key, value, **kw: logged.append(value)
+    )
+    callback = make()
+    trainer = _trainer()
+    trainer._logger_connector = SimpleNamespace(should_update_logs=True)
+    callback.setup(trainer, module, "fit")
+    mixed = callback._mix(x, 0)
+    assert mixed is not None
+    callback.on_train_batch_start(trainer, module, [x, y], 0)
+    expected = torch.tensor(mixed.weights.tolist(), dtype=torch.float32).mean()
+    assert len(logged) == 1 and torch.equal(logged[0], expected)

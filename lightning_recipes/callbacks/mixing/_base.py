@@ -171,7 +171,14 @@ class MixingCallback(Callback):
         # hot path) is skipped for them, as Lightning's `LearningRateMonitor` does.
         if should_update_logs(trainer):
             # A tensor even when unmixed: Lightning would copy a Python number to the device.
-            lam = torch.ones((), device=items.x.device) if mixed is None else mixed.weights.mean()
+            # The weights may be a strided view (per-sample lam is a column of the Beta
+            # sampler's pairs), and a mean sums a view in another order than a contiguous
+            # copy: `contiguous` keeps the logged mean's bits whatever the path made them.
+            lam = (
+                torch.ones((), device=items.x.device)
+                if mixed is None
+                else mixed.weights.contiguous().mean()
+            )
             # `lam-<Callback>` like LearningRateMonitor's `lr-<Optimizer>`; a tensor, no sync.
             name, batch_size = f"lam-{self._LOG_NAME}", items.x.shape[0]
             pl_module.log(name, lam, on_step=True, on_epoch=False, batch_size=batch_size)
