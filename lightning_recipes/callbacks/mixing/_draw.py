@@ -162,13 +162,11 @@ def finish_staged(
             mixes.append(None)
             continue
         made = [finished[i, j] for j in range(len(batch.parts))]
-        if len(made) == 1 and not isinstance(made[0], WeightMap):
+        if len(made) == 1 and not isinstance(made[0], WeightMap):  # a paste
             mixes.append(_mixing(made[0], batch.perm))
-            continue
-        maps = [cast(WeightMap, m) for m in made]
-        weight = functools.reduce(torch.mul, [m.weight for m in maps])
-        weights = functools.reduce(torch.mul, [m.weights for m in maps])
-        mixes.append(_mixing(_applying(WeightMap(weight, weights)), batch.perm))
+        else:
+            maps = _product([cast(WeightMap, m) for m in made])
+            mixes.append(_mixing(_applying(maps), batch.perm))
     return mixes
 
 
@@ -194,10 +192,16 @@ def _composed_map(
     # (no box, a full mask). A sample's map is then the product of all kernels' maps, and its
     # weight the product of their weights: one multiplication per extra kernel instead of a
     # `where` over the full masks, and no sample-dependent shapes (so no device sync).
-    maps = [
-        kernel.weight_map(x, torch.where(method == index, lam, 1.0), generator)
-        for index, kernel in enumerate(kernels)
-    ]
+    return _product(
+        [
+            kernel.weight_map(x, torch.where(method == index, lam, 1.0), generator)
+            for index, kernel in enumerate(kernels)
+        ]
+    )
+
+
+def _product(maps: Sequence[WeightMap]) -> WeightMap:
+    """The product of the maps and of their weights (one map: itself)."""
     weight = functools.reduce(torch.mul, [m.weight for m in maps])
     weights = functools.reduce(torch.mul, [m.weights for m in maps])
     return WeightMap(weight, weights)
