@@ -112,13 +112,20 @@ class InterruptCheckpoint(Callback):
         self._round: tuple[Any, torch.Tensor] | None = None  # the all-reduce under way
 
     @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Every stage, not only fit: under `ddp_spawn`, `trainer.test()` after a fit runs in
+        # new processes, which never reach `on_train_start`. Lightning sets up the process
+        # group before it calls `setup`.
+        if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+            _destroy_process_groups_at_exit()
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.saved_path, self.signal, self._received, self._stopping = None, None, None, False
         self._trainer, self._requeue_asked = trainer, False
         self._launcher_pid, self._round = None, None
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             self._launcher_pid, self._group = _launching_rank_pid(), _cpu_group()
-            _destroy_process_groups_at_exit()
         self._requeue_signal = slurm_requeue_signal(trainer)
         # Installed here, after Lightning recorded the handlers it restores when fit ends. One
         # process keeps Lightning's SIGTERM handler (it stops that process alone, which is

@@ -69,8 +69,10 @@ class RankRecorder(Callback):
         self._write(trainer, trainer.log_dir)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
-        # What a stopped run saw, without a collective: another rank may be gone already.
-        self._write(trainer, None, stopped_by=type(exception).__name__)
+        # What a stopped run saw, without a collective: another rank may be gone already. A
+        # fit's only: the record is of its schedule, and would hide a later stage's error.
+        if trainer.state.fn == "fit":
+            self._write(trainer, None, stopped_by=type(exception).__name__)
 
     def _write(
         self, trainer: pl.Trainer, log_dir: str | None, stopped_by: str | None = None

@@ -48,3 +48,30 @@ def test_registered_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
     _interrupt._destroy_process_groups_at_exit()
     _interrupt._destroy_process_groups_at_exit()
     assert registered == [_interrupt._destroy_process_groups]
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
+def test_every_stage_of_several_processes_destroys_its_groups_at_exit(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stage: str
+) -> None:
+    # Under `ddp_spawn`, `trainer.test()` after a fit (as the command runs it) starts new
+    # processes, which never reach `on_train_start`: their gloo group was left alive at exit,
+    # and a rank aborted now and then after the test had finished.
+    from types import SimpleNamespace
+
+    from lightning_recipes import InterruptCheckpoint
+
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(_interrupt, "_destroy_registered", False)
+    callback = InterruptCheckpoint()
+    one_process = SimpleNamespace(world_size=1)
+    callback.setup(one_process, None, stage)  # type: ignore[arg-type]
+    assert registered == []
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        callback.setup(SimpleNamespace(world_size=2), None, stage)  # type: ignore[arg-type]
+    finally:
+        dist.destroy_process_group()
+    assert registered == [_interrupt._destroy_process_groups]
