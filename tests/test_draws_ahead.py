@@ -124,6 +124,29 @@ def test_per_sample_fmix_masks_finished_together_are_the_bits_drawn_alone(
     _assert_same(got, expected)
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: MixUp(seed=1, inplace=True),
+        lambda: CutMix(seed=1, inplace=True),  # the paste drawn ahead, written into x
+        lambda: FMix(seed=1, per_sample=True, inplace=True),
+        lambda: RandomMix(seed=1, per_sample=True, inplace=True),
+    ],
+)
+def test_mixes_drawn_ahead_write_into_the_batch_as_drawn_alone(
+    monkeypatch: pytest.MonkeyPatch, make: Callable[[], MixingCallback]
+) -> None:
+    batches = _batches([(6, 2, 7, 9)] * 4 + [(4, 2, 7, 9)] + [(6, 2, 7, 9)] * 3)
+    copies = [[x.clone(), y] for x, y in batches]
+    got = _mix_all(make(), copies)
+    with monkeypatch.context() as patch:
+        _drawn_at_each_batch(patch)
+        expected = _mix_all(make(), [[x.clone(), y] for x, y in batches])
+    _assert_same(got, expected)
+    assert all(mixed[0] is copy[0] for mixed, copy in zip(got, copies, strict=True))
+    assert not torch.equal(copies[0][0], batches[0][0])  # written into
+
+
 @pytest.mark.parametrize("name", ["FMix per sample", "RandomMix p=0.6"])
 def test_a_resume_inside_a_block_draws_what_the_uninterrupted_run_drew(name: str) -> None:
     batches = _batches([(6, 2, 7, 9)] * 12)
