@@ -388,8 +388,6 @@ def _exact_fields(
     """What per-sample exact masks draw from ``generator``: a grey field per element of
     ``lam``, ``(lam.numel(), N)``."""
     batch = lam.numel()
-    if batch == 0:  # no sample: no field (the FFT and the reshapes refuse empty input)
-        return torch.empty((0, math.prod(size)), device=device)
     return _low_frequency_noise(batch, size, decay_power, generator, device).reshape(batch, -1)
 
 

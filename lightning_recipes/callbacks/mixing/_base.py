@@ -225,8 +225,8 @@ class MixingCallback(Callback):
         check would add three ops to every batch (on small batches each op's fixed cost
         counts, ``benchmarks/RESULTS.md``), and its error is turned into the check's
         ``ValueError``.
-        On an accelerator ``_read`` checks the first batch's labels (the scatter would only
-        trip a device-side assert).
+        On an accelerator ``_read`` checks the first batch's labels (the op would only trip
+        a device-side assert).
         """
         try:
             return _soft_targets(items.y, items.num_classes, self.label_smoothing)

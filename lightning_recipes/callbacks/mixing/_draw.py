@@ -107,7 +107,8 @@ def apply_mix(methods: Methods, x: Tensor, draw: Draw, inplace: bool) -> Mixed:
         return methods.kernels[method].mix(x, lam, perm, generator, inplace)
     if isinstance(lam, Tensor) and _ratio_and_boxes(methods.kernels) and rows_pay(x, 1.0, inplace):
         return _mix_ratio_and_boxes(methods.kernels, x, method, lam, perm, generator)
-    return apply_map(x, perm, _composed_map(methods.kernels, x, method, lam, generator), inplace)
+    (mix,) = finish_staged(x, [stage(methods, x, draw)])
+    return cast(Callable[[Tensor, bool], Mixed], mix)(x, inplace)
 
 
 class Staged(NamedTuple):
@@ -133,7 +134,11 @@ def stage(methods: Methods, x: Tensor, draw: Draw) -> Staged:
     if not isinstance(method, Tensor):
         kernel = methods.kernels[method]
         return Staged(((kernel, kernel.draw(x, lam, generator)),), perm)
-    # As `_composed_map` draws: each kernel in turn, the samples that chose another with lam 1.
+    # Each kernel maps the samples that did not choose it with lam = 1: weight 1 everywhere
+    # (no box, a full mask). A sample's map is then the product of all kernels' maps, and its
+    # weight the product of their weights (`finish_staged`): one multiplication per extra
+    # kernel instead of a `where` over the full masks, and no sample-dependent shapes (so no
+    # device sync).
     parts = tuple(
         (kernel, kernel.draw(x, torch.where(method == index, lam, 1.0), generator))
         for index, kernel in enumerate(methods.kernels)
@@ -178,26 +183,6 @@ def _applying(weight_map: WeightMap) -> Apply:
 def _mixing(apply: Apply, perm: Tensor) -> Callable[[Tensor, bool], Mixed]:
     """What mixes a batch with ``apply`` and its partners ``perm``."""
     return lambda x, inplace: apply(x, perm, inplace)
-
-
-def _composed_map(
-    kernels: tuple[MixKernel, ...],
-    x: Tensor,
-    method: Tensor,
-    lam: float | Tensor,
-    generator: torch.Generator,
-) -> WeightMap:
-    """The weight map of a per-sample choice of methods: each sample's own method's map."""
-    # Each kernel maps the samples that did not choose it with lam = 1: weight 1 everywhere
-    # (no box, a full mask). A sample's map is then the product of all kernels' maps, and its
-    # weight the product of their weights: one multiplication per extra kernel instead of a
-    # `where` over the full masks, and no sample-dependent shapes (so no device sync).
-    return _product(
-        [
-            kernel.weight_map(x, torch.where(method == index, lam, 1.0), generator)
-            for index, kernel in enumerate(kernels)
-        ]
-    )
 
 
 def _product(maps: Sequence[WeightMap]) -> WeightMap:

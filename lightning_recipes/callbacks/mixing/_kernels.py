@@ -223,11 +223,9 @@ class CutMixKernel(_SpatialKernel):
         boxes = [d for d in drawn if isinstance(d, _Corners)]
         if not boxes:
             return super().finish(x, drawn)
-        lam = torch.cat([b.lam for b in boxes])
         size = boxes[0].size
-        mask, weights = _per_sample_mask_of(
-            size, lam, torch.cat([b.uniform for b in boxes]), x.dtype
-        )
+        lam, uniform = _joined([b.lam for b in boxes]), _joined([b.uniform for b in boxes])
+        mask, weights = _per_sample_mask_of(size, lam, uniform, x.dtype)
         if not self.correct_lam:
             weights = lam.float()
         shape = (len(boxes), -1, *([1] * (x.ndim - 1 - len(size))), *size)
@@ -321,6 +319,11 @@ class _Fields(NamedTuple):
     lam: Tensor
     fields: Tensor
     size: tuple[int, ...]
+
+
+def _joined(tensors: list[Tensor]) -> Tensor:
+    """The tensors concatenated; one alone as it is (no copy)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def apply_map(x: Tensor, perm: Tensor, weight_map: WeightMap, inplace: bool) -> Mixed:
