@@ -29,10 +29,9 @@ from lightning_recipes.functional._rows import rows_pay
 
 __all__ = ["AHEAD_BATCHES", "AHEAD_BYTES", "DrawsAhead", "Mix"]
 
-# Batches drawn in one hook, and the largest batch (bytes) whose mixes are drawn ahead: the
-# masks held then take at most 8 MiB. With 8 batches a block the loop of draws is too short
-# to warm up: per-sample RandomMix added 818 us to a digits step against 543 us with 32 (a
-# one-off timing, `benchmarks/RESULTS.md`).
+# Batches drawn in one hook (the longer the loop, the less of its draws' cost starts with
+# cold caches), and the largest batch (bytes) whose mixes are drawn ahead: the masks held
+# then take at most 8 MiB.
 AHEAD_BATCHES = 32
 AHEAD_BYTES = 256 * 1024
 
